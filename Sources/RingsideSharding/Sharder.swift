@@ -1,0 +1,49 @@
+/// Decides which peers own a key.
+///
+/// A sharder is an immutable snapshot built from one set of peers. Lookups read it without a lock, so a cluster node
+/// builds a new sharder off the hot path when membership changes and publishes it whole. The same peers (names and
+/// states) give the same answers in every process, whatever order they were listed in.
+public protocol Sharder: Sendable {
+    /// Every peer the snapshot was built from, sorted by the bytes of their names.
+    var peers: [Peer] { get }
+
+    /// Identifies the view the snapshot was built from: equal for equal sets of names and states.
+    var checksum: UInt64 { get }
+
+    /// The first owner of the key whose hash is `keyHash`. Allocates nothing.
+    func owner(forKeyHash keyHash: UInt64, op: ShardingOperation) throws(ShardingError) -> Peer
+
+    /// The first `replicas` distinct owners of the key whose hash is `keyHash`, in order of preference.
+    func owners(forKeyHash keyHash: UInt64, replicas: Int, op: ShardingOperation) throws(ShardingError) -> [Peer]
+}
+
+extension Sharder {
+    /// The first `replicas` distinct owners of `key`, in order of preference.
+    ///
+    /// Fails with ``ShardingError/Code/notEnoughPeers`` when fewer than `replicas` peers own keys for `op`.
+    @inlinable
+    public func lookup(
+        _ key: String,
+        replicas: Int = 1,
+        op: ShardingOperation = .readWrite
+    ) throws(ShardingError) -> [Peer] {
+        try owners(forKeyHash: ShardKey.hash(key), replicas: replicas, op: op)
+    }
+
+    /// The first owner of `key`. Allocates nothing.
+    @inlinable
+    public func owner(of key: String, op: ShardingOperation = .readWrite) throws(ShardingError) -> Peer {
+        try owner(forKeyHash: ShardKey.hash(key), op: op)
+    }
+}
+
+/// How shard keys become positions: xxHash64 with seed 0 over the key's UTF-8 bytes.
+public enum ShardKey {
+    /// The hash of a shard key, as every sharder uses it.
+    @inlinable
+    public static func hash(_ key: String) -> UInt64 { XXHash64.hash(key) }
+
+    /// The hash of a shard key given as raw bytes (a header value, say).
+    @inlinable
+    public static func hash(_ key: UnsafeRawBufferPointer) -> UInt64 { XXHash64.hash(key) }
+}
