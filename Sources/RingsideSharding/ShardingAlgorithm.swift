@@ -15,7 +15,8 @@ public enum ShardingAlgorithm: Hashable, Sendable, CustomStringConvertible {
     /// Builds a sharder of this kind for `peers`.
     public func makeSharder(peers: [Peer]) throws(ShardingError) -> any Sharder {
         switch self {
-        case .ring(let tokensPerPeer, let probes): try HashRing(peers: peers, tokensPerPeer: tokensPerPeer, probes: probes)
+        case .ring(let tokensPerPeer, let probes):
+            try HashRing(peers: peers, tokensPerPeer: tokensPerPeer, probes: probes)
         case .rendezvous: try RendezvousHasher(peers: peers)
         case .maglev(let tableSize): try MaglevHasher(peers: peers, tableSize: tableSize)
         }

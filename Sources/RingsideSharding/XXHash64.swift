@@ -6,7 +6,7 @@ public enum XXHash64 {
     @usableFromInline static let prime1: UInt64 = 0x9E37_79B1_85EB_CA87
     @usableFromInline static let prime2: UInt64 = 0xC2B2_AE3D_27D4_EB4F
     @usableFromInline static let prime3: UInt64 = 0x1656_67B1_9E37_79F9
-    @usableFromInline static let prime4: UInt64 = 0x85EB_CA77_C2B2_CA63
+    @usableFromInline static let prime4: UInt64 = 0x85EB_CA77_C2B2_AE63
     @usableFromInline static let prime5: UInt64 = 0x27D4_EB2F_1656_67C5
 
     /// The hash of `bytes` with `seed`.
