@@ -1,0 +1,181 @@
+import RingsideSharding
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension SWIMInstance {
+    mutating func handle(_ message: GossipMessage, from envelope: GossipEnvelope, now: GossipInstant) {
+        switch message {
+        case .ping(let sequence, let target):
+            // A ping for another name reached a new process on a reused address: stay silent, as a dead node would.
+            guard target == localMember.name, !isLeaving else { return }
+            send([.ack(sequence: sequence)], to: envelope.senderAddress)
+        case .ack(let sequence):
+            if let relayed = relayedProbes.removeValue(forKey: sequence) {
+                send([.ack(sequence: relayed.originSequence)], to: relayed.originAddress)
+            } else {
+                probeAcknowledged(sequence: sequence)
+            }
+        case .nack(let sequence, let refused):
+            probeNacked(sequence: sequence, refused: refused, now: now)
+        case .pingRequest(let sequence, let target, let targetAddress):
+            guard !isLeaving else { return }
+            relayProbe(
+                sequence: sequence,
+                target: target,
+                targetAddress: targetAddress,
+                origin: envelope.senderAddress,
+                now: now
+            )
+        case .alive(let member):
+            applyAlive(member, now: now)
+        case .suspect(let name, let incarnation, let from):
+            applySuspect(name: name, incarnation: incarnation, from: from, now: now)
+        case .dead(let name, let incarnation, let from):
+            applyDead(name: name, incarnation: incarnation, from: from, now: now)
+        case .pushPull(let isResponse, let isJoin, let members):
+            if !isResponse {
+                counters.pushPulls += 1
+                send(
+                    [.pushPull(isResponse: true, isJoin: isJoin, members: fullState(now: now))],
+                    to: envelope.senderAddress,
+                    piggyback: false
+                )
+            }
+            merge(members, from: envelope.senderName, now: now)
+        }
+    }
+
+    /// A member's own announcement of its state: accepted when newer than what this node knows.
+    mutating func applyAlive(_ announced: Member, now: GossipInstant) {
+        var member = announced
+        member.status = .alive
+        if member.name == localMember.name {
+            // Someone believes something about this node; if it is not this node's current state, supersede it.
+            guard !isLeaving, member.incarnation >= localMember.incarnation, member != localMember else { return }
+            refute(incarnation: member.incarnation, now: now)
+            return
+        }
+        guard let known = records[member.name]?.member else {
+            records[member.name] = Record(member: member, statusSince: now)
+            broadcasts.enqueue(.alive(member))
+            emit(.joined(member))
+            return
+        }
+        guard member.incarnation > known.incarnation else { return }
+        records[member.name] = Record(
+            member: member,
+            statusSince: known.status == .alive ? records[member.name]!.statusSince : now
+        )
+        suspicions[member.name] = nil
+        broadcasts.enqueue(.alive(member))
+        switch known.status {
+        case .suspect: emit(.alive(member))
+        case .dead, .left: emit(.joined(member))
+        case .alive: break
+        }
+        if known.state != member.state { emit(.stateChanged(member, from: known.state)) }
+        if known.metadata != member.metadata { emit(.metadataChanged(member)) }
+    }
+
+    /// `from` suspects `name`: start (or confirm) a suspicion, or refute it when it is about this node.
+    mutating func applySuspect(name: String, incarnation: UInt64, from: String, now: GossipInstant) {
+        if name == localMember.name {
+            guard !isLeaving, incarnation >= localMember.incarnation else { return }
+            adjustAwareness(by: 1)
+            refute(incarnation: incarnation, now: now)
+            return
+        }
+        guard var record = records[name], record.member.status.isActive, incarnation >= record.member.incarnation
+        else { return }
+        if record.member.status == .suspect, incarnation == record.member.incarnation {
+            if suspicions[name]?.confirm(from: from) == true {
+                broadcasts.enqueue(.suspect(name: name, incarnation: incarnation, from: from))
+            }
+            return
+        }
+        record.member.incarnation = incarnation
+        record.member.status = .suspect
+        record.statusSince = now
+        records[name] = record
+        suspicions[name] = makeSuspicion(incarnation: incarnation, from: from, now: now)
+        if from == localMember.name { counters.suspicions += 1 }
+        broadcasts.enqueue(.suspect(name: name, incarnation: incarnation, from: from))
+        emit(.suspected(record.member))
+    }
+
+    /// `from` declares `name` dead (or, when `from == name`, `name` left): drop it from views, or refute when it is
+    /// about this node.
+    mutating func applyDead(name: String, incarnation: UInt64, from: String, now: GossipInstant) {
+        if name == localMember.name {
+            guard !isLeaving, incarnation >= localMember.incarnation else { return }
+            refute(incarnation: incarnation, now: now)
+            return
+        }
+        guard var record = records[name], record.member.status.isActive, incarnation >= record.member.incarnation
+        else { return }
+        let leaving = from == name
+        record.member.incarnation = incarnation
+        record.member.status = leaving ? .left : .dead
+        if leaving, record.member.state.canTransition(to: .gone) { record.member.state = .gone }
+        record.statusSince = now
+        records[name] = record
+        suspicions[name] = nil
+        broadcasts.enqueue(.dead(name: name, incarnation: incarnation, from: from))
+        emit(leaving ? .left(record.member) : .died(record.member))
+    }
+
+    /// Merges another node's full state, as memberlist does: its dead members are only suspected here (this node
+    /// checks for itself), its departed ones are departed, and members it merely suspects that this node does not
+    /// know are not learned.
+    mutating func merge(_ members: [Member], from sender: String, now: GossipInstant) {
+        for member in members {
+            switch member.status {
+            case .alive:
+                applyAlive(member, now: now)
+            case .suspect, .dead:
+                if member.name == localMember.name || records[member.name] != nil {
+                    applySuspect(name: member.name, incarnation: member.incarnation, from: sender, now: now)
+                }
+            case .left:
+                applyDead(name: member.name, incarnation: member.incarnation, from: member.name, now: now)
+            }
+        }
+    }
+
+    /// Supersedes a rumor about this node at `incarnation` by announcing itself with a higher one.
+    mutating func refute(incarnation: UInt64, now: GossipInstant) {
+        counters.refutations += 1
+        localMember.incarnation = max(localMember.incarnation, incarnation)
+        announceLocalMember(now: now)
+    }
+
+    mutating func expireSuspicions(now: GossipInstant) {
+        for (name, suspicion) in suspicions where now >= suspicion.deadline {
+            suspicions[name] = nil
+            applyDead(name: name, incarnation: suspicion.incarnation, from: localMember.name, now: now)
+        }
+    }
+
+    /// A suspicion timer sized by Lifeguard: at least `suspicionMultiplier × max(1, log10 n) × probeInterval`, at
+    /// most `suspicionMaxTimeoutMultiplier` times that, expecting `suspicionMultiplier - 2` confirmations.
+    func makeSuspicion(incarnation: UInt64, from: String, now: GossipInstant) -> Suspicion {
+        let count = activeCount
+        let scale = max(1, log10(Double(max(1, count))))
+        let minimum = configuration.probeInterval.scaled(by: Double(configuration.suspicionMultiplier) * scale)
+        let maximum = minimum * configuration.suspicionMaxTimeoutMultiplier
+        var expected = configuration.suspicionMultiplier - 2
+        if count - 2 < expected { expected = 0 }
+        return Suspicion(
+            incarnation: incarnation,
+            from: from,
+            start: now,
+            minimum: minimum,
+            maximum: maximum,
+            expectedConfirmations: expected
+        )
+    }
+}

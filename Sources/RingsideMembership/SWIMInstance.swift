@@ -1,0 +1,318 @@
+import RingsideSharding
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The membership protocol of one node as a pure state machine: SWIM failure detection with Lifeguard's refinements,
+/// infection-style dissemination piggybacked on probes and gossip rounds, and periodic full-state exchange.
+///
+/// It performs no I/O and reads no clock. Its driver (the NIO shell, or the simulator) calls ``tick(now:)`` no later
+/// than ``nextDeadline``, hands it every envelope that arrives with ``receive(_:now:)``, reports failed sends with
+/// ``sendFailed(to:messages:refused:now:)``, and performs the ``MembershipDirective``s each call returns, in order.
+///
+/// - Probing: one member per probe period, in a shuffled round-robin. No ack within the probe timeout: ask
+///   `indirectChecks` others to probe it. No ack by the end of the period: suspect it.
+/// - Lifeguard: the local health multiplier (``awareness``) stretches this node's probe period and timeout when it
+///   misses acks or nacks or is itself suspected, so a slow node does not accuse healthy ones; suspicion timeouts
+///   shrink with independent confirmations (``Suspicion``); a probe of a suspect carries the suspicion (the buddy
+///   system), so the suspect hears first and refutes.
+/// - A refused connection is strong evidence that no process listens: when the direct probe and every indirect prober
+///   are refused, the member is declared dead without waiting for the suspicion timeout. A silent member (paused,
+///   partitioned, its host gone) still goes through suspicion.
+public struct SWIMInstance: Sendable {
+    /// The configuration it was created with.
+    public let configuration: MembershipConfiguration
+
+    /// This node as it announces itself.
+    public internal(set) var localMember: Member
+    /// The local health multiplier: 0 when healthy, up to `awarenessMaxMultiplier - 1`.
+    public internal(set) var awareness = 0
+    /// Running totals, for metrics.
+    public internal(set) var counters = MembershipCounters()
+    /// How many times the newest update about this node has been sent to other members.
+    public internal(set) var localUpdateTransmissions = 0
+    /// Whether ``leave(now:)`` was called.
+    public internal(set) var isLeaving = false
+
+    var records: [String: Record] = [:]
+    var broadcasts = BroadcastQueue()
+    var suspicions: [String: Suspicion] = [:]
+    var probe: Probe?
+    var relayedProbes: [UInt32: RelayedProbe] = [:]
+    var probeOrder: [String] = []
+    var probeIndex = 0
+    var tombstoneExpiry: [String: GossipInstant] = [:]
+    var nextProbeAt: GossipInstant
+    var nextGossipAt: GossipInstant
+    var nextPushPullAt: GossipInstant
+    var nextSequence: UInt32 = 0
+    var random: SplitMix64
+    var output: [MembershipDirective] = []
+
+    /// What this node knows of another member.
+    struct Record: Sendable {
+        var member: Member
+        /// When its status last changed, for forgetting dead members.
+        var statusSince: GossipInstant
+    }
+
+    /// The probe this node is running.
+    struct Probe: Sendable {
+        var target: String
+        var targetAddress: String
+        var sequence: UInt32
+        var directDeadline: GossipInstant
+        var periodEnd: GossipInstant
+        var isIndirect = false
+        var directRefused = false
+        var expectedNacks = 0
+        var nacks = 0
+        var refusedNacks = 0
+    }
+
+    /// A probe this node runs on another member's behalf.
+    struct RelayedProbe: Sendable {
+        var originAddress: String
+        var originSequence: UInt32
+        var deadline: GossipInstant
+    }
+
+    /// A node that knows only itself. `seed` drives its random choices (the simulator replays runs by it).
+    public init(configuration: MembershipConfiguration, now: GossipInstant, seed: UInt64) {
+        self.configuration = configuration
+        let version = configuration.initialIncarnation
+        self.localMember = Member(
+            name: configuration.nodeName,
+            address: configuration.advertiseAddress,
+            incarnation: version,
+            status: .alive,
+            state: configuration.initialState,
+            metadata: configuration.initialMetadata.mapValues { MetadataEntry(value: $0, version: version) }
+        )
+        self.random = SplitMix64(seed: seed)
+        // Spread the first rounds so that nodes started together do not probe in lockstep.
+        self.nextProbeAt = now + configuration.probeInterval.scaled(by: random.unit())
+        self.nextGossipAt = now + configuration.gossipInterval.scaled(by: random.unit())
+        self.nextPushPullAt = now + configuration.pushPullInterval.scaled(by: 0.5 + random.unit())
+    }
+
+    // MARK: Views
+
+    /// Every member this node knows, itself included, dead and departed ones until they are forgotten.
+    public var members: [Member] { [localMember] + records.values.map(\.member) }
+
+    /// The members that take part in views: alive or suspect, itself included.
+    public var activeMembers: [Member] { members.filter { $0.status.isActive } }
+
+    /// The member named `name`, if known.
+    public func member(named name: String) -> Member? {
+        name == localMember.name ? localMember : records[name]?.member
+    }
+
+    /// The active members as peers for the sharding layer.
+    public var peers: [Peer] {
+        activeMembers.map {
+            Peer(name: $0.name, address: $0.address, state: $0.state, isSelf: $0.name == localMember.name)
+        }
+    }
+
+    /// Whether the newest update about this node has reached as many members as one gossip round would reach.
+    public var hasDisseminatedLocalUpdate: Bool {
+        let reachable = records.values.count { $0.member.status.isActive }
+        return localUpdateTransmissions >= min(configuration.gossipNodes, reachable)
+    }
+
+    /// The latest instant by which ``tick(now:)`` must be called.
+    public var nextDeadline: GossipInstant {
+        var deadline = min(nextProbeAt, nextGossipAt, nextPushPullAt)
+        if let probe, !probe.isIndirect { deadline = min(deadline, probe.directDeadline) }
+        for suspicion in suspicions.values { deadline = min(deadline, suspicion.deadline) }
+        for relayed in relayedProbes.values { deadline = min(deadline, relayed.deadline) }
+        return deadline
+    }
+
+    // MARK: Driving
+
+    /// Runs whatever is due at `now`: probe steps, suspicion timeouts, a gossip round, a full-state exchange.
+    public mutating func tick(now: GossipInstant) -> [MembershipDirective] {
+        expireSuspicions(now: now)
+        expireRelayedProbes(now: now)
+        advanceProbe(now: now)
+        if now >= nextGossipAt {
+            gossip(now: now)
+            nextGossipAt = now + configuration.gossipInterval
+        }
+        if now >= nextPushPullAt {
+            startPushPull(now: now)
+            nextPushPullAt = now + pushPullInterval
+        }
+        return takeOutput()
+    }
+
+    /// Handles an envelope that arrived from another node.
+    public mutating func receive(_ envelope: GossipEnvelope, now: GossipInstant) -> [MembershipDirective] {
+        guard envelope.clusterName == configuration.clusterName else {
+            reject(
+                envelope,
+                "it belongs to cluster \"\(envelope.clusterName)\", this node to \"\(configuration.clusterName)\""
+            )
+            return takeOutput()
+        }
+        guard envelope.senderName != localMember.name || envelope.senderAddress == localMember.address else {
+            reject(envelope, "another node at \(envelope.senderAddress) uses this node's name \"\(localMember.name)\"")
+            return takeOutput()
+        }
+        for message in envelope.messages {
+            handle(message, from: envelope, now: now)
+        }
+        return takeOutput()
+    }
+
+    /// Reports that sending `messages` to `address` failed; `refused` when the connection was refused (nothing
+    /// listens there), as opposed to a timeout or a reset.
+    public mutating func sendFailed(
+        to address: String,
+        messages: [GossipMessage],
+        refused: Bool,
+        now: GossipInstant
+    ) -> [MembershipDirective] {
+        guard refused else { return [] }
+        for case .ping(let sequence, _) in messages {
+            if var current = probe, current.sequence == sequence, !current.isIndirect {
+                current.directRefused = true
+                probe = current
+                advanceProbe(now: now)
+            } else if let relayed = relayedProbes.removeValue(forKey: sequence) {
+                send([.nack(sequence: relayed.originSequence, refused: true)], to: relayed.originAddress)
+            }
+        }
+        return takeOutput()
+    }
+
+    /// Asks the nodes at `addresses` for their full state, which is how a node joins (and how a partition heals when
+    /// the driver re-resolves its seeds).
+    public mutating func join(addresses: [String], now: GossipInstant) -> [MembershipDirective] {
+        for address in addresses where address != localMember.address {
+            send(
+                [.pushPull(isResponse: false, isJoin: true, members: fullState(now: now))],
+                to: address,
+                piggyback: false
+            )
+        }
+        return takeOutput()
+    }
+
+    // MARK: Changing this node
+
+    /// Moves this node to `state` (forward only) and announces it at once.
+    public mutating func changeState(
+        to state: PeerState,
+        now: GossipInstant
+    ) throws(ShardingError) -> [MembershipDirective] {
+        let previous = localMember.state
+        localMember.state = try previous.transition(to: state)
+        announceLocalMember(now: now)
+        emit(.stateChanged(localMember, from: previous))
+        return takeOutput()
+    }
+
+    /// Sets a metadata entry of this node and announces it.
+    public mutating func setMetadata(_ key: String, to value: String, now: GossipInstant) -> [MembershipDirective] {
+        localMember.metadata[key] = MetadataEntry(value: value, version: localMember.incarnation + 1)
+        tombstoneExpiry[key] = nil
+        announceLocalMember(now: now)
+        emit(.metadataChanged(localMember))
+        return takeOutput()
+    }
+
+    /// Deletes a metadata entry of this node, leaving a tombstone for `metadataTombstoneTTL`, and announces it.
+    public mutating func deleteMetadata(_ key: String, now: GossipInstant) -> [MembershipDirective] {
+        guard let entry = localMember.metadata[key], !entry.isDeleted else { return [] }
+        localMember.metadata[key] = MetadataEntry(value: "", version: localMember.incarnation + 1, isDeleted: true)
+        tombstoneExpiry[key] = now + configuration.metadataTombstoneTTL
+        announceLocalMember(now: now)
+        emit(.metadataChanged(localMember))
+        return takeOutput()
+    }
+
+    /// Leaves the cluster: announces the departure at once and stops probing. The driver keeps delivering messages
+    /// until ``hasDisseminatedLocalUpdate`` (or its deadline), then stops.
+    public mutating func leave(now: GossipInstant) -> [MembershipDirective] {
+        guard !isLeaving else { return [] }
+        isLeaving = true
+        probe = nil
+        localMember.incarnation += 1
+        localMember.status = .left
+        if localMember.state.canTransition(to: .gone) { localMember.state = .gone }
+        localUpdateTransmissions = 0
+        broadcasts.enqueue(
+            .dead(name: localMember.name, incarnation: localMember.incarnation, from: localMember.name)
+        )
+        gossip(now: now)
+        emit(.left(localMember))
+        return takeOutput()
+    }
+
+    // MARK: Output
+
+    mutating func takeOutput() -> [MembershipDirective] {
+        defer { output.removeAll(keepingCapacity: true) }
+        return output
+    }
+
+    mutating func emit(_ event: MembershipEvent) { output.append(.event(event)) }
+
+    mutating func reject(_ envelope: GossipEnvelope, _ reason: String) {
+        counters.rejectedEnvelopes += 1
+        output.append(
+            .rejected(
+                EnvelopeRejection(
+                    senderName: envelope.senderName,
+                    senderAddress: envelope.senderAddress,
+                    reason: reason
+                )
+            )
+        )
+    }
+
+    /// Sends `messages` to `address`, with as many pending updates as fit when `piggyback` is true.
+    mutating func send(_ messages: [GossipMessage], to address: String, piggyback: Bool = true) {
+        var messages = messages
+        if piggyback {
+            let used = messages.reduce(0) { $0 + GossipCodec.encodedSize($1) }
+            let updates = broadcasts.take(budget: configuration.maxPiggybackBytes - used, limit: retransmitLimit)
+            countLocalUpdates(in: updates)
+            messages += updates
+        }
+        guard !messages.isEmpty else { return }
+        output.append(.send(to: address, messages: messages))
+    }
+
+    mutating func countLocalUpdates(in updates: [GossipMessage]) {
+        if updates.contains(where: { $0.subject == localMember.name }) { localUpdateTransmissions += 1 }
+    }
+
+    // MARK: Derived timings
+
+    /// Members alive or suspect, this node included.
+    var activeCount: Int { 1 + records.values.count { $0.member.status.isActive } }
+
+    /// How many times each update is sent: `retransmitMultiplier × ⌈log10(n + 1)⌉`.
+    var retransmitLimit: Int {
+        configuration.retransmitMultiplier * Int(ceil(log10(Double(activeCount + 1))))
+    }
+
+    /// The full-state exchange period, stretched above 32 members as memberlist does.
+    var pushPullInterval: Duration {
+        let count = Double(activeCount)
+        guard count > 32 else { return configuration.pushPullInterval }
+        let multiplier = ceil(log2(count) - log2(32)) + 1
+        return configuration.pushPullInterval.scaled(by: multiplier)
+    }
+
+    /// The probe period and timeout, stretched by the local health multiplier.
+    var healthScale: Double { Double(awareness + 1) }
+}
