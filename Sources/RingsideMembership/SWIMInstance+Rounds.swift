@@ -40,8 +40,13 @@ extension SWIMInstance {
         send(messages, to: target.address)
     }
 
-    /// The next active member in a shuffled round-robin; the order is reshuffled after each pass.
+    /// A suspect to verify if there is one, else the next active member in a shuffled round-robin; the order is
+    /// reshuffled after each pass.
     mutating func nextProbeTarget() -> Member? {
+        while !suspectsToVerify.isEmpty {
+            let name = suspectsToVerify.removeFirst()
+            if let member = records[name]?.member, member.status == .suspect { return member }
+        }
         for _ in 0..<2 {
             while probeIndex < probeOrder.count {
                 let name = probeOrder[probeIndex]
@@ -79,7 +84,8 @@ extension SWIMInstance {
     mutating func probeFailed(_ failed: Probe, now: GossipInstant) {
         let missingNacks = failed.expectedNacks - failed.nacks
         adjustAwareness(by: failed.expectedNacks > 0 ? missingNacks : 1)
-        guard let target = records[failed.target]?.member, target.status == .alive else { return }
+        // Suspects a live member, or confirms the suspicion of a suspect.
+        guard let target = records[failed.target]?.member, target.status.isActive else { return }
         applySuspect(name: target.name, incarnation: target.incarnation, from: localMember.name, now: now)
     }
 
@@ -131,8 +137,9 @@ extension SWIMInstance {
     }
 
     mutating func expireRelayedProbes(now: GossipInstant) {
-        for (sequence, relayed) in relayedProbes where now >= relayed.deadline {
-            relayedProbes[sequence] = nil
+        // In sequence order: dictionary order differs between runs, and a replayed run must send the same messages.
+        for sequence in relayedProbes.keys.sorted() where now >= relayedProbes[sequence]!.deadline {
+            let relayed = relayedProbes.removeValue(forKey: sequence)!
             send([.nack(sequence: relayed.originSequence, refused: false)], to: relayed.originAddress)
         }
     }
@@ -185,7 +192,7 @@ extension SWIMInstance {
         [localMember]
             + records.values.filter {
                 $0.member.status.isActive || now < $0.statusSince + configuration.gossipToTheDeadTime
-            }.map(\.member)
+            }.map(\.member).sorted { $0.name < $1.name }
     }
 
     mutating func randomActiveMembers(count: Int, excluding excluded: Set<String>) -> [Member] {

@@ -33,8 +33,10 @@ extension SWIMInstance {
         case .alive(let member):
             applyAlive(member, now: now)
         case .suspect(let name, let incarnation, let from):
+            correctOutdatedRumor(about: name, incarnation: incarnation, sender: envelope.senderAddress)
             applySuspect(name: name, incarnation: incarnation, from: from, now: now)
         case .dead(let name, let incarnation, let from):
+            correctOutdatedRumor(about: name, incarnation: incarnation, sender: envelope.senderAddress)
             applyDead(name: name, incarnation: incarnation, from: from, now: now)
         case .pushPull(let isResponse, let isJoin, let members):
             if !isResponse {
@@ -47,6 +49,13 @@ extension SWIMInstance {
             }
             merge(members, from: envelope.senderName, now: now)
         }
+    }
+
+    /// Answers a sender that still spreads a suspicion or death of this node that this node has already refuted:
+    /// its current state goes straight back, so the sender stops.
+    mutating func correctOutdatedRumor(about name: String, incarnation: UInt64, sender: String) {
+        guard name == localMember.name, !isLeaving, incarnation < localMember.incarnation else { return }
+        send([.alive(localMember)], to: sender, piggyback: false)
     }
 
     /// A member's own announcement of its state: accepted when newer than what this node knows.
@@ -102,7 +111,11 @@ extension SWIMInstance {
         record.statusSince = now
         records[name] = record
         suspicions[name] = makeSuspicion(incarnation: incarnation, from: from, now: now)
-        if from == localMember.name { counters.suspicions += 1 }
+        if from == localMember.name {
+            counters.suspicions += 1
+        } else {
+            suspectsToVerify.append(name)
+        }
         broadcasts.enqueue(.suspect(name: name, incarnation: incarnation, from: from))
         emit(.suspected(record.member))
     }
@@ -154,8 +167,8 @@ extension SWIMInstance {
     }
 
     mutating func expireSuspicions(now: GossipInstant) {
-        for (name, suspicion) in suspicions where now >= suspicion.deadline {
-            suspicions[name] = nil
+        for name in suspicions.keys.sorted() where now >= suspicions[name]!.deadline {
+            let suspicion = suspicions.removeValue(forKey: name)!
             applyDead(name: name, incarnation: suspicion.incarnation, from: localMember.name, now: now)
         }
     }

@@ -19,6 +19,10 @@ import Darwin
 ///   misses acks or nacks or is itself suspected, so a slow node does not accuse healthy ones; suspicion timeouts
 ///   shrink with independent confirmations (``Suspicion``); a probe of a suspect carries the suspicion (the buddy
 ///   system), so the suspect hears first and refutes.
+/// - Every node that hears of a suspicion probes the suspect at its next probe slot. A live suspect refutes into the
+///   ack, so the node that hears the rumor also hears the answer, whatever random gossip missed; a failed probe is an
+///   independent confirmation, which shortens the timeout for a real failure. A node that hears an outdated rumor
+///   about itself answers its sender with its current state.
 /// - A refused connection is strong evidence that no process listens: when the direct probe and every indirect prober
 ///   are refused, the member is declared dead without waiting for the suspicion timeout. A silent member (paused,
 ///   partitioned, its host gone) still goes through suspicion.
@@ -43,6 +47,8 @@ public struct SWIMInstance: Sendable {
     var probe: Probe?
     var relayedProbes: [UInt32: RelayedProbe] = [:]
     var probeOrder: [String] = []
+    /// Suspects this node heard of from others and will probe next, ahead of the round-robin.
+    var suspectsToVerify: [String] = []
     var probeIndex = 0
     var tombstoneExpiry: [String: GossipInstant] = [:]
     var nextProbeAt: GossipInstant

@@ -24,6 +24,8 @@ public final class ClusterSimulator {
     public private(set) var events: [(time: GossipInstant, node: String, event: MembershipEvent)] = []
     /// Every refusal every node reported (wrong cluster, clashing names).
     public private(set) var rejections: [(node: String, rejection: EnvelopeRejection)] = []
+    /// Called with every envelope a running node receives, before it handles it.
+    public var onDeliver: ((_ node: String, _ envelope: GossipEnvelope, _ time: GossipInstant) -> Void)?
     /// Whether to keep ``events`` (a long run at a thousand nodes may not want them).
     public var recordsEvents = true
 
@@ -58,6 +60,7 @@ public final class ClusterSimulator {
         case wake(String)
         case deliver(bytes: [UInt8], to: String, from: String)
         case refused(node: String, address: String, messages: [GossipMessage])
+        case rejoin(every: Duration, seeds: [String])
     }
 
     /// An empty network whose random choices follow `seed`.
@@ -129,6 +132,12 @@ public final class ClusterSimulator {
     /// Makes `name` leave gracefully. It keeps running until stopped or crashed.
     public func leave(_ name: String) {
         perform(name) { $0.leave(now: self.now) }
+    }
+
+    /// Makes every running node re-join through `seeds` every `interval`, as the NIO shell does with its seed list:
+    /// the only way two sides of a healed partition find each other again once each has declared the other dead.
+    public func rejoin(every interval: Duration, seeds: [String]) {
+        enqueue(now + interval, .rejoin(every: interval, seeds: seeds))
     }
 
     // MARK: Faults
@@ -210,6 +219,9 @@ public final class ClusterSimulator {
             perform(name) { $0.tick(now: self.now) }
         case .deliver(let bytes, let name, let from):
             deliver(bytes, to: name, from: from)
+        case .rejoin(let interval, let seeds):
+            for name in runningNodes { join(name, seeds: seeds) }
+            enqueue(now + interval, .rejoin(every: interval, seeds: seeds))
         case .refused(let name, let address, let messages):
             guard nodes[name]?.condition == .running else { return }
             perform(name) { $0.sendFailed(to: address, messages: messages, refused: true, now: self.now) }
@@ -229,6 +241,7 @@ public final class ClusterSimulator {
             break
         }
         guard let envelope = try? GossipCodec.decode(bytes) else { return }
+        onDeliver?(name, envelope, now)
         perform(name) { $0.receive(envelope, now: self.now) }
     }
 

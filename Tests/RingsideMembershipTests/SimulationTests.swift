@@ -1,0 +1,210 @@
+import RingsideMembership
+import RingsideSharding
+import RingsideSimulation
+import Testing
+
+extension ClusterSimulator {
+    /// Starts `count` nodes named `node-0`…, each joining through `node-0`, and runs until all see all.
+    @discardableResult
+    func startConverged(_ count: Int) -> [String] {
+        let names = (0..<count).map { "node-\($0)" }
+        for name in names { addNode(name) }
+        for name in names.dropFirst() { join(name, seeds: ["node-0"]) }
+        let converged = run(until: { self.allSee(names, active: names) }, timeout: .seconds(60))
+        precondition(converged != nil, "the cluster did not form")
+        return names
+    }
+
+    /// Whether every node in `observers` sees exactly `active` as its active members.
+    func allSee(_ observers: [String], active: [String]) -> Bool {
+        let expected = Set(active)
+        return observers.allSatisfy { Set(node($0).activeMembers.map(\.name)) == expected }
+    }
+
+    /// Whether every node in `observers` sees `name` and `check` holds for what it sees.
+    func allSee(_ observers: [String], member name: String, _ check: (Member) -> Bool) -> Bool {
+        observers.allSatisfy { observer in node(observer).member(named: name).map(check) ?? false }
+    }
+
+    func events(about name: String) -> [MembershipEvent] {
+        events.map(\.event).filter { $0.member.name == name }
+    }
+}
+
+extension MembershipEvent {
+    var member: Member {
+        switch self {
+        case .joined(let member), .left(let member), .stateChanged(let member, _), .metadataChanged(let member),
+            .suspected(let member), .alive(let member), .died(let member):
+            member
+        }
+    }
+}
+
+@Suite("Membership in the simulator")
+struct SimulationTests {
+    @Test func joinAndStateChangesConverge() throws {
+        let simulator = ClusterSimulator(seed: 1)
+        let names = simulator.startConverged(10)
+        try simulator.changeState("node-3", to: .terminating)
+        let seen = simulator.run(
+            until: { simulator.allSee(names, member: "node-3") { $0.state == .terminating } },
+            timeout: .seconds(10)
+        )
+        #expect(seen != nil)
+        #expect(throws: ShardingError.self) { try simulator.changeState("node-3", to: .participant) }
+    }
+
+    @Test func aCrashedProcessIsDeclaredDeadByAllQuickly() {
+        let simulator = ClusterSimulator(seed: 2)
+        let names = simulator.startConverged(10)
+        simulator.crash("node-4")
+        let survivors = names.filter { $0 != "node-4" }
+        let detected = simulator.run(
+            until: { simulator.allSee(survivors, member: "node-4") { $0.status == .dead } },
+            timeout: .seconds(60)
+        )
+        // Refused connections from the prober and its helpers skip the suspicion timeout (4 s here).
+        #expect(detected != nil)
+        #expect(detected.map { $0 < .seconds(4) } == true)
+    }
+
+    @Test func aSilentHostIsDeclaredDeadThroughSuspicion() {
+        let simulator = ClusterSimulator(seed: 3)
+        let names = simulator.startConverged(10)
+        simulator.crash("node-7", hostDown: true)
+        let survivors = names.filter { $0 != "node-7" }
+        let detected = simulator.run(
+            until: { simulator.allSee(survivors, member: "node-7") { $0.status == .dead } },
+            timeout: .seconds(60)
+        )
+        #expect(detected != nil)
+        #expect(simulator.events(about: "node-7").contains { if case .suspected = $0 { true } else { false } })
+    }
+
+    @Test func aPausedNodeThatResumesInTimeRefutes() {
+        let simulator = ClusterSimulator(seed: 4)
+        let names = simulator.startConverged(10)
+        simulator.pause("node-2")
+        simulator.run(
+            until: { simulator.events(about: "node-2").contains { if case .suspected = $0 { true } else { false } } },
+            timeout: .seconds(10)
+        )
+        simulator.resume("node-2")
+        simulator.run(for: .seconds(60))
+        #expect(simulator.events(about: "node-2").contains { if case .suspected = $0 { true } else { false } })
+        #expect(!simulator.events(about: "node-2").contains { if case .died = $0 { true } else { false } })
+        #expect(simulator.allSee(names, member: "node-2") { $0.status == .alive })
+        #expect(simulator.node("node-2").counters.refutations >= 1)
+    }
+
+    @Test func aPartitionHealsAfterItEnds() {
+        let simulator = ClusterSimulator(seed: 5)
+        let names = simulator.startConverged(10)
+        simulator.rejoin(every: .seconds(15), seeds: ["node-0", "node-5"])
+        let left = Array(names.prefix(5))
+        let right = Array(names.suffix(5))
+        simulator.partition([left, right])
+        let split = simulator.run(
+            until: { simulator.allSee(left, active: left) && simulator.allSee(right, active: right) },
+            timeout: .seconds(120)
+        )
+        #expect(split != nil)
+        simulator.heal()
+        let healed = simulator.run(until: { simulator.allSee(names, active: names) }, timeout: .seconds(120))
+        #expect(healed != nil)
+    }
+
+    @Test func fivePercentLossDeclaresNoLiveNodeDead() {
+        let simulator = ClusterSimulator(seed: 6)
+        let names = simulator.startConverged(20)
+        simulator.loss = 0.05
+        simulator.run(for: .seconds(600))
+        #expect(!simulator.events.contains { if case .died = $0.event { true } else { false } })
+        #expect(simulator.allSee(names, active: names))
+    }
+
+    @Test func aRestartedNodeSupersedesItsOldSelf() throws {
+        let simulator = ClusterSimulator(seed: 7)
+        let names = simulator.startConverged(8)
+        // The old process moved on before it died; the new one starts from scratch at incarnation 0.
+        try simulator.changeState("node-5", to: .terminating)
+        simulator.run(
+            until: { simulator.allSee(names, member: "node-5") { $0.state == .terminating } },
+            timeout: .seconds(10)
+        )
+        let old = simulator.node("node-1").member(named: "node-5")!
+        simulator.crash("node-5")
+        simulator.restart("node-5", state: .viewer)
+        simulator.join("node-5", seeds: ["node-0"])
+        let superseded = simulator.run(
+            until: {
+                simulator.allSee(names, member: "node-5") {
+                    $0.status == .alive && $0.state == .viewer && $0.incarnation > old.incarnation
+                }
+            },
+            timeout: .seconds(30)
+        )
+        #expect(superseded != nil)
+    }
+
+    @Test func aNodeOfAnotherClusterNeverMerges() {
+        let simulator = ClusterSimulator(seed: 8)
+        let names = simulator.startConverged(5)
+        simulator.addNode("intruder") { $0.clusterName = "staging" }
+        simulator.join("intruder", seeds: ["node-0"])
+        simulator.run(for: .seconds(30))
+        #expect(simulator.allSee(names, active: names))
+        #expect(simulator.node("intruder").activeMembers.map(\.name) == ["intruder"])
+        let rejection = simulator.rejections.first { $0.node == "node-0" }?.rejection
+        #expect(rejection?.senderName == "intruder")
+        #expect(rejection?.reason.contains("\"staging\"") == true)
+        #expect(rejection?.reason.contains("\"ringside\"") == true)
+    }
+
+    @Test func aLeavingNodeIsGoneAtOnce() {
+        let simulator = ClusterSimulator(seed: 9)
+        let names = simulator.startConverged(10)
+        simulator.leave("node-6")
+        let others = names.filter { $0 != "node-6" }
+        let gone = simulator.run(
+            until: { simulator.allSee(others, member: "node-6") { $0.status == .left && $0.state == .gone } },
+            timeout: .seconds(10)
+        )
+        #expect(gone.map { $0 < .seconds(1) } == true)
+        #expect(simulator.node("node-6").hasDisseminatedLocalUpdate)
+    }
+
+    @Test func metadataAndItsDeletionPropagate() {
+        let simulator = ClusterSimulator(seed: 10)
+        let names = simulator.startConverged(10)
+        simulator.setMetadata("node-1", "zone", "eu-west-1a")
+        let set = simulator.run(
+            until: { simulator.allSee(names, member: "node-1") { $0.metadataValues["zone"] == "eu-west-1a" } },
+            timeout: .seconds(10)
+        )
+        #expect(set != nil)
+        simulator.deleteMetadata("node-1", "zone")
+        let deleted = simulator.run(
+            until: {
+                simulator.allSee(names, member: "node-1") {
+                    $0.metadataValues["zone"] == nil && $0.metadata["zone"]?.isDeleted == true
+                }
+            },
+            timeout: .seconds(10)
+        )
+        #expect(deleted != nil)
+    }
+
+    @Test func theSameSeedReplaysTheSameRun() {
+        func run() -> [String] {
+            let simulator = ClusterSimulator(seed: 11)
+            simulator.loss = 0.02
+            simulator.startConverged(6)
+            simulator.crash("node-2", hostDown: true)
+            simulator.run(for: .seconds(30))
+            return simulator.events.map { "\($0.time) \($0.node) \($0.event)" }
+        }
+        #expect(run() == run())
+    }
+}
