@@ -18,7 +18,14 @@ let package = Package(
 
         // Layer 2: the membership protocol as a pure state machine and its wire format. No NIO.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
-        .target(name: "RingsideMembership", dependencies: ["RingsideSharding", "CZlib"]),
+        .target(
+            name: "RingsideMembership",
+            dependencies: [
+                "RingsideSharding",
+                "CZlib",
+                .product(name: "HeapModule", package: "swift-collections"),
+            ]
+        ),
 
         // The deterministic network simulator that drives the protocol core in tests and benchmarks.
         .target(

@@ -1,17 +1,31 @@
+import HeapModule
+
 /// Updates waiting to be piggybacked on outgoing messages, each sent a bounded number of times.
 ///
 /// A newer update about a member replaces an older one. Updates sent the fewest times go first, the newest first among
-/// equals, as in memberlist's transmit-limited queue.
+/// equals, as in memberlist's transmit-limited queue. A heap keeps taking and replacing logarithmic: during a
+/// thousand-node bootstrap every node holds a thousand updates.
 struct BroadcastQueue: Sendable {
-    private struct Item {
+    private struct Item: Sendable {
         var message: GossipMessage
-        var subject: String
         var size: Int
-        var transmits: Int
         var order: UInt64
+        var transmits: Int
     }
 
-    private var items: [Item] = []
+    /// A heap entry; entries whose item was replaced or re-queued are stale and skipped when they surface.
+    private struct Entry: Comparable, Sendable {
+        var transmits: Int
+        var order: UInt64
+        var subject: String
+
+        static func < (lhs: Entry, rhs: Entry) -> Bool {
+            lhs.transmits != rhs.transmits ? lhs.transmits < rhs.transmits : lhs.order > rhs.order
+        }
+    }
+
+    private var items: [String: Item] = [:]
+    private var heap = Heap<Entry>()
     private var nextOrder: UInt64 = 0
 
     var isEmpty: Bool { items.isEmpty }
@@ -19,34 +33,35 @@ struct BroadcastQueue: Sendable {
 
     mutating func enqueue(_ message: GossipMessage) {
         guard let subject = message.subject else { return }
-        items.removeAll { $0.subject == subject }
-        items.append(
-            Item(
-                message: message,
-                subject: subject,
-                size: GossipCodec.encodedSize(message),
-                transmits: 0,
-                order: nextOrder
-            )
-        )
         nextOrder += 1
+        items[subject] = Item(message: message, size: GossipCodec.encodedSize(message), order: nextOrder, transmits: 0)
+        heap.insert(Entry(transmits: 0, order: nextOrder, subject: subject))
     }
 
-    /// Updates for one outgoing envelope, at most `budget` bytes of them. Each counts as sent once more, and leaves
-    /// the queue once sent `limit` times.
+    /// Updates for one outgoing envelope, at most `budget` bytes of them (or one update, if the first alone is
+    /// larger). Each counts as sent once more, and leaves the queue once sent `limit` times.
     mutating func take(budget: Int, limit: Int) -> [GossipMessage] {
-        guard !items.isEmpty, budget > 0 else { return [] }
-        let order = items.indices.sorted {
-            (items[$0].transmits, items[$1].order) < (items[$1].transmits, items[$0].order)
-        }
         var remaining = budget
         var taken: [GossipMessage] = []
-        for index in order where items[index].size <= remaining {
-            remaining -= items[index].size
-            taken.append(items[index].message)
-            items[index].transmits += 1
+        var requeue: [Entry] = []
+        while remaining > 0, let entry = heap.popMin() {
+            guard var item = items[entry.subject], item.order == entry.order, item.transmits == entry.transmits
+            else { continue }
+            guard item.size <= remaining || taken.isEmpty else {
+                requeue.append(entry)
+                continue
+            }
+            remaining -= item.size
+            taken.append(item.message)
+            item.transmits += 1
+            if item.transmits >= limit {
+                items[entry.subject] = nil
+            } else {
+                items[entry.subject] = item
+                requeue.append(Entry(transmits: item.transmits, order: item.order, subject: entry.subject))
+            }
         }
-        items.removeAll { $0.transmits >= limit }
+        for entry in requeue { heap.insert(entry) }
         return taken
     }
 }

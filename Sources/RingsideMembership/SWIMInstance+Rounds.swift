@@ -53,7 +53,7 @@ extension SWIMInstance {
                 probeIndex += 1
                 if let member = records[name]?.member, member.status.isActive { return member }
             }
-            probeOrder = records.values.filter { $0.member.status.isActive }.map(\.member.name).sorted()
+            probeOrder = memberNames.filter { records[$0]!.member.status.isActive }
             probeOrder.shuffle(using: &random)
             probeIndex = 0
             if probeOrder.isEmpty { return nil }
@@ -155,16 +155,15 @@ extension SWIMInstance {
     /// dead by mistake hears it and refutes.
     mutating func gossip(now: GossipInstant) {
         guard !broadcasts.isEmpty else { return }
-        var candidates = records.values.filter {
-            $0.member.status.isActive || now < $0.statusSince + configuration.gossipToTheDeadTime
+        let deadWindow = configuration.gossipToTheDeadTime
+        let targets = randomMembers(count: configuration.gossipNodes) {
+            $0.member.status.isActive || now < $0.statusSince + deadWindow
         }
-        candidates.sort { $0.member.name < $1.member.name }
-        candidates.shuffle(using: &random)
-        for candidate in candidates.prefix(configuration.gossipNodes) {
+        for target in targets {
             let updates = broadcasts.take(budget: configuration.maxPiggybackBytes, limit: retransmitLimit)
             guard !updates.isEmpty else { break }
             countLocalUpdates(in: updates)
-            output.append(.send(to: candidate.member.address, messages: updates))
+            output.append(.send(to: target.address, messages: updates))
         }
     }
 
@@ -196,22 +195,17 @@ extension SWIMInstance {
     }
 
     mutating func randomActiveMembers(count: Int, excluding excluded: Set<String>) -> [Member] {
-        var candidates = records.values.filter { $0.member.status == .alive && !excluded.contains($0.member.name) }
-            .map(\.member)
-        // Sorted first: dictionary order differs between processes, and the simulator replays runs by seed.
-        candidates.sort { $0.name < $1.name }
-        candidates.shuffle(using: &random)
-        return Array(candidates.prefix(count))
+        randomMembers(count: count) { $0.member.status == .alive && !excluded.contains($0.member.name) }
     }
 
     // MARK: Housekeeping
 
     /// Forgets members that died or left longer ago than `gossipToTheDeadTime`.
     mutating func forgetDeparted(now: GossipInstant) {
-        for (name, record) in records
-        where !record.member.status.isActive && now >= record.statusSince + configuration.gossipToTheDeadTime {
-            records[name] = nil
+        let departed = records.values.filter {
+            !$0.member.status.isActive && now >= $0.statusSince + configuration.gossipToTheDeadTime
         }
+        for record in departed { forget(record.member.name) }
     }
 
     /// Drops this node's metadata tombstones older than `metadataTombstoneTTL`. Other members drop them with the next

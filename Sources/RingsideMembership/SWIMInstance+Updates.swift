@@ -69,16 +69,13 @@ extension SWIMInstance {
             return
         }
         guard let known = records[member.name]?.member else {
-            records[member.name] = Record(member: member, statusSince: now)
+            store(Record(member: member, statusSince: now))
             broadcasts.enqueue(.alive(member))
             emit(.joined(member))
             return
         }
         guard member.incarnation > known.incarnation else { return }
-        records[member.name] = Record(
-            member: member,
-            statusSince: known.status == .alive ? records[member.name]!.statusSince : now
-        )
+        store(Record(member: member, statusSince: known.status == .alive ? records[member.name]!.statusSince : now))
         suspicions[member.name] = nil
         broadcasts.enqueue(.alive(member))
         switch known.status {
@@ -109,7 +106,7 @@ extension SWIMInstance {
         record.member.incarnation = incarnation
         record.member.status = .suspect
         record.statusSince = now
-        records[name] = record
+        store(record)
         suspicions[name] = makeSuspicion(incarnation: incarnation, from: from, now: now)
         if from == localMember.name {
             counters.suspicions += 1
@@ -135,7 +132,7 @@ extension SWIMInstance {
         record.member.status = leaving ? .left : .dead
         if leaving, record.member.state.canTransition(to: .gone) { record.member.state = .gone }
         record.statusSince = now
-        records[name] = record
+        store(record)
         suspicions[name] = nil
         broadcasts.enqueue(.dead(name: name, incarnation: incarnation, from: from))
         emit(leaving ? .left(record.member) : .died(record.member))

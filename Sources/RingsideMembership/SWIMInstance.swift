@@ -41,7 +41,13 @@ public struct SWIMInstance: Sendable {
     /// Whether ``leave(now:)`` was called.
     public internal(set) var isLeaving = false
 
-    var records: [String: Record] = [:]
+    /// Everything known of other members. Changed only through `store(_:)` and `forget(_:)`, which keep
+    /// `memberNames` and `activeOthers` in step.
+    private(set) var records: [String: Record] = [:]
+    /// The names in `records`, sorted: a stable order for random choices, whatever the dictionary's order.
+    private(set) var memberNames: [String] = []
+    /// How many other members are alive or suspect.
+    private(set) var activeOthers = 0
     var broadcasts = BroadcastQueue()
     var suspicions: [String: Suspicion] = [:]
     var probe: Probe?
@@ -127,8 +133,7 @@ public struct SWIMInstance: Sendable {
 
     /// Whether the newest update about this node has reached as many members as one gossip round would reach.
     public var hasDisseminatedLocalUpdate: Bool {
-        let reachable = records.values.count { $0.member.status.isActive }
-        return localUpdateTransmissions >= min(configuration.gossipNodes, reachable)
+        localUpdateTransmissions >= min(configuration.gossipNodes, activeOthers)
     }
 
     /// The latest instant by which ``tick(now:)`` must be called.
@@ -262,6 +267,49 @@ public struct SWIMInstance: Sendable {
         return takeOutput()
     }
 
+    // MARK: Records
+
+    mutating func store(_ record: Record) {
+        let name = record.member.name
+        let wasActive = records[name]?.member.status.isActive
+        if wasActive == nil { memberNames.insert(name, at: memberNames.firstIndex(notBelow: name)) }
+        if wasActive != true && record.member.status.isActive { activeOthers += 1 }
+        if wasActive == true && !record.member.status.isActive { activeOthers -= 1 }
+        records[name] = record
+    }
+
+    mutating func forget(_ name: String) {
+        guard let record = records.removeValue(forKey: name) else { return }
+        if record.member.status.isActive { activeOthers -= 1 }
+        memberNames.remove(at: memberNames.firstIndex(notBelow: name))
+    }
+
+    /// Up to `count` distinct random members for which `include` holds. Sampling by index is cheap when most members
+    /// qualify, as in a steady cluster; when few do, a scan finds them.
+    mutating func randomMembers(count: Int, where include: (Record) -> Bool) -> [Member] {
+        guard count > 0, !memberNames.isEmpty else { return [] }
+        var picked: [Member] = []
+        var tried = Set<Int>()
+        var attempts = 0
+        while picked.count < count, attempts < 3 * count + 8 {
+            attempts += 1
+            let index = Int(random.next() % UInt64(memberNames.count))
+            guard tried.insert(index).inserted, let record = records[memberNames[index]], include(record) else {
+                continue
+            }
+            picked.append(record.member)
+        }
+        if picked.count < count {
+            var rest: [Member] = []
+            for (index, name) in memberNames.enumerated() where !tried.contains(index) {
+                if let record = records[name], include(record) { rest.append(record.member) }
+            }
+            rest.shuffle(using: &random)
+            picked += rest.prefix(count - picked.count)
+        }
+        return picked
+    }
+
     // MARK: Output
 
     mutating func takeOutput() -> [MembershipDirective] {
@@ -304,7 +352,7 @@ public struct SWIMInstance: Sendable {
     // MARK: Derived timings
 
     /// Members alive or suspect, this node included.
-    var activeCount: Int { 1 + records.values.count { $0.member.status.isActive } }
+    var activeCount: Int { 1 + activeOthers }
 
     /// How many times each update is sent: `retransmitMultiplier × ⌈log10(n + 1)⌉`.
     var retransmitLimit: Int {
@@ -321,4 +369,17 @@ public struct SWIMInstance: Sendable {
 
     /// The probe period and timeout, stretched by the local health multiplier.
     var healthScale: Double { Double(awareness + 1) }
+}
+
+extension [String] {
+    /// In a sorted array, the index of the first element not less than `value` (binary search).
+    fileprivate func firstIndex(notBelow value: String) -> Int {
+        var low = 0
+        var high = count
+        while low < high {
+            let middle = (low + high) / 2
+            if self[middle] < value { low = middle + 1 } else { high = middle }
+        }
+        return low
+    }
 }
