@@ -39,6 +39,7 @@ extension SWIMInstance {
             correctOutdatedRumor(about: name, incarnation: incarnation, sender: envelope.senderAddress)
             applyDead(name: name, incarnation: incarnation, from: from, now: now)
         case .pushPull(let isResponse, let isJoin, let members):
+            if isResponse && isJoin { joinAnswered(now: now) }
             if !isResponse {
                 counters.pushPulls += 1
                 send(

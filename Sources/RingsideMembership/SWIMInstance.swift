@@ -60,6 +60,10 @@ public struct SWIMInstance: Sendable {
     var nextProbeAt: GossipInstant
     var nextGossipAt: GossipInstant
     var nextPushPullAt: GossipInstant
+    /// The seeds of the last join, retried with backoff until one of them answers.
+    var joinSeeds: [String] = []
+    var nextJoinAttemptAt: GossipInstant?
+    var joinBackoff: Duration = .seconds(1)
     var nextSequence: UInt32 = 0
     var random: SplitMix64
     var output: [MembershipDirective] = []
@@ -109,6 +113,8 @@ public struct SWIMInstance: Sendable {
         self.nextProbeAt = now + configuration.probeInterval.scaled(by: random.unit())
         self.nextGossipAt = now + configuration.gossipInterval.scaled(by: random.unit())
         self.nextPushPullAt = now + configuration.pushPullInterval.scaled(by: 0.5 + random.unit())
+        // Announce itself with its first messages, so that whoever it talks to learns of it.
+        broadcasts.enqueue(.alive(localMember))
     }
 
     // MARK: Views
@@ -118,6 +124,9 @@ public struct SWIMInstance: Sendable {
 
     /// The members that take part in views: alive or suspect, itself included.
     public var activeMembers: [Member] { members.filter { $0.status.isActive } }
+
+    /// How many members are alive or suspect, this node included.
+    public var activeMemberCount: Int { 1 + activeOthers }
 
     /// The member named `name`, if known.
     public func member(named name: String) -> Member? {
@@ -142,6 +151,7 @@ public struct SWIMInstance: Sendable {
         if let probe, !probe.isIndirect { deadline = min(deadline, probe.directDeadline) }
         for suspicion in suspicions.values { deadline = min(deadline, suspicion.deadline) }
         for relayed in relayedProbes.values { deadline = min(deadline, relayed.deadline) }
+        if let nextJoinAttemptAt { deadline = min(deadline, nextJoinAttemptAt) }
         return deadline
     }
 
@@ -159,6 +169,10 @@ public struct SWIMInstance: Sendable {
         if now >= nextPushPullAt {
             startPushPull(now: now)
             nextPushPullAt = now + pushPullInterval
+        }
+        if let attempt = nextJoinAttemptAt, now >= attempt {
+            joinBackoff = min(joinBackoff * 2, .seconds(30))
+            sendJoin(now: now)
         }
         return takeOutput()
     }
@@ -204,16 +218,36 @@ public struct SWIMInstance: Sendable {
     }
 
     /// Asks the nodes at `addresses` for their full state, which is how a node joins (and how a partition heals when
-    /// the driver re-resolves its seeds).
+    /// the driver re-resolves its seeds). Until one of them answers, the request is repeated with a backoff from 1 to
+    /// 30 seconds; after the answer, one more full-state exchange with a random member follows within two seconds, to
+    /// learn of nodes that joined at the same moment.
     public mutating func join(addresses: [String], now: GossipInstant) -> [MembershipDirective] {
-        for address in addresses where address != localMember.address {
+        joinSeeds = addresses.filter { $0 != localMember.address }
+        joinBackoff = .seconds(1)
+        sendJoin(now: now)
+        return takeOutput()
+    }
+
+    mutating func sendJoin(now: GossipInstant) {
+        guard !joinSeeds.isEmpty else {
+            nextJoinAttemptAt = nil
+            return
+        }
+        nextJoinAttemptAt = now + joinBackoff
+        for address in joinSeeds {
             send(
                 [.pushPull(isResponse: false, isJoin: true, members: fullState(now: now))],
                 to: address,
                 piggyback: false
             )
         }
-        return takeOutput()
+    }
+
+    /// A seed answered the join.
+    mutating func joinAnswered(now: GossipInstant) {
+        guard nextJoinAttemptAt != nil else { return }
+        nextJoinAttemptAt = nil
+        nextPushPullAt = min(nextPushPullAt, now + .seconds(1) + .seconds(1).scaled(by: random.unit()))
     }
 
     // MARK: Changing this node

@@ -24,6 +24,8 @@ public final class ClusterSimulator {
     public private(set) var events: [(time: GossipInstant, node: String, event: MembershipEvent)] = []
     /// Every refusal every node reported (wrong cluster, clashing names).
     public private(set) var rejections: [(node: String, rejection: EnvelopeRejection)] = []
+    /// Called with every event a node reports, whether or not ``recordsEvents`` keeps them.
+    public var onEvent: ((_ time: GossipInstant, _ node: String, _ event: MembershipEvent) -> Void)?
     /// Called with every envelope a running node receives, before it handles it.
     public var onDeliver: ((_ node: String, _ envelope: GossipEnvelope, _ time: GossipInstant) -> Void)?
     /// Whether to keep ``events`` (a long run at a thousand nodes may not want them).
@@ -207,6 +209,22 @@ public final class ClusterSimulator {
         return nil
     }
 
+    /// Runs until `condition` holds, checking it every `interval` of virtual time rather than after every event (for
+    /// conditions that cost a pass over a thousand nodes). Returns the time taken to the check that first saw it, or
+    /// nil if it never held within `timeout`.
+    @discardableResult
+    public func run(until condition: () -> Bool, timeout: Duration, checkingEvery interval: Duration) -> Duration? {
+        let start = now
+        while now - start < timeout {
+            if condition() { return now - start }
+            run(for: interval)
+        }
+        return condition() ? now - start : nil
+    }
+
+    /// The total bytes every node has sent.
+    public var totalBytesSent: Int { bytesSent.values.reduce(0, +) }
+
     private func step() {
         let next = queue.removeMin()
         now = next.time
@@ -256,6 +274,7 @@ public final class ClusterSimulator {
                 send(messages, from: name, to: address)
             case .event(let event):
                 if recordsEvents { events.append((now, name, event)) }
+                onEvent?(now, name, event)
             case .rejected(let rejection):
                 rejections.append((name, rejection))
             }

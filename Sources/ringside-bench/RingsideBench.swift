@@ -6,7 +6,7 @@ struct RingsideBench: ParsableCommand {
         commandName: "ringside-bench",
         abstract: "Measures Ringside and prints figures (a readable table, or one JSON object per line with --json).",
         discussion: "Build in release mode first: swift run -c release ringside-bench <benchmark> [--json]",
-        subcommands: [ShardingBenchmark.self]
+        subcommands: [ShardingBenchmark.self, GossipBenchmark.self]
     )
 }
 
