@@ -6,11 +6,18 @@ let package = Package(
     products: [
         .library(name: "RingsideSharding", targets: ["RingsideSharding"]),
         .library(name: "RingsideMembership", targets: ["RingsideMembership"]),
+        .library(name: "RingsideCluster", targets: ["RingsideCluster"]),
         .executable(name: "ringside-bench", targets: ["ringside-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-atomics.git", from: "1.3.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // Layer 1: hashing and sharding. No dependencies, so that any Swift program can use it.
@@ -36,6 +43,24 @@ let package = Package(
             ]
         ),
 
+        // Layer 3: a cluster node on the network (NIO, HTTP/2), usable in-process as a library.
+        .systemLibrary(name: "CResolv", path: "Sources/CResolv"),
+        .target(
+            name: "RingsideCluster",
+            dependencies: [
+                "RingsideMembership",
+                "CResolv",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
         .executableTarget(
             name: "ringside-bench",
             dependencies: [
@@ -47,6 +72,7 @@ let package = Package(
 
         .testTarget(name: "RingsideShardingTests", dependencies: ["RingsideSharding"]),
         .testTarget(name: "RingsideMembershipTests", dependencies: ["RingsideMembership", "RingsideSimulation"]),
+        .testTarget(name: "RingsideClusterTests", dependencies: ["RingsideCluster"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,86 @@
+import NIOCore
+import NIOHTTP1
+import NIOHTTP2
+import NIOPosix
+
+/// The cluster listener: HTTP/2 with prior knowledge (h2c), one stream per gossip envelope, `POST /ringside/v1/gossip`.
+///
+/// The body is collected up to the decoder's limit (anything longer is answered 413 and dropped) and handed to
+/// `receive`, which answers whether the frame was accepted: 204 if so, 400 if it was not a valid frame.
+enum GossipServer {
+    static let path = "/ringside/v1/gossip"
+
+    /// Binds the listener and returns its channel.
+    static func bind(
+        to address: HostAndPort,
+        group: any EventLoopGroup,
+        maxBodyBytes: Int,
+        receive: @escaping @Sendable ([UInt8]) -> Bool
+    ) async throws -> any Channel {
+        try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.configureHTTP2Pipeline(mode: .server, inboundStreamInitializer: { stream in
+                    stream.eventLoop.makeCompletedFuture {
+                        try stream.pipeline.syncOperations.addHandlers([
+                            HTTP2FramePayloadToHTTP1ServerCodec(),
+                            GossipRequestHandler(maxBodyBytes: maxBodyBytes, receive: receive),
+                        ])
+                    }
+                }).map { _ in }
+            }
+            .bind(host: address.host, port: address.port)
+            .get()
+    }
+}
+
+/// Collects one gossip request and answers it.
+final class GossipRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let maxBodyBytes: Int
+    private let receive: @Sendable ([UInt8]) -> Bool
+    private var body: [UInt8] = []
+    private var status: HTTPResponseStatus?
+
+    init(maxBodyBytes: Int, receive: @escaping @Sendable ([UInt8]) -> Bool) {
+        self.maxBodyBytes = maxBodyBytes
+        self.receive = receive
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            body.removeAll(keepingCapacity: true)
+            if head.uri != GossipServer.path {
+                status = .notFound
+            } else if head.method != .POST {
+                status = .methodNotAllowed
+            } else {
+                status = nil
+            }
+        case .body(var buffer):
+            guard status == nil else { return }
+            if body.count + buffer.readableBytes > maxBodyBytes {
+                status = .payloadTooLarge
+                body = []
+                return
+            }
+            body += buffer.readBytes(length: buffer.readableBytes) ?? []
+        case .end:
+            let answer = status ?? (receive(body) ? .noContent : .badRequest)
+            body = []
+            var headers = HTTPHeaders()
+            headers.add(name: "content-length", value: "0")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http2, status: answer, headers: headers))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,32 @@
+/// A `host:port` pair as written in configuration: `10.0.0.1:7401`, `[::1]:7401`, `ringside-0.ringside:7401`.
+struct HostAndPort: Hashable, Sendable, CustomStringConvertible {
+    var host: String
+    var port: Int
+
+    /// Parses `text`, or returns nil when it is not `host:port` with a port from 0 to 65535.
+    init?(_ text: String) {
+        let hostPart: Substring
+        let portPart: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+                return nil
+            }
+            hostPart = text[text.index(after: text.startIndex)..<close]
+            portPart = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":"), !text[..<colon].contains(":") else { return nil }
+            hostPart = text[..<colon]
+            portPart = text[text.index(after: colon)...]
+        }
+        guard !hostPart.isEmpty, let port = Int(portPart), (0...65_535).contains(port) else { return nil }
+        self.host = String(hostPart)
+        self.port = port
+    }
+
+    init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
