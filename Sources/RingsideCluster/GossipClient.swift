@@ -1,3 +1,4 @@
+import Atomics
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -16,6 +17,8 @@ final class GossipClient: Sendable {
     private let connectTimeout: TimeAmount
     private let connections = NIOLockedValueBox<[String: EventLoopFuture<Connection>]>([:])
     private let logger: Logger
+    /// Envelopes handed over and not yet answered or failed.
+    private let inFlight = ManagedAtomic(0)
 
     private struct Connection: Sendable {
         var channel: any Channel
@@ -24,13 +27,16 @@ final class GossipClient: Sendable {
 
     init(group: any EventLoopGroup, connectTimeout: Duration, logger: Logger) {
         self.group = group
-        self.connectTimeout = .nanoseconds(connectTimeout.components.seconds * 1_000_000_000 + connectTimeout.components.attoseconds / 1_000_000_000)
+        self.connectTimeout = .nanoseconds(
+            connectTimeout.components.seconds * 1_000_000_000 + connectTimeout.components.attoseconds / 1_000_000_000
+        )
         self.logger = logger
     }
 
     /// Sends `body` to the node at `address`; `onFailure` runs if it could not be delivered, with `refused` true
     /// when the connection was refused.
     func send(_ body: ByteBuffer, to address: String, onFailure: @escaping @Sendable (_ refused: Bool) -> Void) {
+        inFlight.wrappingIncrement(ordering: .relaxed)
         connection(to: address).flatMap { connection -> EventLoopFuture<Void> in
             let response = connection.channel.eventLoop.makePromise(of: Void.self)
             let stream = connection.channel.eventLoop.makePromise(of: (any Channel).self)
@@ -44,6 +50,7 @@ final class GossipClient: Sendable {
             }
             return stream.futureResult.flatMap { channel in
                 var headers = HTTPHeaders()
+                headers.add(name: "host", value: address)
                 headers.add(name: "content-type", value: "application/x-ringside-gossip")
                 headers.add(name: "content-length", value: String(body.readableBytes))
                 let head = HTTPRequestHead(version: .http2, method: .POST, uri: GossipServer.path, headers: headers)
@@ -52,8 +59,23 @@ final class GossipClient: Sendable {
                 channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
                 return response.futureResult
             }
-        }.whenFailure { error in
-            onFailure(Self.isRefused(error))
+        }.whenComplete { [inFlight, logger] result in
+            inFlight.wrappingDecrement(ordering: .relaxed)
+            if case .failure(let error) = result {
+                logger.debug(
+                    "gossip send failed",
+                    metadata: ["ringside.peer.address": "\(address)", "ringside.error": "\(error)"]
+                )
+                onFailure(Self.isRefused(error))
+            }
+        }
+    }
+
+    /// Waits until every envelope handed over has been answered or has failed, or `timeout` has passed.
+    func drain(timeout: Duration) async {
+        let deadline = ContinuousClock.now + timeout
+        while inFlight.load(ordering: .relaxed) > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
         }
     }
 

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOHTTP2
@@ -10,29 +11,54 @@ import NIOPosix
 enum GossipServer {
     static let path = "/ringside/v1/gossip"
 
-    /// Binds the listener and returns its channel.
+    /// Binds the listener.
     static func bind(
         to address: HostAndPort,
         group: any EventLoopGroup,
         maxBodyBytes: Int,
         receive: @escaping @Sendable ([UInt8]) -> Bool
-    ) async throws -> any Channel {
-        try await ServerBootstrap(group: group)
+    ) async throws -> GossipListener {
+        let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+        let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
-                channel.configureHTTP2Pipeline(mode: .server, inboundStreamInitializer: { stream in
-                    stream.eventLoop.makeCompletedFuture {
-                        try stream.pipeline.syncOperations.addHandlers([
-                            HTTP2FramePayloadToHTTP1ServerCodec(),
-                            GossipRequestHandler(maxBodyBytes: maxBodyBytes, receive: receive),
-                        ])
+                let id = ObjectIdentifier(channel)
+                connections.withLockedValue { $0[id] = channel }
+                channel.closeFuture.whenComplete { _ in _ = connections.withLockedValue { $0.removeValue(forKey: id) } }
+                return channel.configureHTTP2Pipeline(
+                    mode: .server,
+                    inboundStreamInitializer: { stream in
+                        stream.eventLoop.makeCompletedFuture {
+                            try stream.pipeline.syncOperations.addHandlers([
+                                HTTP2FramePayloadToHTTP1ServerCodec(),
+                                GossipRequestHandler(maxBodyBytes: maxBodyBytes, receive: receive),
+                            ])
+                        }
                     }
-                }).map { _ in }
+                ).map { _ in }
             }
             .bind(host: address.host, port: address.port)
             .get()
+        return GossipListener(channel: channel, connections: connections)
+    }
+}
+
+/// A bound cluster listener and the connections it accepted.
+struct GossipListener: Sendable {
+    let channel: any Channel
+    let connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>
+
+    /// The bound port.
+    var port: Int? { channel.localAddress?.port }
+
+    /// Stops accepting and closes every accepted connection, so that peers see what they would see of a process that
+    /// is gone: their next connection attempt is refused.
+    func close() async {
+        try? await channel.close()
+        let open = connections.withLockedValue { Array($0.values) }
+        for connection in open { try? await connection.close() }
     }
 }
 
@@ -75,7 +101,10 @@ final class GossipRequestHandler: ChannelInboundHandler, RemovableChannelHandler
             body = []
             var headers = HTTPHeaders()
             headers.add(name: "content-length", value: "0")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http2, status: answer, headers: headers))), promise: nil)
+            context.write(
+                wrapOutboundOut(.head(HTTPResponseHead(version: .http2, status: answer, headers: headers))),
+                promise: nil
+            )
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         }
     }

@@ -94,7 +94,14 @@ struct SeedResolver: Sendable {
                 ringside_res_use_nameserver(state, &socketAddress)
             }
             var answer = [UInt8](repeating: 0, count: 65_535)
-            let length = res_nsearch(state, name, Int32(ns_c_in.rawValue), Int32(ns_t_srv.rawValue), &answer, Int32(answer.count))
+            let length = res_nsearch(
+                state,
+                name,
+                Int32(ns_c_in.rawValue),
+                Int32(ns_t_srv.rawValue),
+                &answer,
+                Int32(answer.count)
+            )
             guard length > 0 else { return [] }
             return DNSMessage.srvRecords(in: Array(answer.prefix(Int(length))))
         }

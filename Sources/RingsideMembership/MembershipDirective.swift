@@ -54,4 +54,7 @@ public struct MembershipCounters: Hashable, Sendable {
     public var pushPulls = 0
     /// Envelopes refused (wrong cluster, a clashing name).
     public var rejectedEnvelopes = 0
+
+    /// All zero.
+    public init() {}
 }

@@ -1,0 +1,321 @@
+import Logging
+import NIOCore
+import RingsideMembership
+import RingsideSharding
+import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension ClusterNode {
+    /// Binds the cluster listener, joins the seeds, and runs the protocol until ``stop()`` is called, the task is
+    /// cancelled, or (in a `ServiceGroup`) a graceful shutdown begins. Then it leaves the cluster: announces the
+    /// departure, waits (at most `disseminationTimeout`) until it has gone out, and closes its connections.
+    public func run() async throws {
+        let listener: GossipListener
+        let advertised: String
+        do {
+            (listener, advertised) = try await bind()
+        } catch {
+            lifecycle.withLockedValue { lifecycle in
+                for waiter in lifecycle.runningWaiters { waiter.resume(throwing: error) }
+                lifecycle.runningWaiters = []
+            }
+            throw error
+        }
+        start(advertisedAddress: advertised)
+        logger.info("cluster node started", metadata: ["ringside.address": "\(advertised)"])
+        let waiters = lifecycle.withLockedValue { lifecycle in
+            lifecycle.listener = listener
+            lifecycle.advertisedAddress = advertised
+            defer { lifecycle.runningWaiters = [] }
+            return lifecycle.runningWaiters
+        }
+        for waiter in waiters { waiter.resume(returning: advertised) }
+
+        await withGracefulShutdownHandler {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await self.driveProtocol() }
+                group.addTask { await self.rejoinSeeds() }
+                await group.waitForAll()
+            }
+        } onGracefulShutdown: {
+            self.requestStop()
+        }
+
+        await leaveAndClose(listener)
+    }
+
+    /// Asks a running node to leave and stop, and waits until it has.
+    public func stop() async {
+        requestStop()
+        await withCheckedContinuation { continuation in
+            let done = lifecycle.withLockedValue { lifecycle in
+                if lifecycle.stopped || !lifecycle.hasRun { return true }
+                lifecycle.stoppedWaiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    /// Waits until the node listens and returns the address it advertises.
+    public func waitUntilRunning() async throws -> String {
+        try await withCheckedThrowingContinuation { continuation in
+            let address = lifecycle.withLockedValue { lifecycle -> String? in
+                if let address = lifecycle.advertisedAddress { return address }
+                lifecycle.runningWaiters.append(continuation)
+                return nil
+            }
+            if let address { continuation.resume(returning: address) }
+        }
+    }
+
+    // MARK: Running
+
+    func bind() async throws -> (GossipListener, String) {
+        guard let listen = HostAndPort(configuration.listenAddress) else {
+            throw ClusterError(
+                code: .invalidAddress,
+                message: "cluster listen address \"\(configuration.listenAddress)\" is not host:port"
+            )
+        }
+        let maxBody = GossipCodec.Limits().maxEnvelopeBytes
+        let listener: GossipListener
+        do {
+            listener = try await GossipServer.bind(to: listen, group: group, maxBodyBytes: maxBody) {
+                [weak self] bytes in
+                self?.receive(bytes) ?? false
+            }
+        } catch {
+            throw ClusterError(
+                code: .listenFailed,
+                message: "cannot listen for cluster traffic on \(listen)",
+                underlying: error
+            )
+        }
+        let port = listener.port ?? listen.port
+        if let advertise = configuration.advertiseAddress {
+            return (listener, advertise)
+        }
+        let host = ["0.0.0.0", "::", "[::]"].contains(listen.host) ? "127.0.0.1" : listen.host
+        return (listener, HostAndPort(host: host, port: port).description)
+    }
+
+    func start(advertisedAddress: String) {
+        var timings = configuration.timings
+        timings.nodeName = configuration.nodeName
+        timings.clusterName = configuration.clusterName
+        timings.advertiseAddress = advertisedAddress
+        timings.initialState = configuration.initialState
+        timings.initialMetadata = configuration.initialMetadata
+        // Milliseconds since the epoch: a restarted node supersedes its previous self at once.
+        timings.initialIncarnation = UInt64(max(0, Self.wallClockMilliseconds()))
+        let instance = SWIMInstance(configuration: timings, now: now(), seed: UInt64.random(in: .min ... .max))
+        core.withLockedValue { core in
+            core.instance = instance
+            core.counters = instance.counters
+        }
+        lifecycle.withLockedValue { $0.hasRun = true }
+        publish(events: [])
+    }
+
+    /// Ticks the protocol at its deadlines (checking at least every 20 ms for inputs that brought them forward).
+    func driveProtocol() async {
+        while !lifecycle.withLockedValue({ $0.stopRequested }) && !Task.isCancelled {
+            let deadline = core.withLockedValue { $0.instance?.nextDeadline } ?? now()
+            let wait = min(max(deadline - now(), .zero), .milliseconds(20))
+            if wait > .zero { try? await Task.sleep(for: wait) }
+            if let directives = try? withInstance({ instance, now in instance.tick(now: now) }) {
+                perform(directives)
+            }
+        }
+    }
+
+    /// Resolves and joins the seeds at once, then every `rejoinInterval`.
+    func rejoinSeeds() async {
+        guard !configuration.seeds.isEmpty else { return }
+        var nextJoin = ContinuousClock.now
+        while !lifecycle.withLockedValue({ $0.stopRequested }) && !Task.isCancelled {
+            if ContinuousClock.now >= nextJoin {
+                nextJoin = ContinuousClock.now + configuration.rejoinInterval
+                let addresses = await resolver.resolve(configuration.seeds)
+                if addresses.isEmpty {
+                    logger.warning(
+                        "no seed resolved; running alone until one does",
+                        metadata: ["ringside.seeds": "\(configuration.seeds)"]
+                    )
+                } else if let directives = try? withInstance({ $0.join(addresses: addresses, now: $1) }) {
+                    perform(directives)
+                }
+            }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    func requestStop() {
+        lifecycle.withLockedValue { $0.stopRequested = true }
+    }
+
+    /// Stops without leaving, as a crashed process would: no announcement, connections dropped, the port closed.
+    func halt() async {
+        lifecycle.withLockedValue {
+            $0.halting = true
+            $0.stopRequested = true
+        }
+        await stop()
+    }
+
+    func leaveAndClose(_ listener: GossipListener) async {
+        if !lifecycle.withLockedValue({ $0.halting }), let directives = try? withInstance({ $0.leave(now: $1) }) {
+            perform(directives)
+            do {
+                try await waitForDissemination()
+            } catch {
+                logger.notice(
+                    "left without confirming that other members heard",
+                    metadata: ["ringside.error": "\(error)"]
+                )
+            }
+        }
+        await client.drain(timeout: configuration.disseminationTimeout)
+        await listener.close()
+        await client.shutdown()
+        let subscribers = core.withLockedValue { core in
+            defer { core.subscribers = [:] }
+            return Array(core.subscribers.values)
+        }
+        for subscriber in subscribers { subscriber.finish() }
+        logger.info("cluster node stopped")
+        let waiters = lifecycle.withLockedValue { lifecycle in
+            lifecycle.stopped = true
+            lifecycle.advertisedAddress = nil
+            defer { lifecycle.stoppedWaiters = [] }
+            return lifecycle.stoppedWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    // MARK: Inputs and outputs
+
+    /// Handles one gossip frame from the listener; false if it was not a valid frame (dropped, counted, logged at
+    /// debug).
+    func receive(_ bytes: [UInt8]) -> Bool {
+        metrics.bytesIn.increment(by: Int64(bytes.count))
+        let envelope: GossipEnvelope
+        do {
+            envelope = try GossipCodec.decode(bytes)
+        } catch {
+            metrics.framesDropped.increment()
+            logger.debug(
+                "dropped a gossip frame",
+                metadata: ["ringside.error": "\(error)", "ringside.bytes": "\(bytes.count)"]
+            )
+            return false
+        }
+        if let directives = try? withInstance({ $0.receive(envelope, now: $1) }) {
+            perform(directives)
+        }
+        return true
+    }
+
+    /// Carries out directives: sends, events, refusals.
+    func perform(_ directives: [MembershipDirective]) {
+        var events: [MembershipEvent] = []
+        for directive in directives {
+            switch directive {
+            case .send(let address, let messages):
+                send(messages, to: address)
+            case .event(let event):
+                events.append(event)
+            case .rejected(let rejection):
+                logger.warning(
+                    "refused gossip",
+                    metadata: [
+                        "ringside.peer": "\(rejection.senderName)",
+                        "ringside.peer.address": "\(rejection.senderAddress)",
+                        "ringside.reason": "\(rejection.reason)",
+                    ]
+                )
+            }
+        }
+        if !events.isEmpty { publish(events: events) }
+    }
+
+    func send(_ messages: [GossipMessage], to address: String) {
+        guard let advertised = lifecycle.withLockedValue({ $0.advertisedAddress }) else { return }
+        let envelope = GossipEnvelope(
+            clusterName: configuration.clusterName,
+            senderName: configuration.nodeName,
+            senderAddress: advertised,
+            messages: messages
+        )
+        let bytes = GossipCodec.encode(envelope)
+        metrics.bytesOut.increment(by: Int64(bytes.count))
+        client.send(ByteBuffer(bytes: bytes), to: address) { [weak self] refused in
+            guard let self else { return }
+            if let directives = try? self.withInstance({
+                $0.sendFailed(to: address, messages: messages, refused: refused, now: $1)
+            }) {
+                self.perform(directives)
+            }
+        }
+    }
+
+    /// Rebuilds the view if the peers changed, publishes it, then tells subscribers about `events`.
+    func publish(events: [MembershipEvent]) {
+        publishing.withLock {
+            let (members, peers, subscribers) = core.withLockedValue { core in
+                (core.instance?.members ?? [], core.instance?.peers ?? [], Array(core.subscribers.values))
+            }
+            var current = view.load(ordering: .acquiring)
+            if current.sharder.peers != peers.sorted(by: { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) })
+                || current.members != members
+            {
+                let sharder: any Sharder
+                do {
+                    sharder = try configuration.sharding.makeSharder(peers: peers)
+                } catch {
+                    logger.error(
+                        "cannot build the sharder; keeping the previous one",
+                        metadata: ["ringside.error": "\(error)"]
+                    )
+                    sharder = current.sharder
+                }
+                current = View(members: members, sharder: sharder)
+                view.store(current, ordering: .releasing)
+                metrics.record(members: members)
+            }
+            for event in events {
+                log(event)
+                for subscriber in subscribers {
+                    subscriber.yield(ClusterUpdate(event: event, members: current.members, sharder: current.sharder))
+                }
+            }
+        }
+    }
+
+    func log(_ event: MembershipEvent) {
+        switch event {
+        case .joined(let member): logger.debug("member joined", metadata: ["ringside.peer": "\(member.name)"])
+        case .left(let member): logger.debug("member left", metadata: ["ringside.peer": "\(member.name)"])
+        case .died(let member): logger.info("member declared dead", metadata: ["ringside.peer": "\(member.name)"])
+        case .suspected(let member): logger.debug("member suspected", metadata: ["ringside.peer": "\(member.name)"])
+        case .alive(let member): logger.debug("member refuted suspicion", metadata: ["ringside.peer": "\(member.name)"])
+        case .stateChanged(let member, let from):
+            logger.debug(
+                "member changed state",
+                metadata: ["ringside.peer": "\(member.name)", "ringside.state": "\(from) → \(member.state)"]
+            )
+        case .metadataChanged(let member):
+            logger.trace("member metadata changed", metadata: ["ringside.peer": "\(member.name)"])
+        }
+    }
+
+    static func wallClockMilliseconds() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
+    }
+}

@@ -1,0 +1,211 @@
+import Logging
+import RingsideMembership
+import RingsideSharding
+import Testing
+
+@testable import RingsideCluster
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+func eventually(timeout: Duration = .seconds(15), _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return condition()
+}
+
+/// Runs `body` with `count` real nodes on 127.0.0.1, each on a free port, `node-0` the seed of the others; stops
+/// them all afterwards.
+func withCluster(
+    _ count: Int,
+    configure: (Int, inout ClusterConfiguration) -> Void = { _, _ in },
+    _ body: ([ClusterNode]) async throws -> Void
+) async throws {
+    func makeNode(_ index: Int, seeds: [String]) -> ClusterNode {
+        var configuration = ClusterConfiguration(nodeName: "node-\(index)")
+        configuration.listenAddress = "127.0.0.1:0"
+        configuration.seeds = seeds
+        configure(index, &configuration)
+        return ClusterNode(configuration: configuration, logger: Logger(label: "test"))
+    }
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        let seed = makeNode(0, seeds: [])
+        group.addTask { try await seed.run() }
+        let seedAddress = try await seed.waitUntilRunning()
+        var nodes = [seed]
+        for index in 1..<count {
+            let node = makeNode(index, seeds: [seedAddress])
+            nodes.append(node)
+            group.addTask { try await node.run() }
+        }
+        for node in nodes { _ = try await node.waitUntilRunning() }
+        let outcome: Result<Void, any Error>
+        do {
+            try await body(nodes)
+            outcome = .success(())
+        } catch {
+            outcome = .failure(error)
+        }
+        for node in nodes { await node.stop() }
+        try await group.waitForAll()
+        try outcome.get()
+    }
+}
+
+/// Whether every node in `observers` sees the member `name` and `check` holds for it.
+func everyone(_ observers: [ClusterNode], sees name: String, _ check: (Member) -> Bool) -> Bool {
+    observers.allSatisfy { node in node.members.first { $0.name == name }.map(check) ?? false }
+}
+
+@Suite("Cluster nodes on loopback", .serialized)
+struct ClusterNodeTests {
+    @Test func fiveNodesJoinThroughOneSeed() async throws {
+        try await withCluster(5) { nodes in
+            let joined = await eventually { nodes.allSatisfy { $0.peers.count == 5 } }
+            #expect(joined)
+            // Every node computes the same owner for every key.
+            let owners = Set(nodes.map { try? $0.lookup("customer-42").first?.name })
+            #expect(owners.count == 1)
+        }
+    }
+
+    @Test func aStateChangeIsSeenByAll() async throws {
+        try await withCluster(5) { nodes in
+            #expect(await eventually { nodes.allSatisfy { $0.peers.count == 5 } })
+            try await nodes[2].changeState(to: .terminating)
+            #expect(await eventually { everyone(nodes, sees: "node-2") { $0.state == .terminating } })
+            // New keys avoid a terminating peer everywhere; reads still reach it.
+            for node in nodes {
+                let writers = Set((0..<200).compactMap { try? node.lookup("key-\($0)").first?.name })
+                #expect(!writers.contains("node-2"))
+            }
+            await #expect(throws: ShardingError.self) { try await nodes[2].changeState(to: .participant) }
+        }
+    }
+
+    @Test func aNodeThatStopsWithoutLeavingIsDetected() async throws {
+        try await withCluster(5) { nodes in
+            #expect(await eventually { nodes.allSatisfy { $0.peers.count == 5 } })
+            await nodes[3].halt()
+            let survivors = nodes.filter { $0.configuration.nodeName != "node-3" }
+            #expect(await eventually { everyone(survivors, sees: "node-3") { !$0.status.isActive } })
+            #expect(await eventually { survivors.allSatisfy { $0.peers.count == 4 } })
+        }
+    }
+
+    @Test func aLeavingNodeIsGoneAtOnce() async throws {
+        try await withCluster(5) { nodes in
+            #expect(await eventually { nodes.allSatisfy { $0.peers.count == 5 } })
+            let start = ContinuousClock.now
+            await nodes[4].stop()
+            let others = Array(nodes.prefix(4))
+            #expect(await eventually { everyone(others, sees: "node-4") { $0.status == .left && $0.state == .gone } })
+            // The departure is announced, not detected: well inside one probe period.
+            #expect(ContinuousClock.now - start < .seconds(2))
+        }
+    }
+
+    @Test func metadataPropagates() async throws {
+        try await withCluster(5) { nodes in
+            #expect(await eventually { nodes.allSatisfy { $0.peers.count == 5 } })
+            try nodes[1].setMetadata("zone", to: "eu-west-1a")
+            #expect(await eventually { everyone(nodes, sees: "node-1") { $0.metadataValues["zone"] == "eu-west-1a" } })
+            try nodes[1].deleteMetadata("zone")
+            #expect(await eventually { everyone(nodes, sees: "node-1") { $0.metadataValues["zone"] == nil } })
+        }
+    }
+
+    @Test func aNodeOfAnotherClusterIsRefused() async throws {
+        func intruderInStaging(_ index: Int, _ configuration: inout ClusterConfiguration) {
+            if index == 3 { configuration.clusterName = "staging" }
+        }
+        try await withCluster(4, configure: intruderInStaging) { nodes in
+            let ringside = Array(nodes.prefix(3))
+            #expect(await eventually { ringside.allSatisfy { $0.peers.count == 3 } })
+            // Give the intruder's joins time to arrive; it must stay alone, and nobody may learn of it.
+            try await Task.sleep(for: .seconds(2))
+            #expect(ringside.allSatisfy { node in !node.members.contains { $0.name == "node-3" } })
+            #expect(nodes[3].peers.map(\.name) == ["node-3"])
+        }
+    }
+
+    @Test func updatesCarryTheViewThatIncludesTheEvent() async throws {
+        try await withCluster(3) { nodes in
+            #expect(await eventually { nodes.allSatisfy { $0.peers.count == 3 } })
+            let updates = nodes[0].updates()
+            try await nodes[1].changeState(to: .terminating)
+            for await update in updates {
+                guard case .stateChanged(let member, let from)? = update.event, member.name == "node-1" else {
+                    continue
+                }
+                #expect(from == .participant)
+                // The sharder was rebuilt before the event was delivered.
+                #expect(update.sharder.peers.first { $0.name == "node-1" }?.state == .terminating)
+                break
+            }
+        }
+    }
+
+    @Test func aNodeAloneOwnsEveryKey() async throws {
+        try await withCluster(1) { nodes in
+            let owners = try nodes[0].lookup("anything").map(\.name)
+            #expect(owners == ["node-0"])
+        }
+    }
+}
+
+@Suite("Addresses and DNS answers")
+struct AddressTests {
+    @Test func hostAndPortParse() {
+        #expect(HostAndPort("10.0.0.1:7401") == HostAndPort(host: "10.0.0.1", port: 7401))
+        #expect(HostAndPort("[::1]:7401") == HostAndPort(host: "::1", port: 7401))
+        #expect(HostAndPort("ringside-0.ringside:0")?.port == 0)
+        #expect(HostAndPort("::1:7401") == nil)
+        #expect(HostAndPort("host") == nil)
+        #expect(HostAndPort("host:70000") == nil)
+        #expect(HostAndPort(":7401") == nil)
+        #expect(HostAndPort(host: "::1", port: 1).description == "[::1]:1")
+    }
+
+    /// An SRV answer as a DNS server sends it, with the targets compressed against the question.
+    static let srvAnswer: [UInt8] = {
+        func name(_ labels: [String]) -> [UInt8] { labels.flatMap { [UInt8($0.utf8.count)] + Array($0.utf8) } + [0] }
+        var message: [UInt8] = [0x12, 0x34, 0x81, 0x80, 0, 1, 0, 2, 0, 0, 0, 0]
+        message += name(["_gossip", "_tcp", "ringside", "svc"]) + [0, 33, 0, 1]
+        for (index, port) in [(0, 7401), (1, 7402)] {
+            // "a." (or "b."), then a pointer to "ringside.svc" in the question.
+            let target: [UInt8] = [1, UInt8(ascii: "a") + UInt8(index)] + [0xC0, 25]
+            message += [0xC0, 12, 0, 33, 0, 1, 0, 0, 0, 30, 0, UInt8(6 + target.count)]
+            message += [0, 10, 0, 5, UInt8(port >> 8), UInt8(port & 0xFF)] + target
+        }
+        return message
+    }()
+
+    @Test func srvRecordsAreRead() {
+        let records = DNSMessage.srvRecords(in: Self.srvAnswer)
+        #expect(records.map(\.target) == ["a.ringside.svc", "b.ringside.svc"])
+        #expect(records.map(\.port) == [7401, 7402])
+        #expect(records.first?.priority == 10)
+    }
+
+    @Test func malformedDNSAnswersGiveNothingAndNeverCrash() {
+        var random = SplitMix64(seed: 53)
+        for length in 0..<Self.srvAnswer.count {
+            _ = DNSMessage.srvRecords(in: Array(Self.srvAnswer.prefix(length)))
+        }
+        for _ in 0..<5000 {
+            var message = Self.srvAnswer
+            message[Int(random.next() % UInt64(message.count))] = UInt8(truncatingIfNeeded: random.next())
+            _ = DNSMessage.srvRecords(in: message)
+        }
+        // A compression pointer to itself must not loop.
+        #expect(DNSMessage.name(in: [0xC0, 0], at: 0) == nil)
+    }
+
+    @Test func namesResolveToEveryAddress() async {
+        let resolver = SeedResolver()
+        #expect(await resolver.resolve(["127.0.0.1:7401", "localhost:7402", "bad entry"]).contains("127.0.0.1:7401"))
+        #expect(await resolver.resolve(["localhost:7402"]).contains { $0.hasSuffix(":7402") })
+    }
+}
