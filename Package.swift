@@ -66,6 +66,9 @@ let package = Package(
             dependencies: [
                 "RingsideSharding",
                 "RingsideSimulation",
+                "RingsideCluster",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

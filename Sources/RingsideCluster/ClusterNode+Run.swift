@@ -203,11 +203,13 @@ extension ClusterNode {
     /// debug).
     func receive(_ bytes: [UInt8]) -> Bool {
         metrics.bytesIn.increment(by: Int64(bytes.count))
+        traffic.bytesIn.wrappingIncrement(by: bytes.count, ordering: .relaxed)
         let envelope: GossipEnvelope
         do {
             envelope = try GossipCodec.decode(bytes)
         } catch {
             metrics.framesDropped.increment()
+            traffic.framesDropped.wrappingIncrement(ordering: .relaxed)
             logger.debug(
                 "dropped a gossip frame",
                 metadata: ["ringside.error": "\(error)", "ringside.bytes": "\(bytes.count)"]
@@ -253,6 +255,7 @@ extension ClusterNode {
         )
         let bytes = GossipCodec.encode(envelope)
         metrics.bytesOut.increment(by: Int64(bytes.count))
+        traffic.bytesOut.wrappingIncrement(by: bytes.count, ordering: .relaxed)
         client.send(ByteBuffer(bytes: bytes), to: address) { [weak self] refused in
             guard let self else { return }
             if let directives = try? self.withInstance({

@@ -38,6 +38,7 @@ public final class ClusterNode: Service, Sendable {
     let publishing = NIOLock()
     let client: GossipClient
     let metrics = ClusterMetrics()
+    let traffic = GossipTraffic()
     let resolver: SeedResolver
 
     /// What the lock protects: the protocol, and who listens for updates.
@@ -92,6 +93,15 @@ public final class ClusterNode: Service, Sendable {
 
     /// The sharder of the current view.
     public var sharder: any Sharder { view.load(ordering: .acquiring).sharder }
+
+    /// Gossip traffic since the node was created.
+    public var statistics: GossipStatistics {
+        GossipStatistics(
+            bytesIn: traffic.bytesIn.load(ordering: .relaxed),
+            bytesOut: traffic.bytesOut.load(ordering: .relaxed),
+            framesDropped: traffic.framesDropped.load(ordering: .relaxed)
+        )
+    }
 
     /// This node's peer state.
     public var state: PeerState {
@@ -220,4 +230,21 @@ struct EmptySharder: Sharder {
     func owners(forKeyHash keyHash: UInt64, replicas: Int, op: ShardingOperation) throws(ShardingError) -> [Peer] {
         throw ShardingError(code: .notEnoughPeers, message: "no view yet: the cluster node has not started")
     }
+}
+
+/// Gossip traffic counters of one node.
+public struct GossipStatistics: Hashable, Sendable {
+    /// Bytes of gossip frames received.
+    public var bytesIn: Int
+    /// Bytes of gossip frames sent.
+    public var bytesOut: Int
+    /// Frames received that did not decode, dropped.
+    public var framesDropped: Int
+}
+
+/// The counters behind ``GossipStatistics``, readable without a lock.
+final class GossipTraffic: Sendable {
+    let bytesIn = ManagedAtomic(0)
+    let bytesOut = ManagedAtomic(0)
+    let framesDropped = ManagedAtomic(0)
 }

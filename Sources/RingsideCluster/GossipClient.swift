@@ -35,9 +35,36 @@ final class GossipClient: Sendable {
 
     /// Sends `body` to the node at `address`; `onFailure` runs if it could not be delivered, with `refused` true
     /// when the connection was refused.
+    ///
+    /// A send that fails on a connection that was already open (the peer closed it, or reset it) is tried once more on
+    /// a new one: a process that died leaves its old connections closed, and only a new attempt tells whether
+    /// something still listens there.
     func send(_ body: ByteBuffer, to address: String, onFailure: @escaping @Sendable (_ refused: Bool) -> Void) {
         inFlight.wrappingIncrement(ordering: .relaxed)
-        connection(to: address).flatMap { connection -> EventLoopFuture<Void> in
+        let first = connection(to: address)
+        attempt(body, to: address, over: first).flatMapError { error -> EventLoopFuture<Void> in
+            guard Self.isConnectionLost(error) else { return self.group.next().makeFailedFuture(error) }
+            // Its close may not have been processed yet: make sure the retry does not pick the same connection.
+            self.forget(address, first)
+            return self.attempt(body, to: address, over: self.connection(to: address))
+        }.whenComplete { [inFlight, logger] result in
+            inFlight.wrappingDecrement(ordering: .relaxed)
+            if case .failure(let error) = result {
+                logger.debug(
+                    "gossip send failed",
+                    metadata: ["ringside.peer.address": "\(address)", "ringside.error": "\(error)"]
+                )
+                onFailure(Self.isRefused(error))
+            }
+        }
+    }
+
+    private func attempt(
+        _ body: ByteBuffer,
+        to address: String,
+        over connecting: EventLoopFuture<Connection>
+    ) -> EventLoopFuture<Void> {
+        connecting.flatMap { connection -> EventLoopFuture<Void> in
             let response = connection.channel.eventLoop.makePromise(of: Void.self)
             let stream = connection.channel.eventLoop.makePromise(of: (any Channel).self)
             connection.multiplexer.value.createStreamChannel(promise: stream) { channel in
@@ -58,15 +85,6 @@ final class GossipClient: Sendable {
                 channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil)
                 channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
                 return response.futureResult
-            }
-        }.whenComplete { [inFlight, logger] result in
-            inFlight.wrappingDecrement(ordering: .relaxed)
-            if case .failure(let error) = result {
-                logger.debug(
-                    "gossip send failed",
-                    metadata: ["ringside.peer.address": "\(address)", "ringside.error": "\(error)"]
-                )
-                onFailure(Self.isRefused(error))
             }
         }
     }
@@ -127,6 +145,18 @@ final class GossipClient: Sendable {
                 channel.configureHTTP2Pipeline(mode: .client, inboundStreamInitializer: { $0.close() })
                     .map { Connection(channel: channel, multiplexer: NIOLoopBound($0, eventLoop: channel.eventLoop)) }
             }
+    }
+
+    /// Whether `error` means an open connection was lost (closed or reset by the peer), rather than that the peer
+    /// refused a connection, timed out, or answered.
+    static func isConnectionLost(_ error: any Error) -> Bool {
+        if error is GossipRejectedError || isRefused(error) { return false }
+        if let error = error as? ChannelError {
+            return error == .ioOnClosedChannel || error == .alreadyClosed || error == .eof
+                || error == .outputClosed
+        }
+        if let error = error as? IOError { return [ECONNRESET, EPIPE].contains(error.errnoCode) }
+        return error is NIOHTTP2Errors.StreamClosed || error is NIOHTTP2Errors.NoSuchStream
     }
 
     /// Whether `error` says the connection was refused (ECONNREFUSED), as opposed to a timeout or a reset.

@@ -71,14 +71,14 @@ extension SWIMInstance {
         }
         guard let known = records[member.name]?.member else {
             store(Record(member: member, statusSince: now))
-            broadcasts.enqueue(.alive(member))
+            enqueueLearned(.alive(member), now: now)
             emit(.joined(member))
             return
         }
         guard member.incarnation > known.incarnation else { return }
         store(Record(member: member, statusSince: known.status == .alive ? records[member.name]!.statusSince : now))
         suspicions[member.name] = nil
-        broadcasts.enqueue(.alive(member))
+        enqueueLearned(.alive(member), now: now)
         switch known.status {
         case .suspect: emit(.alive(member))
         case .dead, .left: emit(.joined(member))
@@ -100,7 +100,7 @@ extension SWIMInstance {
         else { return }
         if record.member.status == .suspect, incarnation == record.member.incarnation {
             if suspicions[name]?.confirm(from: from) == true {
-                broadcasts.enqueue(.suspect(name: name, incarnation: incarnation, from: from))
+                enqueueLearned(.suspect(name: name, incarnation: incarnation, from: from), now: now)
             }
             return
         }
@@ -114,7 +114,7 @@ extension SWIMInstance {
         } else {
             suspectsToVerify.append(name)
         }
-        broadcasts.enqueue(.suspect(name: name, incarnation: incarnation, from: from))
+        enqueueLearned(.suspect(name: name, incarnation: incarnation, from: from), now: now)
         emit(.suspected(record.member))
     }
 
@@ -135,8 +135,15 @@ extension SWIMInstance {
         record.statusSince = now
         store(record)
         suspicions[name] = nil
-        broadcasts.enqueue(.dead(name: name, incarnation: incarnation, from: from))
+        enqueueLearned(.dead(name: name, incarnation: incarnation, from: from), now: now)
         emit(leaving ? .left(record.member) : .died(record.member))
+    }
+
+    /// Queues news for others and brings the next gossip round forward to within 10 ms: each hop of an update then
+    /// costs a network delay rather than half a gossip interval. The number of transmissions stays the same.
+    mutating func enqueueLearned(_ update: GossipMessage, now: GossipInstant) {
+        broadcasts.enqueue(update)
+        nextGossipAt = min(nextGossipAt, now + .milliseconds(10))
     }
 
     /// Merges another node's full state, as memberlist does: its dead members are only suspected here (this node

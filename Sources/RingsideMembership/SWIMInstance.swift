@@ -206,9 +206,11 @@ public struct SWIMInstance: Sendable {
     ) -> [MembershipDirective] {
         guard refused else { return [] }
         for case .ping(let sequence, _) in messages {
-            if var current = probe, current.sequence == sequence, !current.isIndirect {
+            if var current = probe, current.sequence == sequence {
+                // Even after the helpers were asked: their refusals and this one together still prove it.
                 current.directRefused = true
                 probe = current
+                if current.isIndirect { checkRefusedEverywhere(current, now: now) }
                 advanceProbe(now: now)
             } else if let relayed = relayedProbes.removeValue(forKey: sequence) {
                 send([.nack(sequence: relayed.originSequence, refused: true)], to: relayed.originAddress)

@@ -1,12 +1,14 @@
 import ArgumentParser
 
 @main
-struct RingsideBench: ParsableCommand {
+struct RingsideBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ringside-bench",
         abstract: "Measures Ringside and prints figures (a readable table, or one JSON object per line with --json).",
         discussion: "Build in release mode first: swift run -c release ringside-bench <benchmark> [--json]",
-        subcommands: [ShardingBenchmark.self, GossipBenchmark.self]
+        subcommands: [
+            ShardingBenchmark.self, GossipBenchmark.self, GossipLiveBenchmark.self, GossipNodeCommand.self,
+        ]
     )
 }
 
