@@ -75,7 +75,9 @@ final class GossipClient: Sendable {
                     ])
                 }
             }
-            return stream.futureResult.flatMap { channel in
+            // If the stream cannot be opened, the handler that completes `response` never runs.
+            stream.futureResult.whenFailure { response.fail($0) }
+            stream.futureResult.whenSuccess { channel in
                 var headers = HTTPHeaders()
                 headers.add(name: "host", value: address)
                 headers.add(name: "content-type", value: "application/x-ringside-gossip")
@@ -84,8 +86,8 @@ final class GossipClient: Sendable {
                 channel.write(HTTPClientRequestPart.head(head), promise: nil)
                 channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil)
                 channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
-                return response.futureResult
             }
+            return response.futureResult
         }
     }
 

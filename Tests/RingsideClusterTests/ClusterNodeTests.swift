@@ -1,4 +1,5 @@
 import Logging
+import NIOCore
 import RingsideMembership
 import RingsideSharding
 import Testing
@@ -144,6 +145,29 @@ struct ClusterNodeTests {
                 #expect(update.sharder.peers.first { $0.name == "node-1" }?.state == .terminating)
                 break
             }
+        }
+    }
+
+    @Test func corruptFramesAreRefusedCountedAndHarmless() async throws {
+        try await withCluster(2) { nodes in
+            #expect(await eventually { nodes.allSatisfy { $0.peers.count == 2 } })
+            let address = try await nodes[0].waitUntilRunning()
+            let client = GossipClient(group: nodes[0].group, connectTimeout: .seconds(1), logger: Logger(label: "test"))
+            let (failures, failed) = AsyncStream<Bool>.makeStream()
+            for garbage in [[UInt8](), [1, 0, 0xFF], Array(repeating: 0xAB, count: 4096)] {
+                client.send(ByteBuffer(bytes: garbage), to: address) { refused in failed.yield(refused) }
+            }
+            var refusals: [Bool] = []
+            for await refused in failures {
+                refusals.append(refused)
+                if refusals.count == 3 { break }
+            }
+            await client.shutdown()
+            // Answered (400), not refused: the listener is up, the frames were bad.
+            #expect(refusals == [false, false, false])
+            #expect(nodes[0].statistics.framesDropped == 3)
+            try await nodes[1].changeState(to: .terminating)
+            #expect(await eventually { everyone(nodes, sees: "node-1") { $0.state == .terminating } })
         }
     }
 
