@@ -125,6 +125,9 @@ public struct SWIMInstance: Sendable {
     /// The members that take part in views: alive or suspect, itself included.
     public var activeMembers: [Member] { members.filter { $0.status.isActive } }
 
+    /// How many updates this node still has to pass on; zero in a quiet cluster.
+    public var pendingUpdateCount: Int { broadcasts.count }
+
     /// How many members are alive or suspect, this node included.
     public var activeMemberCount: Int { 1 + activeOthers }
 
