@@ -7,6 +7,7 @@ let package = Package(
         .library(name: "RingsideSharding", targets: ["RingsideSharding"]),
         .library(name: "RingsideMembership", targets: ["RingsideMembership"]),
         .library(name: "RingsideCluster", targets: ["RingsideCluster"]),
+        .library(name: "RingsideProxy", targets: ["RingsideProxy"]),
         .executable(name: "ringside-bench", targets: ["ringside-bench"]),
     ],
     dependencies: [
@@ -58,6 +59,20 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // Layer 4: the data plane: keyed routing, forwarding between peers, proxy hygiene.
+        .target(
+            name: "RingsideProxy",
+            dependencies: [
+                "RingsideCluster",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
 

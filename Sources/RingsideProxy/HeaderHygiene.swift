@@ -1,0 +1,73 @@
+import NIOHTTP1
+
+/// The header rules of a well-behaved proxy (RFC 9110 §7.6).
+enum HeaderHygiene {
+    /// The header a forwarding node adds: its name and ring checksum. Stripped from every client request, so clients
+    /// cannot claim to be a peer.
+    static let hopHeader = "x-ringside-hop"
+    /// The header naming the node whose backend served a response.
+    static let nodeHeader = "x-ringside-node"
+    /// Marks a 421 from a peer that does not own the key (as opposed to a backend's own 421).
+    static let notOwnerHeader = "x-ringside-not-owner"
+    /// The remaining time of a forwarded request, in milliseconds.
+    static let deadlineHeader = "x-ringside-deadline-ms"
+
+    /// Headers that describe one connection and never cross a proxy (RFC 9110 §7.6.1), besides those the
+    /// `Connection` header names.
+    static let hopByHop: Set<String> = [
+        "connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "proxy-authenticate",
+        "proxy-authorization", "trailer",
+    ]
+
+    /// Removes hop-by-hop headers and the ones `Connection` lists. Keeps `TE: trailers` (gRPC needs it end to end).
+    static func removeHopByHop(from headers: inout HTTPHeaders) {
+        var named = Set<String>()
+        for value in headers[canonicalForm: "connection"] {
+            named.insert(value.lowercased())
+        }
+        let keepsTrailers = headers[canonicalForm: "te"].contains { $0.lowercased() == "trailers" }
+        for name in hopByHop.union(named) { headers.remove(name: name) }
+        if keepsTrailers { headers.add(name: "te", value: "trailers") }
+    }
+
+    /// A request head as it leaves this proxy: hop-by-hop headers gone, client-supplied internal headers gone,
+    /// `X-Forwarded-For`, `X-Forwarded-Proto`, `Via` and (when absent) `X-Request-Id` set.
+    static func forwardedRequest(
+        _ head: HTTPRequestHead,
+        clientAddress: String?,
+        scheme: String,
+        via: String,
+        requestID: () -> String
+    ) -> HTTPRequestHead {
+        var head = head
+        removeHopByHop(from: &head.headers)
+        head.headers.remove(name: hopHeader)
+        head.headers.remove(name: deadlineHeader)
+        if let clientAddress {
+            let previous = head.headers["x-forwarded-for"].joined(separator: ", ")
+            head.headers.replaceOrAdd(
+                name: "x-forwarded-for",
+                value: previous.isEmpty ? clientAddress : "\(previous), \(clientAddress)"
+            )
+        }
+        if !head.headers.contains(name: "x-forwarded-proto") {
+            head.headers.add(name: "x-forwarded-proto", value: scheme)
+        }
+        head.headers.add(name: "via", value: "\(head.version.major).\(head.version.minor) \(via)")
+        if !head.headers.contains(name: "x-request-id") { head.headers.add(name: "x-request-id", value: requestID()) }
+        head.version = .http1_1
+        return head
+    }
+
+    /// A response head as it leaves this proxy: hop-by-hop headers gone, `Via` added, `X-Ringside-Node` set when
+    /// `servedBy` is given.
+    static func returnedResponse(_ head: HTTPResponseHead, via: String, servedBy: String?) -> HTTPResponseHead {
+        var head = head
+        removeHopByHop(from: &head.headers)
+        head.headers.add(name: "via", value: "\(head.version.major).\(head.version.minor) \(via)")
+        if let servedBy, !head.headers.contains(name: nodeHeader) {
+            head.headers.add(name: nodeHeader, value: servedBy)
+        }
+        return head
+    }
+}

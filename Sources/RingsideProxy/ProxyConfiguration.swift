@@ -1,0 +1,34 @@
+/// How the data plane treats requests.
+public struct ProxyConfiguration: Sendable {
+    /// What to do with a request that has no key header.
+    public enum MissingKeyPolicy: String, Sendable, CaseIterable {
+        /// Serve it from the local backend.
+        case local
+        /// Answer 400.
+        case reject
+    }
+
+    /// The header that carries the shard key.
+    public var keyHeader = "X-Shard-Key"
+    /// What to do without a key.
+    public var missingKey = MissingKeyPolicy.local
+    /// The name this node reports in `X-Ringside-Node` and `Via`.
+    public var nodeName: String
+    /// Whether proxied responses carry `X-Ringside-Node`.
+    public var addsNodeHeader = true
+    /// The largest request head (request line and headers) accepted; larger ones are answered 431.
+    public var maxHeaderBytes = 64 << 10
+    /// The largest request body accepted; larger ones are answered 413.
+    public var maxBodyBytes = 1 << 30
+    /// How long a client may take to send a request head.
+    public var headerReadTimeout: Duration = .seconds(10)
+    /// How long a whole request may take, end to end, when the client sets no shorter deadline.
+    public var requestTimeout: Duration = .seconds(60)
+    /// How long to wait for a connection to the backend or a peer.
+    public var connectTimeout: Duration = .seconds(2)
+    /// Idle keep-alive connections kept per event loop and upstream.
+    public var maxIdleConnectionsPerUpstream = 64
+
+    /// A configuration for the node named `nodeName`, defaults elsewhere.
+    public init(nodeName: String) { self.nodeName = nodeName }
+}

@@ -1,0 +1,470 @@
+import NIOCore
+import NIOHTTP1
+
+/// The client side of one proxied connection: takes HTTP requests, routes each by its key, and streams it to the
+/// chosen upstream and the response back, with backpressure both ways.
+///
+/// One request at a time (NIO's pipelining handler before it queues the next). For each request:
+///
+/// 1. The head is checked (a length with a transfer encoding is 400, a declared length over the limit is 413), cleaned
+///    (``HeaderHygiene``), and routed. Reads pause until an upstream is connected.
+/// 2. The head and the body stream to the upstream. A body of up to 64 KiB is also kept, so that the request can be
+///    replayed on the next owner if the first one provably never handled it (connect failure, a peer's 421 "not
+///    owner"); a larger body streams without a copy and is not replayed.
+/// 3. The response streams back, cleaned, with `X-Ringside-Node`.
+///
+/// When the client cannot take more, the upstream's reads pause, and the other way round.
+final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    /// Requests whose bodies fit are kept for a replay on the next owner.
+    static let replayableBodyBytes = 64 << 10
+
+    private let configuration: ProxyConfiguration
+    private let router: any ProxyRouter
+    private let upstreams: any UpstreamProvider
+    private let scheme: String
+    private var context: ChannelHandlerContext?
+    private var exchange: Exchange?
+    /// Set while answering a request ourselves; the rest of its body is dropped.
+    private var refusing = false
+    private var readsPaused = false
+    private var readPending = false
+    private var nextRequestNumber: UInt64 = 0
+
+    /// One request and its response.
+    private final class Exchange {
+        let head: HTTPRequestHead
+        let clientKeepAlive: Bool
+        let routes: [ProxyRoute]
+        var attempt = 0
+        var upstream: UpstreamHandler?
+        var lease: UpstreamLease?
+        /// Body parts that arrived before the upstream was connected.
+        var pending: [HTTPClientRequestPart] = []
+        /// The body kept for a replay, while small enough; nil once it is not.
+        var replay: [ByteBuffer]? = []
+        var requestEnded = false
+        var requestTrailers: HTTPHeaders?
+        var responseStarted = false
+        var bodyBytes = 0
+        let deadline: NIODeadline
+        var timeout: Scheduled<Void>?
+
+        init(head: HTTPRequestHead, clientKeepAlive: Bool, routes: [ProxyRoute], deadline: NIODeadline) {
+            self.head = head
+            self.clientKeepAlive = clientKeepAlive
+            self.routes = routes
+            self.deadline = deadline
+        }
+
+        var route: ProxyRoute { routes[attempt] }
+    }
+
+    init(configuration: ProxyConfiguration, router: any ProxyRouter, upstreams: any UpstreamProvider, scheme: String) {
+        self.configuration = configuration
+        self.router = router
+        self.upstreams = upstreams
+        self.scheme = scheme
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    // MARK: Requests
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            begin(head, context: context)
+        case .body(let buffer):
+            if refusing { return }
+            guard let exchange else { return }
+            exchange.bodyBytes += buffer.readableBytes
+            if exchange.bodyBytes > configuration.maxBodyBytes {
+                fail(
+                    exchange,
+                    status: .payloadTooLarge,
+                    message: "the request body is larger than \(configuration.maxBodyBytes) bytes"
+                )
+                return
+            }
+            if let kept = exchange.replay {
+                exchange.replay =
+                    kept.reduce(buffer.readableBytes) { $0 + $1.readableBytes } <= Self.replayableBodyBytes
+                    ? kept + [buffer] : nil
+            }
+            send(.body(.byteBuffer(buffer)), in: exchange)
+        case .end(let trailers):
+            if refusing {
+                refusing = false
+                resumeReads()
+                return
+            }
+            guard let exchange else { return }
+            exchange.requestEnded = true
+            exchange.requestTrailers = trailers
+            send(.end(trailers), in: exchange)
+            exchange.lease?.channel.flush()
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        exchange?.lease?.channel.flush()
+        context.fireChannelReadComplete()
+    }
+
+    private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        if head.headers.contains(name: "content-length") && head.headers.contains(name: "transfer-encoding") {
+            refuse(.badRequest, "a request may not carry both Content-Length and Transfer-Encoding", closing: true)
+            return
+        }
+        if let length = head.headers.first(name: "content-length").flatMap(Int.init),
+            length > configuration.maxBodyBytes
+        {
+            refuse(
+                .payloadTooLarge,
+                "the request body is larger than \(configuration.maxBodyBytes) bytes",
+                closing: true
+            )
+            return
+        }
+        let key = head.headers.first(name: configuration.keyHeader)
+        let routes: [ProxyRoute]
+        switch router.routes(for: head, key: key) {
+        case .success(let found) where !found.isEmpty:
+            routes = found
+        case .success:
+            refuse(.serviceUnavailable, "no node owns this key", closing: false)
+            return
+        case .failure(let refusal):
+            refuse(refusal.status, refusal.message, closing: false, headers: refusal.headers)
+            return
+        }
+        if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+            // This proxy takes the body; the upstream never sees the expectation.
+            context.writeAndFlush(
+                wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))),
+                promise: nil
+            )
+        }
+        nextRequestNumber += 1
+        let number = nextRequestNumber
+        let nodeName = configuration.nodeName
+        var forwarded = HeaderHygiene.forwardedRequest(
+            head,
+            clientAddress: context.channel.remoteAddress?.ipAddress,
+            scheme: scheme,
+            via: "ringside-\(nodeName)",
+            requestID: { "\(nodeName)-\(number)-\(UInt32.random(in: 0 ... .max))" }
+        )
+        forwarded.headers.remove(name: "expect")
+        if !forwarded.headers.contains(name: "host") {
+            forwarded.headers.add(name: "host", value: context.channel.localAddress?.description ?? "ringside")
+        }
+        // The request's time: this node's limit, or less if the node that forwarded it has less left.
+        var budget = TimeAmount(configuration.requestTimeout)
+        if let remaining = head.headers.first(name: HeaderHygiene.deadlineHeader).flatMap(Int64.init), remaining >= 0 {
+            budget = min(budget, .milliseconds(remaining))
+        }
+        let exchange = Exchange(
+            head: forwarded,
+            clientKeepAlive: head.isKeepAlive,
+            routes: routes,
+            deadline: .now() + budget
+        )
+        self.exchange = exchange
+        exchange.timeout = context.eventLoop.assumeIsolated().scheduleTask(deadline: exchange.deadline) { [weak self] in
+            self?.fail(exchange, status: .gatewayTimeout, message: "no answer from the upstream in time")
+        }
+        pauseReads()
+        connect(exchange)
+    }
+
+    private func send(_ part: HTTPClientRequestPart, in exchange: Exchange) {
+        if let lease = exchange.lease {
+            lease.channel.write(part, promise: nil)
+        } else {
+            exchange.pending.append(part)
+        }
+    }
+
+    // MARK: Upstreams
+
+    private func connect(_ exchange: Exchange) {
+        guard let context else { return }
+        let route = exchange.route
+        upstreams.lease(route, on: context.eventLoop).hop(to: context.eventLoop).assumeIsolated().whenComplete {
+            [weak self] result in
+            guard let self, self.exchange === exchange else {
+                if case .success(let lease) = result { lease.release(false) }
+                return
+            }
+            switch result {
+            case .success(let lease):
+                self.attach(lease, to: exchange)
+            case .failure(let error):
+                self.router.upstreamFailed(route, error: error)
+                self.tryNextRoute(exchange, reason: "cannot reach \(route): \(error)")
+            }
+        }
+    }
+
+    private func attach(_ lease: UpstreamLease, to exchange: Exchange) {
+        let upstream = UpstreamHandler(proxy: NIOLoopBound(self, eventLoop: lease.channel.eventLoop))
+        do {
+            try lease.channel.pipeline.syncOperations.addHandler(upstream)
+        } catch {
+            lease.release(false)
+            tryNextRoute(exchange, reason: "the upstream connection closed")
+            return
+        }
+        exchange.lease = lease
+        exchange.upstream = upstream
+        var head = exchange.head
+        if case .peer = exchange.route {
+            head.headers.add(name: HeaderHygiene.hopHeader, value: configuration.nodeName)
+            let remaining = max(0, (exchange.deadline - .now()).nanoseconds / 1_000_000)
+            head.headers.add(name: HeaderHygiene.deadlineHeader, value: String(remaining))
+        }
+        lease.channel.write(HTTPClientRequestPart.head(head), promise: nil)
+        if exchange.attempt > 0, let replay = exchange.replay {
+            // A replay: the body parts kept from the first attempt, then the end if it came.
+            for buffer in replay { lease.channel.write(HTTPClientRequestPart.body(.byteBuffer(buffer)), promise: nil) }
+            if exchange.requestEnded {
+                lease.channel.write(HTTPClientRequestPart.end(exchange.requestTrailers), promise: nil)
+            }
+        } else {
+            for part in exchange.pending { lease.channel.write(part, promise: nil) }
+        }
+        exchange.pending = []
+        lease.channel.flush()
+        if lease.channel.isWritable { resumeReads() }
+    }
+
+    /// Moves to the next owner if the request provably never reached a backend and can be sent again; otherwise
+    /// answers 502.
+    private func tryNextRoute(_ exchange: Exchange, reason: String) {
+        exchange.upstream = nil
+        if let lease = exchange.lease {
+            exchange.lease = nil
+            lease.release(false)
+        }
+        let canReplay =
+            exchange.replay != nil
+            || (exchange.bodyBytes == 0
+                && exchange.pending.allSatisfy {
+                    if case .body = $0 { false } else { true }
+                })
+        guard exchange.attempt + 1 < exchange.routes.count, canReplay else {
+            fail(exchange, status: .badGateway, message: reason)
+            return
+        }
+        exchange.attempt += 1
+        router.retried()
+        connect(exchange)
+    }
+
+    // MARK: Responses (called by UpstreamHandler on this event loop)
+
+    func upstreamRead(_ part: HTTPClientResponsePart) {
+        guard let exchange, let context else { return }
+        switch part {
+        case .head(let head):
+            if head.status == .misdirectedRequest, head.headers.contains(name: HeaderHygiene.notOwnerHeader),
+                !exchange.responseStarted
+            {
+                router.misrouted()
+                exchange.upstream?.detach(reusable: false)
+                tryNextRoute(exchange, reason: "no owner accepted the request")
+                return
+            }
+            exchange.responseStarted = true
+            let servedBy: String? =
+                switch exchange.route {
+                case .local: configuration.nodeName
+                case .peer: nil
+                }
+            var response = HeaderHygiene.returnedResponse(
+                head,
+                via: "ringside-\(configuration.nodeName)",
+                servedBy: configuration.addsNodeHeader ? servedBy : nil
+            )
+            if !configuration.addsNodeHeader { response.headers.remove(name: HeaderHygiene.nodeHeader) }
+            response.version = exchange.head.version
+            if !exchange.clientKeepAlive { response.headers.replaceOrAdd(name: "connection", value: "close") }
+            context.write(wrapOutboundOut(.head(response)), promise: nil)
+        case .body(let buffer):
+            guard exchange.responseStarted else { return }
+            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        case .end(let trailers):
+            guard exchange.responseStarted else { return }
+            finish(exchange, trailers: trailers)
+        }
+    }
+
+    func upstreamReadComplete() {
+        context?.flush()
+    }
+
+    func upstreamWritabilityChanged(isWritable: Bool) {
+        if isWritable { resumeReads() } else { pauseReads() }
+    }
+
+    /// The upstream closed or failed before the response was complete.
+    func upstreamFailed(_ error: (any Error)?) {
+        guard let exchange, let context else { return }
+        exchange.upstream = nil
+        if !exchange.responseStarted {
+            router.upstreamFailed(exchange.route, error: error)
+            // Idempotent requests may go to the next owner even though the first may have seen them.
+            if Self.isIdempotent(exchange.head.method) {
+                tryNextRoute(exchange, reason: "the upstream closed before answering")
+            } else {
+                fail(exchange, status: .badGateway, message: "the upstream closed before answering")
+            }
+        } else {
+            // Mid-response there is no way to tell the client but to close.
+            exchange.timeout?.cancel()
+            if let lease = exchange.lease { lease.release(false) }
+            self.exchange = nil
+            context.close(promise: nil)
+        }
+    }
+
+    private func finish(_ exchange: Exchange, trailers: HTTPHeaders?) {
+        guard let context else { return }
+        exchange.timeout?.cancel()
+        let reusable = exchange.requestEnded
+        exchange.upstream?.detach(reusable: reusable)
+        exchange.upstream = nil
+        exchange.lease?.release(reusable)
+        exchange.lease = nil
+        self.exchange = nil
+        let requestEnded = exchange.requestEnded
+        context.writeAndFlush(wrapOutboundOut(.end(trailers))).assumeIsolated().whenComplete { [weak self] _ in
+            guard let self, let context = self.context else { return }
+            if !requestEnded || !exchange.clientKeepAlive {
+                // The client is still sending a body nobody will read, or asked to close.
+                context.close(promise: nil)
+            } else {
+                self.resumeReads()
+            }
+        }
+    }
+
+    // MARK: Answering ourselves
+
+    private func fail(_ exchange: Exchange, status: HTTPResponseStatus, message: String) {
+        guard self.exchange === exchange, let context else { return }
+        exchange.timeout?.cancel()
+        exchange.upstream?.detach(reusable: false)
+        exchange.upstream = nil
+        if let lease = exchange.lease {
+            exchange.lease = nil
+            lease.release(false)
+        }
+        self.exchange = nil
+        if exchange.responseStarted {
+            context.close(promise: nil)
+        } else {
+            refuse(status, message, closing: !exchange.requestEnded)
+        }
+    }
+
+    private func refuse(
+        _ status: HTTPResponseStatus,
+        _ message: String,
+        closing: Bool,
+        headers extra: HTTPHeaders = [:]
+    ) {
+        guard let context else { return }
+        let body = ByteBuffer(string: message + "\n")
+        var headers = extra
+        headers.add(name: "content-type", value: "text/plain; charset=utf-8")
+        headers.add(name: "content-length", value: String(body.readableBytes))
+        headers.add(name: HeaderHygiene.nodeHeader, value: configuration.nodeName)
+        if closing { headers.add(name: "connection", value: "close") }
+        refusing = !closing
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
+            promise: nil
+        )
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+            if closing { channel.close(promise: nil) }
+        }
+        resumeReads()
+    }
+
+    // MARK: Connection events
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            exchange?.upstream?.resumeReads()
+        } else {
+            exchange?.upstream?.pauseReads()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let exchange {
+            exchange.timeout?.cancel()
+            exchange.upstream?.detach(reusable: false)
+            if let lease = exchange.lease { lease.release(false) }
+            self.exchange = nil
+        }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if exchange == nil && !refusing, error is HTTPParserError {
+            refuse(.badRequest, "the request is not valid HTTP: \(error)", closing: true)
+            return
+        }
+        context.close(promise: nil)
+    }
+
+    // MARK: Backpressure
+
+    func read(context: ChannelHandlerContext) {
+        if readsPaused {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    private func pauseReads() { readsPaused = true }
+
+    private func resumeReads() {
+        guard readsPaused else { return }
+        readsPaused = false
+        if readPending, let context {
+            readPending = false
+            context.read()
+        }
+    }
+}
+
+extension ProxyHandler {
+    /// Methods that can be sent twice with the effect of once (RFC 9110 §9.2.2).
+    static func isIdempotent(_ method: HTTPMethod) -> Bool {
+        switch method {
+        case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: true
+        default: false
+        }
+    }
+}
+
+extension TimeAmount {
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}

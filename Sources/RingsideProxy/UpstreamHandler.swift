@@ -1,0 +1,78 @@
+import NIOCore
+import NIOHTTP1
+
+/// The upstream side of one exchange, on a pooled backend connection or an HTTP/2 stream to a peer: hands the
+/// response to the ``ProxyHandler`` and holds its reads while the client cannot take more.
+final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private var proxy: NIOLoopBound<ProxyHandler>?
+    private var context: ChannelHandlerContext?
+    private var readsPaused = false
+    private var readPending = false
+
+    init(proxy: NIOLoopBound<ProxyHandler>) { self.proxy = proxy }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        proxy?.value.upstreamRead(unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        proxy?.value.upstreamReadComplete()
+        context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        proxy?.value.upstreamWritabilityChanged(isWritable: context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let proxy = self.proxy
+        self.proxy = nil
+        proxy?.value.upstreamFailed(nil)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let proxy = self.proxy
+        self.proxy = nil
+        proxy?.value.upstreamFailed(error)
+        context.close(promise: nil)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if readsPaused {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    func pauseReads() { readsPaused = true }
+
+    func resumeReads() {
+        guard readsPaused else { return }
+        readsPaused = false
+        if readPending, let context {
+            readPending = false
+            context.read()
+        }
+    }
+
+    /// Ends this handler's part in the exchange: it stops reporting to the proxy and leaves the pipeline, so that a
+    /// reusable connection goes back to its pool clean.
+    func detach(reusable: Bool) {
+        proxy = nil
+        resumeReads()
+        if let context {
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
+    }
+}

@@ -1,0 +1,173 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOHTTP2
+import NIOPosix
+
+/// Keep-alive HTTP/1.1 connections to one backend, pooled per event loop, so that a request never leaves the event
+/// loop of the connection it arrived on.
+final class BackendPool: Sendable {
+    private let host: String
+    private let port: Int
+    private let connectTimeout: TimeAmount
+    private let maxIdle: Int
+    private let idle = NIOLockedValueBox<[ObjectIdentifier: [any Channel]]>([:])
+
+    init(host: String, port: Int, connectTimeout: Duration, maxIdle: Int) {
+        self.host = host
+        self.port = port
+        self.connectTimeout = TimeAmount(connectTimeout)
+        self.maxIdle = maxIdle
+    }
+
+    func lease(on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
+        let loop = ObjectIdentifier(eventLoop)
+        while let channel = idle.withLockedValue({ $0[loop]?.popLast() }) {
+            if channel.isActive { return eventLoop.makeSucceededFuture(lease(channel, loop: loop)) }
+        }
+        return ClientBootstrap(group: eventLoop)
+            .connectTimeout(connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                }
+            }
+            .connect(host: host, port: port)
+            .map { self.lease($0, loop: loop) }
+    }
+
+    private func lease(_ channel: any Channel, loop: ObjectIdentifier) -> UpstreamLease {
+        UpstreamLease(channel: channel) { [self] reusable in
+            guard reusable, channel.isActive else {
+                channel.close(promise: nil)
+                return
+            }
+            let kept = idle.withLockedValue { idle in
+                guard idle[loop, default: []].count < maxIdle else { return false }
+                idle[loop, default: []].append(channel)
+                return true
+            }
+            if !kept { channel.close(promise: nil) }
+        }
+    }
+
+    /// Closes every idle connection.
+    func shutdown() {
+        let channels = idle.withLockedValue { idle in
+            defer { idle = [:] }
+            return idle.values.flatMap { $0 }
+        }
+        for channel in channels { channel.close(promise: nil) }
+    }
+}
+
+/// HTTP/2 connections to peers' cluster ports, one per peer and event loop, each request a stream of its own.
+final class PeerPool: Sendable {
+    private let connectTimeout: TimeAmount
+    private let connections = NIOLockedValueBox<[Key: EventLoopFuture<Connection>]>([:])
+
+    private struct Key: Hashable {
+        var address: String
+        var loop: ObjectIdentifier
+    }
+
+    private struct Connection: Sendable {
+        var channel: any Channel
+        var multiplexer: NIOLoopBound<HTTP2StreamMultiplexer>
+    }
+
+    init(connectTimeout: Duration) { self.connectTimeout = TimeAmount(connectTimeout) }
+
+    func lease(address: String, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
+        connection(to: address, on: eventLoop).flatMap { connection in
+            let stream = eventLoop.makePromise(of: (any Channel).self)
+            connection.multiplexer.value.createStreamChannel(promise: stream) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http)
+                    )
+                }
+            }
+            // A stream carries one exchange; it closes when both sides have ended.
+            return stream.futureResult.map { channel in UpstreamLease(channel: channel) { _ in } }
+        }
+    }
+
+    private func connection(to address: String, on eventLoop: any EventLoop) -> EventLoopFuture<Connection> {
+        let key = Key(address: address, loop: ObjectIdentifier(eventLoop))
+        return connections.withLockedValue { connections in
+            if let existing = connections[key] { return existing }
+            let connecting = connect(to: address, on: eventLoop)
+            connections[key] = connecting
+            connecting.whenComplete { [weak self] result in
+                switch result {
+                case .success(let connection):
+                    connection.channel.closeFuture.whenComplete { [weak self] _ in self?.forget(key, connecting) }
+                case .failure:
+                    self?.forget(key, connecting)
+                }
+            }
+            return connecting
+        }
+    }
+
+    private func forget(_ key: Key, _ connection: EventLoopFuture<Connection>) {
+        connections.withLockedValue { if $0[key] === connection { $0[key] = nil } }
+    }
+
+    private func connect(to address: String, on eventLoop: any EventLoop) -> EventLoopFuture<Connection> {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+            return eventLoop.makeFailedFuture(ProxyRefusal(status: .badGateway, message: "bad peer address \(address)"))
+        }
+        var host = String(address[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return ClientBootstrap(group: eventLoop)
+            .connectTimeout(connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connect(host: host, port: port)
+            .flatMap { channel in
+                channel.configureHTTP2Pipeline(mode: .client, inboundStreamInitializer: { $0.close() })
+                    .map { Connection(channel: channel, multiplexer: NIOLoopBound($0, eventLoop: channel.eventLoop)) }
+            }
+    }
+
+    /// Closes every connection.
+    func shutdown() {
+        let all = connections.withLockedValue { connections in
+            defer { connections = [:] }
+            return Array(connections.values)
+        }
+        for connection in all { connection.whenSuccess { $0.channel.close(promise: nil) } }
+    }
+}
+
+/// The upstreams of a Ringside node: its backend for local routes, peers' cluster ports for the rest.
+public final class ClusterUpstreams: UpstreamProvider {
+    private let backend: BackendPool
+    private let peers: PeerPool
+
+    /// Upstreams for a backend at `backendHost:backendPort`.
+    public init(backendHost: String, backendPort: Int, configuration: ProxyConfiguration) {
+        backend = BackendPool(
+            host: backendHost,
+            port: backendPort,
+            connectTimeout: configuration.connectTimeout,
+            maxIdle: configuration.maxIdleConnectionsPerUpstream
+        )
+        peers = PeerPool(connectTimeout: configuration.connectTimeout)
+    }
+
+    public func lease(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
+        switch route {
+        case .local: backend.lease(on: eventLoop)
+        case .peer(_, let address): peers.lease(address: address, on: eventLoop)
+        }
+    }
+
+    /// Closes every pooled connection.
+    public func shutdown() {
+        backend.shutdown()
+        peers.shutdown()
+    }
+}
