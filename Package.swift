@@ -91,6 +91,7 @@ let package = Package(
         .testTarget(name: "RingsideShardingTests", dependencies: ["RingsideSharding"]),
         .testTarget(name: "RingsideMembershipTests", dependencies: ["RingsideMembership", "RingsideSimulation"]),
         .testTarget(name: "RingsideClusterTests", dependencies: ["RingsideCluster"]),
+        .testTarget(name: "RingsideProxyTests", dependencies: ["RingsideProxy"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -22,6 +22,8 @@ public struct ProxyConfiguration: Sendable {
     public var maxBodyBytes = 1 << 30
     /// How long a client may take to send a request head.
     public var headerReadTimeout: Duration = .seconds(10)
+    /// How long a keep-alive connection may sit idle between requests.
+    public var idleTimeout: Duration = .seconds(75)
     /// How long a whole request may take, end to end, when the client sets no shorter deadline.
     public var requestTimeout: Duration = .seconds(60)
     /// How long to wait for a connection to the backend or a peer.

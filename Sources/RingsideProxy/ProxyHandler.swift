@@ -132,16 +132,20 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             )
             return
         }
+        // A refused request with a body is answered and the connection closed, rather than the body read and dropped.
+        let hasBody =
+            head.headers.contains(name: "transfer-encoding")
+            || (head.headers.first(name: "content-length").flatMap(Int.init) ?? 0) > 0
         let key = head.headers.first(name: configuration.keyHeader)
         let routes: [ProxyRoute]
         switch router.routes(for: head, key: key) {
         case .success(let found) where !found.isEmpty:
             routes = found
         case .success:
-            refuse(.serviceUnavailable, "no node owns this key", closing: false)
+            refuse(.serviceUnavailable, "no node owns this key", closing: hasBody)
             return
         case .failure(let refusal):
-            refuse(refusal.status, refusal.message, closing: false, headers: refusal.headers)
+            refuse(refusal.status, refusal.message, closing: hasBody, headers: refusal.headers)
             return
         }
         if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
@@ -351,6 +355,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 // The client is still sending a body nobody will read, or asked to close.
                 context.close(promise: nil)
             } else {
+                context.triggerUserOutboundEvent(ConnectionGuard.RequestCompleted(), promise: nil)
                 self.resumeReads()
             }
         }
@@ -394,9 +399,12 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             promise: nil
         )
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
-            if closing { channel.close(promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+            if closing {
+                context.close(promise: nil)
+            } else {
+                context.triggerUserOutboundEvent(ConnectionGuard.RequestCompleted(), promise: nil)
+            }
         }
         resumeReads()
     }
@@ -423,10 +431,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if exchange == nil && !refusing, error is HTTPParserError {
-            refuse(.badRequest, "the request is not valid HTTP: \(error)", closing: true)
-            return
-        }
+        // Malformed HTTP was already answered 400 by NIO's protocol error handler in front of this one.
         context.close(promise: nil)
     }
 

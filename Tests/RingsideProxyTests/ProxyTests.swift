@@ -1,0 +1,216 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Testing
+
+@testable import RingsideProxy
+
+/// Routes every request to the local backend, or refuses keyless ones when asked to.
+struct LocalRouter: ProxyRouter {
+    var rejectMissingKey = false
+
+    func routes(for head: HTTPRequestHead, key: String?) -> Result<[ProxyRoute], ProxyRefusal> {
+        if key == nil && rejectMissingKey {
+            return .failure(ProxyRefusal(status: .badRequest, message: "the request has no X-Shard-Key header"))
+        }
+        return .success([.local])
+    }
+}
+
+/// A proxy in front of an echo backend, both on free ports, for one test.
+func withProxy(
+    configure: (inout ProxyConfiguration) -> Void = { _ in },
+    router: any ProxyRouter = LocalRouter(),
+    backendPort: Int? = nil,
+    _ body: (_ proxyPort: Int) async throws -> Void
+) async throws {
+    let backend = try await EchoBackend.start()
+    var configuration = ProxyConfiguration(nodeName: "node-a")
+    configure(&configuration)
+    let upstreams = ClusterUpstreams(
+        backendHost: "127.0.0.1",
+        backendPort: backendPort ?? backend.port,
+        configuration: configuration
+    )
+    let proxy = try await AppServer.bind(
+        host: "127.0.0.1",
+        port: 0,
+        group: MultiThreadedEventLoopGroup.singleton,
+        configuration: configuration,
+        router: router,
+        upstreams: upstreams
+    )
+    do {
+        try await body(proxy.localAddress!.port!)
+    } catch {
+        try? await proxy.close()
+        try? await backend.channel.close()
+        throw error
+    }
+    try await proxy.close()
+    upstreams.shutdown()
+    try await backend.channel.close()
+}
+
+func request(_ text: String, body: [UInt8] = []) -> [UInt8] {
+    Array(text.replacingCRLF().utf8) + body
+}
+
+extension String {
+    /// Lines written with "\n" in tests become "\r\n" on the wire.
+    func replacingCRLF() -> String {
+        split(separator: "\n", omittingEmptySubsequences: false).joined(separator: "\r\n")
+    }
+}
+
+@Suite("Proxy on loopback")
+struct ProxyTests {
+    @Test func aLocalRequestIsProxiedWithProxyHygiene() async throws {
+        try await withProxy { port in
+            let raw = rawExchange(
+                port: port,
+                request(
+                    "GET /hello?x=1 HTTP/1.1\nHost: app\nX-Shard-Key: user-1\nX-Ringside-Hop: spoofed\nConnection: keep-alive, X-Private\nX-Private: secret\nProxy-Connection: keep-alive\nTE: trailers\n\n"
+                )
+            )
+            let response = try #require(parseResponse(raw.bytes))
+            #expect(response.status == 200)
+            #expect(response.header("x-echo-uri") == "/hello?x=1")
+            #expect(response.header("x-echo-h-x-ringside-hop") == nil)
+            #expect(response.header("x-echo-h-x-private") == nil)
+            #expect(response.header("x-echo-h-proxy-connection") == nil)
+            #expect(response.header("x-echo-h-te") == "trailers")
+            #expect(response.header("x-echo-h-x-forwarded-for") == "127.0.0.1")
+            #expect(response.header("x-echo-h-x-forwarded-proto") == "http")
+            #expect(response.header("x-echo-h-via")?.contains("ringside-node-a") == true)
+            #expect(response.header("x-echo-h-x-request-id")?.isEmpty == false)
+            #expect(response.header("x-ringside-node") == "node-a")
+        }
+    }
+
+    @Test func bodiesStreamBothWays() async throws {
+        try await withProxy { port in
+            let payload = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+            let raw = rawExchange(
+                port: port,
+                request(
+                    "POST /upload HTTP/1.1\nHost: app\nX-Shard-Key: k\nContent-Length: \(payload.count)\n\n",
+                    body: payload
+                )
+            )
+            let response = try #require(parseResponse(raw.bytes))
+            #expect(response.status == 200)
+            #expect(response.body == payload)
+        }
+    }
+
+    @Test func headAnd204And304HaveNoBodies() async throws {
+        try await withProxy { port in
+            for (method, path, status) in [
+                ("HEAD", "/", 200), ("GET", "/status/204", 204), ("GET", "/status/304", 304),
+            ] {
+                let raw = rawExchange(
+                    port: port,
+                    request("\(method) \(path) HTTP/1.1\nHost: app\n\n"),
+                    timeout: .seconds(1)
+                )
+                let response = try #require(parseResponse(raw.bytes, bodiless: true))
+                #expect(response.status == status)
+                let head = ConnectionGuard.blankLine(in: raw.bytes)!
+                #expect(raw.bytes.count == head + 4, "no body bytes after a \(status) to \(method)")
+            }
+        }
+    }
+
+    @Test func expectContinueIsAnsweredByTheProxy() async throws {
+        try await withProxy { port in
+            let raw = rawExchange(
+                port: port,
+                request(
+                    "PUT /x HTTP/1.1\nHost: app\nExpect: 100-continue\nConnection: close\nContent-Length: 5\n\nhello"
+                ),
+                untilClosed: true
+            )
+            let text = String(decoding: raw.bytes, as: UTF8.self)
+            #expect(text.hasPrefix("HTTP/1.1 100 Continue"))
+            #expect(text.contains("HTTP/1.1 200 OK"))
+            #expect(!text.contains("x-echo-h-expect"))
+        }
+    }
+
+    @Test func malformedRequestsAre400() async throws {
+        try await withProxy { port in
+            let raw = rawExchange(port: port, Array("GARBAGE\r\n\r\n".utf8))
+            #expect(parseResponse(raw.bytes)?.status == 400)
+            let both = rawExchange(
+                port: port,
+                request("POST / HTTP/1.1\nHost: app\nContent-Length: 3\nTransfer-Encoding: chunked\n\n0\n\n")
+            )
+            #expect(parseResponse(both.bytes)?.status == 400)
+        }
+    }
+
+    @Test func hugeHeadersAre431() async throws {
+        try await withProxy(configure: { $0.maxHeaderBytes = 8192 }) { port in
+            let raw = rawExchange(
+                port: port,
+                request("GET / HTTP/1.1\nHost: app\nX-Big: \(String(repeating: "a", count: 20_000))\n\n")
+            )
+            #expect(parseResponse(raw.bytes)?.status == 431)
+            // The proxy still serves the next client.
+            #expect(
+                parseResponse(rawExchange(port: port, request("GET / HTTP/1.1\nHost: app\n\n")).bytes)?.status == 200
+            )
+        }
+    }
+
+    @Test func bodiesOverTheLimitAre413() async throws {
+        try await withProxy(configure: { $0.maxBodyBytes = 1000 }) { port in
+            let raw = rawExchange(port: port, request("POST / HTTP/1.1\nHost: app\nContent-Length: 5000\n\n"))
+            #expect(parseResponse(raw.bytes)?.status == 413)
+        }
+    }
+
+    @Test func aSlowLorisClientIsClosed() async throws {
+        try await withProxy(configure: { $0.headerReadTimeout = .milliseconds(300) }) { port in
+            let started = ContinuousClock.now
+            let raw = rawExchange(
+                port: port,
+                request("GET / HTTP/1.1\nHost: app\nX-Slow: yes\n\n"),
+                timeout: .seconds(5),
+                pauseAfter: 10,
+                pause: .seconds(2)
+            )
+            #expect(parseResponse(raw.bytes)?.status == 408)
+            #expect(ContinuousClock.now - started < .seconds(3))
+        }
+    }
+
+    @Test func aMissingKeyIsRejectedWhenConfigured() async throws {
+        try await withProxy(router: LocalRouter(rejectMissingKey: true)) { port in
+            let raw = rawExchange(port: port, request("GET / HTTP/1.1\nHost: app\n\n"))
+            #expect(parseResponse(raw.bytes)?.status == 400)
+        }
+    }
+
+    @Test func anUnreachableBackendIs502() async throws {
+        try await withProxy(backendPort: 1) { port in
+            let raw = rawExchange(port: port, request("GET / HTTP/1.1\nHost: app\n\n"))
+            #expect(parseResponse(raw.bytes)?.status == 502)
+        }
+    }
+
+    @Test func keepAliveCarriesManyRequests() async throws {
+        try await withProxy { port in
+            let one = "GET /a HTTP/1.1\nHost: app\n\n"
+            let raw = rawExchange(
+                port: port,
+                request(one + one + "GET /last HTTP/1.1\nHost: app\nConnection: close\n\n"),
+                untilClosed: true
+            )
+            let text = String(decoding: raw.bytes, as: UTF8.self)
+            #expect(text.split(separator: "HTTP/1.1 200 OK", omittingEmptySubsequences: false).count == 4)
+            #expect(text.contains("x-echo-uri: /last"))
+        }
+    }
+}
