@@ -84,8 +84,12 @@ extension ClusterNode {
         let maxBody = GossipCodec.Limits().maxEnvelopeBytes
         let listener: GossipListener
         do {
-            listener = try await GossipServer.bind(to: listen, group: group, maxBodyBytes: maxBody) {
-                [weak self] bytes in
+            listener = try await GossipServer.bind(
+                to: listen,
+                group: group,
+                maxBodyBytes: maxBody,
+                forwarded: forwardedStreams
+            ) { [weak self] bytes in
                 self?.receive(bytes) ?? false
             }
         } catch {

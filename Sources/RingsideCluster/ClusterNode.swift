@@ -40,6 +40,7 @@ public final class ClusterNode: Service, Sendable {
     let metrics = ClusterMetrics()
     let traffic = GossipTraffic()
     let resolver: SeedResolver
+    let forwardedStreams: ClusterStreamInitializer?
 
     /// What the lock protects: the protocol, and who listens for updates.
     struct Core {
@@ -63,15 +64,31 @@ public final class ClusterNode: Service, Sendable {
     }
 
     /// A node that will run with `configuration` on `group`'s event loops.
+    /// `forwardedStreams`, when given, serves every stream of the cluster port that is not gossip: the data plane's
+    /// forwarded requests share the port, on connections of their own.
     public convenience init(
         configuration: ClusterConfiguration,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        logger: Logger = Logger(label: "ringside.cluster")
+        logger: Logger = Logger(label: "ringside.cluster"),
+        forwardedStreams: ClusterStreamInitializer? = nil
     ) {
-        self.init(configuration: configuration, group: group, logger: logger, resolver: SeedResolver())
+        self.init(
+            configuration: configuration,
+            group: group,
+            logger: logger,
+            resolver: SeedResolver(),
+            forwardedStreams: forwardedStreams
+        )
     }
 
-    init(configuration: ClusterConfiguration, group: any EventLoopGroup, logger: Logger, resolver: SeedResolver) {
+    init(
+        configuration: ClusterConfiguration,
+        group: any EventLoopGroup,
+        logger: Logger,
+        resolver: SeedResolver,
+        forwardedStreams: ClusterStreamInitializer? = nil
+    ) {
+        self.forwardedStreams = forwardedStreams
         self.configuration = configuration
         self.group = group
         var logger = logger
@@ -156,6 +173,17 @@ public final class ClusterNode: Service, Sendable {
         perform(try withInstance { instance, now in instance.deleteMetadata(key, now: now) })
     }
 
+    /// Reports that `name` could not be reached by other means (a forwarded request's connection failed): the failure
+    /// detector probes it next, ahead of its round-robin.
+    public func reportUnreachable(_ name: String) {
+        if let directives = try? withInstance({ instance, _ in
+            instance.probeNext(name)
+            return []
+        }) {
+            perform(directives)
+        }
+    }
+
     // MARK: Internals
 
     /// The protocol's notion of now: time since this node was created, from the monotonic clock.
@@ -222,6 +250,7 @@ final class View: AtomicReference, Sendable {
 struct EmptySharder: Sharder {
     var peers: [Peer] { [] }
     var checksum: UInt64 { 0 }
+    func eligibleCount(for op: ShardingOperation) -> Int { 0 }
 
     func owner(forKeyHash keyHash: UInt64, op: ShardingOperation) throws(ShardingError) -> Peer {
         throw ShardingError(code: .notEnoughPeers, message: "no view yet: the cluster node has not started")

@@ -4,9 +4,14 @@ import NIOHTTP1
 import NIOHTTP2
 import NIOPosix
 
-/// The cluster listener: HTTP/2 with prior knowledge (h2c), one stream per gossip envelope, `POST /ringside/v1/gossip`.
+/// Sets up a stream of the cluster port that is not gossip (a request another node forwarded): called on the stream's
+/// event loop with the HTTP/1 codec in place, it adds the handlers that serve it.
+public typealias ClusterStreamInitializer = @Sendable (any Channel) throws -> Void
+
+/// The cluster listener: HTTP/2 with prior knowledge (h2c). Gossip envelopes arrive as `POST /ringside/v1/gossip`
+/// streams; every other stream goes to the `forwarded` initializer, when there is one.
 ///
-/// The body is collected up to the decoder's limit (anything longer is answered 413 and dropped) and handed to
+/// A gossip body is collected up to the decoder's limit (anything longer is answered 413 and dropped) and handed to
 /// `receive`, which answers whether the frame was accepted: 204 if so, 400 if it was not a valid frame.
 enum GossipServer {
     static let path = "/ringside/v1/gossip"
@@ -16,6 +21,7 @@ enum GossipServer {
         to address: HostAndPort,
         group: any EventLoopGroup,
         maxBodyBytes: Int,
+        forwarded: ClusterStreamInitializer?,
         receive: @escaping @Sendable ([UInt8]) -> Bool
     ) async throws -> GossipListener {
         let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
@@ -33,7 +39,11 @@ enum GossipServer {
                         stream.eventLoop.makeCompletedFuture {
                             try stream.pipeline.syncOperations.addHandlers([
                                 HTTP2FramePayloadToHTTP1ServerCodec(),
-                                GossipRequestHandler(maxBodyBytes: maxBodyBytes, receive: receive),
+                                ClusterStreamDispatcher(
+                                    maxBodyBytes: maxBodyBytes,
+                                    forwarded: forwarded,
+                                    receive: receive
+                                ),
                             ])
                         }
                     }
@@ -59,6 +69,42 @@ struct GossipListener: Sendable {
         try? await channel.close()
         let open = connections.withLockedValue { Array($0.values) }
         for connection in open { try? await connection.close() }
+    }
+}
+
+/// Looks at a stream's request head and hands the stream to gossip or to the forwarded-request initializer.
+final class ClusterStreamDispatcher: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+
+    private let maxBodyBytes: Int
+    private let forwarded: ClusterStreamInitializer?
+    private let receive: @Sendable ([UInt8]) -> Bool
+
+    init(maxBodyBytes: Int, forwarded: ClusterStreamInitializer?, receive: @escaping @Sendable ([UInt8]) -> Bool) {
+        self.maxBodyBytes = maxBodyBytes
+        self.forwarded = forwarded
+        self.receive = receive
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .head(let head) = unwrapInboundIn(data) else {
+            context.fireChannelRead(data)
+            return
+        }
+        do {
+            if let forwarded, head.uri != GossipServer.path {
+                try forwarded(context.channel)
+            } else {
+                try context.pipeline.syncOperations.addHandler(
+                    GossipRequestHandler(maxBodyBytes: maxBodyBytes, receive: receive)
+                )
+            }
+        } catch {
+            context.close(promise: nil)
+            return
+        }
+        context.fireChannelRead(data)
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 }
 

@@ -40,12 +40,12 @@ extension SWIMInstance {
         send(messages, to: target.address)
     }
 
-    /// A suspect to verify if there is one, else the next active member in a shuffled round-robin; the order is
-    /// reshuffled after each pass.
+    /// A member queued for probing if there is one (a suspect to verify, a member found unreachable), else the next
+    /// active member in a shuffled round-robin; the order is reshuffled after each pass.
     mutating func nextProbeTarget() -> Member? {
-        while !suspectsToVerify.isEmpty {
-            let name = suspectsToVerify.removeFirst()
-            if let member = records[name]?.member, member.status == .suspect { return member }
+        while !probeQueue.isEmpty {
+            let name = probeQueue.removeFirst()
+            if let member = records[name]?.member, member.status.isActive { return member }
         }
         for _ in 0..<2 {
             while probeIndex < probeOrder.count {

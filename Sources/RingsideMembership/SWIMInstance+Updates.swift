@@ -112,7 +112,7 @@ extension SWIMInstance {
         if from == localMember.name {
             counters.suspicions += 1
         } else {
-            suspectsToVerify.append(name)
+            probeQueue.append(name)
         }
         enqueueLearned(.suspect(name: name, incarnation: incarnation, from: from), now: now)
         emit(.suspected(record.member))

@@ -53,8 +53,9 @@ public struct SWIMInstance: Sendable {
     var probe: Probe?
     var relayedProbes: [UInt32: RelayedProbe] = [:]
     var probeOrder: [String] = []
-    /// Suspects this node heard of from others and will probe next, ahead of the round-robin.
-    var suspectsToVerify: [String] = []
+    /// Members to probe next, ahead of the round-robin: suspects this node heard of from others, and members its
+    /// driver found unreachable.
+    var probeQueue: [String] = []
     var probeIndex = 0
     var tombstoneExpiry: [String: GossipInstant] = [:]
     var nextProbeAt: GossipInstant
@@ -253,6 +254,12 @@ public struct SWIMInstance: Sendable {
         guard nextJoinAttemptAt != nil else { return }
         nextJoinAttemptAt = nil
         nextPushPullAt = min(nextPushPullAt, now + .seconds(1) + .seconds(1).scaled(by: random.unit()))
+    }
+
+    /// Probes `name` at the next probe slot, ahead of the round-robin (its driver could not reach it).
+    public mutating func probeNext(_ name: String) {
+        guard records[name]?.member.status.isActive == true, !probeQueue.contains(name) else { return }
+        probeQueue.append(name)
     }
 
     // MARK: Changing this node

@@ -7,6 +7,9 @@ enum HeaderHygiene {
     static let hopHeader = "x-ringside-hop"
     /// The header naming the node whose backend served a response.
     static let nodeHeader = "x-ringside-node"
+    /// Marks a forwarded request as the sender's last candidate: served wherever it lands, so that views that
+    /// disagree cannot lose it.
+    static let finalHeader = "x-ringside-final"
     /// Marks a 421 from a peer that does not own the key (as opposed to a backend's own 421).
     static let notOwnerHeader = "x-ringside-not-owner"
     /// The remaining time of a forwarded request, in milliseconds.
@@ -43,6 +46,7 @@ enum HeaderHygiene {
         removeHopByHop(from: &head.headers)
         head.headers.remove(name: hopHeader)
         head.headers.remove(name: deadlineHeader)
+        head.headers.remove(name: finalHeader)
         if let clientAddress {
             let previous = head.headers["x-forwarded-for"].joined(separator: ", ")
             head.headers.replaceOrAdd(

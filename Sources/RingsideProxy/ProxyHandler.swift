@@ -233,6 +233,9 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             head.headers.add(name: HeaderHygiene.hopHeader, value: configuration.nodeName)
             let remaining = max(0, (exchange.deadline - .now()).nanoseconds / 1_000_000)
             head.headers.add(name: HeaderHygiene.deadlineHeader, value: String(remaining))
+            if exchange.attempt == exchange.routes.count - 1 {
+                head.headers.add(name: HeaderHygiene.finalHeader, value: "1")
+            }
         }
         lease.channel.write(HTTPClientRequestPart.head(head), promise: nil)
         if exchange.attempt > 0, let replay = exchange.replay {

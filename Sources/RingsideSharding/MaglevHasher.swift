@@ -44,6 +44,7 @@ public struct MaglevHasher: Sharder {
 
     public var peers: [Peer] { table.all }
     public var checksum: UInt64 { table.checksum }
+    public func eligibleCount(for op: ShardingOperation) -> Int { table.eligibleCount(for: op) }
 
     public func owner(forKeyHash keyHash: UInt64, op: ShardingOperation) throws(ShardingError) -> Peer {
         try table.checkEnoughOwners(replicas: 1, op: op)

@@ -10,6 +10,9 @@ public protocol Sharder: Sendable {
     /// Identifies the view the snapshot was built from: equal for equal sets of names and states.
     var checksum: UInt64 { get }
 
+    /// How many peers own keys for `op`: the most replicas a lookup can return.
+    func eligibleCount(for op: ShardingOperation) -> Int
+
     /// The first owner of the key whose hash is `keyHash`. Allocates nothing.
     func owner(forKeyHash keyHash: UInt64, op: ShardingOperation) throws(ShardingError) -> Peer
 

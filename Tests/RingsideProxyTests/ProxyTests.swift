@@ -19,14 +19,12 @@ struct LocalRouter: ProxyRouter {
 
 /// A proxy in front of an echo backend, both on free ports, for one test.
 func withProxy(
-    configure: (inout ProxyConfiguration) -> Void = { _ in },
+    configuration: ProxyConfiguration = proxyConfiguration(),
     router: any ProxyRouter = LocalRouter(),
     backendPort: Int? = nil,
     _ body: (_ proxyPort: Int) async throws -> Void
 ) async throws {
     let backend = try await EchoBackend.start()
-    var configuration = ProxyConfiguration(nodeName: "node-a")
-    configure(&configuration)
     let upstreams = ClusterUpstreams(
         backendHost: "127.0.0.1",
         backendPort: backendPort ?? backend.port,
@@ -50,6 +48,13 @@ func withProxy(
     try await proxy.close()
     upstreams.shutdown()
     try await backend.channel.close()
+}
+
+/// The test proxy's configuration, adjusted.
+func proxyConfiguration(_ adjust: (inout ProxyConfiguration) -> Void = { _ in }) -> ProxyConfiguration {
+    var configuration = ProxyConfiguration(nodeName: "node-a")
+    adjust(&configuration)
+    return configuration
 }
 
 func request(_ text: String, body: [UInt8] = []) -> [UInt8] {
@@ -151,7 +156,7 @@ struct ProxyTests {
     }
 
     @Test func hugeHeadersAre431() async throws {
-        try await withProxy(configure: { $0.maxHeaderBytes = 8192 }) { port in
+        try await withProxy(configuration: proxyConfiguration { $0.maxHeaderBytes = 8192 }) { port in
             let raw = rawExchange(
                 port: port,
                 request("GET / HTTP/1.1\nHost: app\nX-Big: \(String(repeating: "a", count: 20_000))\n\n")
@@ -165,14 +170,14 @@ struct ProxyTests {
     }
 
     @Test func bodiesOverTheLimitAre413() async throws {
-        try await withProxy(configure: { $0.maxBodyBytes = 1000 }) { port in
+        try await withProxy(configuration: proxyConfiguration { $0.maxBodyBytes = 1000 }) { port in
             let raw = rawExchange(port: port, request("POST / HTTP/1.1\nHost: app\nContent-Length: 5000\n\n"))
             #expect(parseResponse(raw.bytes)?.status == 413)
         }
     }
 
     @Test func aSlowLorisClientIsClosed() async throws {
-        try await withProxy(configure: { $0.headerReadTimeout = .milliseconds(300) }) { port in
+        try await withProxy(configuration: proxyConfiguration { $0.headerReadTimeout = .milliseconds(300) }) { port in
             let started = ContinuousClock.now
             let raw = rawExchange(
                 port: port,

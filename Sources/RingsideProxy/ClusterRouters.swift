@@ -1,0 +1,84 @@
+import NIOHTTP1
+import RingsideCluster
+import RingsideSharding
+
+/// Routes the app plane's requests by the cluster's current view: to the owners of the key, best first.
+public struct ClusterRouter: ProxyRouter {
+    /// The node whose view decides.
+    public let node: ClusterNode
+    /// The data plane's settings (key header, missing-key policy).
+    public let configuration: ProxyConfiguration
+    /// How many owners a request may be tried on, the first included.
+    public var candidates = 3
+
+    /// A router over `node`'s view.
+    public init(node: ClusterNode, configuration: ProxyConfiguration) {
+        self.node = node
+        self.configuration = configuration
+    }
+
+    public func routes(for head: HTTPRequestHead, key: String?) -> Result<[ProxyRoute], ProxyRefusal> {
+        guard let key else {
+            switch configuration.missingKey {
+            case .local: return .success([.local])
+            case .reject:
+                return .failure(
+                    ProxyRefusal(status: .badRequest, message: "the request has no \(configuration.keyHeader) header")
+                )
+            }
+        }
+        let sharder = node.sharder
+        let count = min(candidates, sharder.eligibleCount(for: .readWrite))
+        guard count > 0 else {
+            return .failure(
+                ProxyRefusal(status: .serviceUnavailable, message: "no participant owns keys in this node's view yet")
+            )
+        }
+        do {
+            let owners = try sharder.lookup(key, replicas: count, op: .readWrite)
+            return .success(owners.map { $0.isSelf ? .local : .peer(name: $0.name, address: $0.address) })
+        } catch {
+            return .failure(ProxyRefusal(status: .serviceUnavailable, message: error.message))
+        }
+    }
+
+    public func upstreamFailed(_ route: ProxyRoute, error: (any Error)?) {
+        if case .peer(let name, _) = route { node.reportUnreachable(name) }
+    }
+}
+
+/// Routes requests that other nodes forwarded to this node's cluster port: served here, never forwarded again.
+///
+/// A request is served when this node owns its key in its own view, when this node is terminating (it hands off what
+/// was sent with a stale view), or when the sender marked it as its last candidate. Otherwise the answer is 421 with
+/// `x-ringside-not-owner`, before the backend is touched, and the sender tries its next candidate.
+public struct ForwardedRouter: ProxyRouter {
+    /// The node whose view decides.
+    public let node: ClusterNode
+
+    /// A router over `node`'s view.
+    public init(node: ClusterNode) { self.node = node }
+
+    public func routes(for head: HTTPRequestHead, key: String?) -> Result<[ProxyRoute], ProxyRefusal> {
+        guard head.headers.contains(name: HeaderHygiene.hopHeader) else {
+            return .failure(
+                ProxyRefusal(status: .forbidden, message: "this port serves only requests forwarded by Ringside nodes")
+            )
+        }
+        guard let key, node.state != .terminating, !head.headers.contains(name: HeaderHygiene.finalHeader) else {
+            return .success([.local])
+        }
+        if let owner = try? node.sharder.owner(of: key, op: .readWrite), owner.isSelf {
+            return .success([.local])
+        }
+        var headers = HTTPHeaders()
+        headers.add(name: HeaderHygiene.notOwnerHeader, value: node.configuration.nodeName)
+        return .failure(
+            ProxyRefusal(
+                status: .misdirectedRequest,
+                message: "\(node.configuration.nodeName) does not own this key in its view; try the next owner",
+                headers: headers
+            )
+        )
+    }
+}

@@ -1,0 +1,88 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import RingsideCluster
+import ServiceLifecycle
+
+/// One Ringside node: cluster membership, the app listener that routes keyed requests, and the cluster port's
+/// forwarded requests, which go to this node's backend.
+public final class RingsideServer: Service, Sendable {
+    /// The cluster node (membership, peers, lookups).
+    public let node: ClusterNode
+    /// The data plane's settings.
+    public let proxy: ProxyConfiguration
+    private let appHost: String
+    private let appPort: Int
+    private let group: any EventLoopGroup
+    private let upstreams: ClusterUpstreams
+    private let logger: Logger
+    private let appAddress = NIOLockedValueBox<SocketAddress?>(nil)
+
+    /// A node that listens for the app at `appHost:appPort` and proxies to the backend at `backendHost:backendPort`.
+    public init(
+        cluster: ClusterConfiguration,
+        proxy: ProxyConfiguration,
+        appHost: String,
+        appPort: Int,
+        backendHost: String,
+        backendPort: Int,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "ringside")
+    ) {
+        let upstreams = ClusterUpstreams(backendHost: backendHost, backendPort: backendPort, configuration: proxy)
+        let forwardedRouter = ForwardedRouterBox()
+        self.node = ClusterNode(configuration: cluster, group: group, logger: logger) { stream in
+            guard let router = forwardedRouter.router else { throw ChannelError.ioOnClosedChannel }
+            try stream.pipeline.syncOperations.addHandler(
+                ProxyHandler(configuration: proxy, router: router, upstreams: upstreams, scheme: "http")
+            )
+        }
+        forwardedRouter.router = ForwardedRouter(node: node)
+        self.proxy = proxy
+        self.appHost = appHost
+        self.appPort = appPort
+        self.group = group
+        self.upstreams = upstreams
+        self.logger = logger
+    }
+
+    /// Runs the node and the app listener until a graceful shutdown, then leaves the cluster and closes.
+    public func run() async throws {
+        let app = try await AppServer.bind(
+            host: appHost,
+            port: appPort,
+            group: group,
+            configuration: proxy,
+            router: ClusterRouter(node: node, configuration: proxy),
+            upstreams: upstreams
+        )
+        appAddress.withLockedValue { $0 = app.localAddress }
+        logger.info("app listener started", metadata: ["ringside.address": "\(app.localAddress?.description ?? "")"])
+        do {
+            try await node.run()
+        } catch {
+            try? await app.close()
+            upstreams.shutdown()
+            throw error
+        }
+        try? await app.close()
+        upstreams.shutdown()
+    }
+
+    /// Stops the node (leaving the cluster) and the app listener.
+    public func stop() async { await node.stop() }
+
+    /// The app listener's bound port, once it listens.
+    public var appPortBound: Int? { appAddress.withLockedValue { $0?.port } }
+}
+
+/// Holds the forwarded-request router, which needs the node that needs it.
+private final class ForwardedRouterBox: Sendable {
+    private let box = NIOLockedValueBox<ForwardedRouter?>(nil)
+    var router: ForwardedRouter? {
+        get { box.withLockedValue { $0 } }
+        set { box.withLockedValue { $0 = newValue } }
+    }
+}

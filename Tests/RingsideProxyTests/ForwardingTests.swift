@@ -1,0 +1,118 @@
+import Logging
+import NIOCore
+import RingsideCluster
+import RingsideSharding
+import Testing
+
+@testable import RingsideProxy
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+func eventually(timeout: Duration = .seconds(15), _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return condition()
+}
+
+/// `count` full Ringside nodes in this process, each with its own echo backend, `node-0` the seed of the others.
+func withRingside(_ count: Int, _ body: ([RingsideServer]) async throws -> Void) async throws {
+    var backends: [any Channel] = []
+    func makeServer(_ index: Int, seeds: [String]) async throws -> RingsideServer {
+        let backend = try await EchoBackend.start()
+        backends.append(backend.channel)
+        var cluster = ClusterConfiguration(nodeName: "node-\(index)")
+        cluster.listenAddress = "127.0.0.1:0"
+        cluster.seeds = seeds
+        return RingsideServer(
+            cluster: cluster,
+            proxy: ProxyConfiguration(nodeName: "node-\(index)"),
+            appHost: "127.0.0.1",
+            appPort: 0,
+            backendHost: "127.0.0.1",
+            backendPort: backend.port,
+            logger: Logger(label: "test")
+        )
+    }
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        let seed = try await makeServer(0, seeds: [])
+        group.addTask { try await seed.run() }
+        let seedAddress = try await seed.node.waitUntilRunning()
+        var servers = [seed]
+        for index in 1..<count {
+            let server = try await makeServer(index, seeds: [seedAddress])
+            servers.append(server)
+            group.addTask { try await server.run() }
+        }
+        for server in servers { _ = try await server.node.waitUntilRunning() }
+        _ = await eventually { servers.allSatisfy { $0.appPortBound != nil && $0.node.peers.count == count } }
+        let outcome: Result<Void, any Error>
+        do {
+            try await body(servers)
+            outcome = .success(())
+        } catch {
+            outcome = .failure(error)
+        }
+        for server in servers { await server.stop() }
+        try await group.waitForAll()
+        for backend in backends { try? await backend.close() }
+        try outcome.get()
+    }
+}
+
+@Suite("Forwarding between nodes", .serialized)
+struct ForwardingTests {
+    @Test func everyKeyIsServedByItsOwnerWhicheverNodeItEntersBy() async throws {
+        try await withRingside(3) { servers in
+            #expect(servers.allSatisfy { $0.node.peers.count == 3 })
+            var servedBy: [String: Set<String>] = [:]
+            for index in 0..<60 {
+                let key = "customer-\(index)"
+                let owner = try servers[0].node.lookup(key).first!.name
+                for server in servers {
+                    let raw = rawExchange(
+                        port: server.appPortBound!,
+                        request("GET /orders/\(index) HTTP/1.1\nHost: app\nX-Shard-Key: \(key)\n\n")
+                    )
+                    let response = try #require(parseResponse(raw.bytes))
+                    #expect(response.status == 200)
+                    #expect(response.header("x-echo-uri") == "/orders/\(index)")
+                    servedBy[key, default: []].insert(response.header("x-ringside-node") ?? "?")
+                }
+                #expect(servedBy[key] == [owner], "key \(key) is owned by \(owner)")
+            }
+            // Keys spread over all three nodes.
+            #expect(Set(servedBy.values.flatMap { $0 }).count == 3)
+        }
+    }
+
+    @Test func aRequestBodyCrossesTheHop() async throws {
+        try await withRingside(2) { servers in
+            let key = (0..<100).map { "k\($0)" }.first { (try? servers[0].node.lookup($0).first?.isSelf) == false }!
+            let payload = (0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+            let raw = rawExchange(
+                port: servers[0].appPortBound!,
+                request(
+                    "POST /upload HTTP/1.1\nHost: app\nX-Shard-Key: \(key)\nContent-Length: \(payload.count)\n\n",
+                    body: payload
+                )
+            )
+            let response = try #require(parseResponse(raw.bytes))
+            #expect(response.status == 200)
+            #expect(response.header("x-ringside-node") == "node-1")
+            #expect(response.body == payload)
+        }
+    }
+
+    @Test func theClusterPortRefusesRequestsThatDidNotComeFromAPeer() async throws {
+        try await withRingside(2) { servers in
+            let address = try await servers[1].node.waitUntilRunning()
+            let port = Int(address.split(separator: ":").last!)!
+            // HTTP/1.1 to an HTTP/2 port is not even a request there; the port stays healthy.
+            let raw = rawExchange(port: port, request("GET / HTTP/1.1\nHost: x\n\n"), timeout: .seconds(1))
+            #expect(parseResponse(raw.bytes)?.status != 200)
+            #expect(servers[1].node.peers.count == 2)
+        }
+    }
+}
