@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "RingsideMembership", targets: ["RingsideMembership"]),
         .library(name: "RingsideCluster", targets: ["RingsideCluster"]),
         .library(name: "RingsideProxy", targets: ["RingsideProxy"]),
+        .executable(name: "ringside", targets: ["ringside"]),
         .executable(name: "ringside-bench", targets: ["ringside-bench"]),
     ],
     dependencies: [
@@ -19,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-atomics.git", from: "1.3.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         // Layer 1: hashing and sharding. No dependencies, so that any Swift program can use it.
@@ -74,6 +77,24 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // Layer 5: the command: configuration, lifecycle, admin client, demo.
+        .executableTarget(
+            name: "ringside",
+            dependencies: [
+                "RingsideProxy",
+                "RingsideCluster",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
 

@@ -1,0 +1,224 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import RingsideCluster
+import RingsideMembership
+import RingsideSharding
+
+/// What the admin plane needs to know beyond the cluster node.
+public struct AdminSources: Sendable {
+    /// The Prometheus text of every metric, when a registry is installed.
+    public var metricsText: @Sendable () -> String
+    /// Why the node is not ready, or nil when it is (backend health, draining).
+    public var notReadyReason: @Sendable () -> String?
+
+    /// Creates the sources.
+    public init(
+        metricsText: @escaping @Sendable () -> String = { "" },
+        notReadyReason: @escaping @Sendable () -> String? = { nil }
+    ) {
+        self.metricsText = metricsText
+        self.notReadyReason = notReadyReason
+    }
+}
+
+/// The admin plane: health, readiness, metrics and the JSON API (see the README for each path).
+public enum AdminServer {
+    /// Binds the admin listener.
+    public static func bind(
+        host: String,
+        port: Int,
+        group: any EventLoopGroup,
+        node: ClusterNode,
+        sources: AdminSources
+    ) async throws -> any Channel {
+        try await ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(node: node, sources: sources))
+                }
+            }
+            .bind(host: host, port: port)
+            .get()
+    }
+
+    /// The answer to `GET uri`: status, content type and body.
+    static func answer(
+        _ method: HTTPMethod,
+        _ uri: String,
+        node: ClusterNode,
+        sources: AdminSources
+    ) -> (
+        HTTPResponseStatus, String, String
+    ) {
+        let (path, query) = split(uri)
+        let json = "application/json"
+        switch (method, path) {
+        case (.GET, "/livez"):
+            return (.ok, "text/plain; charset=utf-8", "ok\n")
+        case (.GET, "/readyz"):
+            if let reason = readiness(node: node, sources: sources) {
+                return (.serviceUnavailable, "text/plain; charset=utf-8", "not ready: \(reason)\n")
+            }
+            return (.ok, "text/plain; charset=utf-8", "ready\n")
+        case (.GET, "/metrics"):
+            return (.ok, "text/plain; version=0.0.4; charset=utf-8", sources.metricsText())
+        case (.GET, "/v1/peers"):
+            let local = node.configuration.nodeName
+            let peers = node.members.sorted { $0.name < $1.name }.map { member in
+                JSONWriter.object([
+                    ("name", JSONWriter.quoted(member.name)),
+                    ("address", JSONWriter.quoted(member.address)),
+                    ("state", JSONWriter.quoted(member.state.description)),
+                    ("status", JSONWriter.quoted(member.status.description)),
+                    ("self", member.name == local ? "true" : "false"),
+                    ("incarnation", String(member.incarnation)),
+                    (
+                        "metadata",
+                        JSONWriter.object(
+                            member.metadataValues.sorted { $0.key < $1.key }.map {
+                                ($0.key, JSONWriter.quoted($0.value))
+                            }
+                        )
+                    ),
+                ])
+            }
+            return (.ok, json, JSONWriter.array(peers) + "\n")
+        case (.GET, "/v1/state"):
+            let sharder = node.sharder
+            var counts: [PeerState: Int] = [:]
+            for peer in sharder.peers { counts[peer.state, default: 0] += 1 }
+            let body = JSONWriter.object([
+                ("name", JSONWriter.quoted(node.configuration.nodeName)),
+                ("state", JSONWriter.quoted(node.state.description)),
+                ("epoch", JSONWriter.quoted(String(sharder.checksum, radix: 16))),
+                (
+                    "peers",
+                    JSONWriter.object(
+                        [PeerState.viewer, .participant, .terminating].map { ($0.description, String(counts[$0] ?? 0)) }
+                    )
+                ),
+            ])
+            return (.ok, json, body + "\n")
+        case (.GET, "/v1/lookup"):
+            guard let key = query["key"], !key.isEmpty else {
+                return (.badRequest, json, error("the query needs a key: /v1/lookup?key=K[&replicas=N]"))
+            }
+            let replicas = query["replicas"].flatMap(Int.init) ?? 1
+            do {
+                let owners = try node.lookup(key, replicas: replicas)
+                let body = JSONWriter.object([
+                    ("key", JSONWriter.quoted(key)),
+                    (
+                        "owners",
+                        JSONWriter.array(
+                            owners.map {
+                                JSONWriter.object([
+                                    ("name", JSONWriter.quoted($0.name)),
+                                    ("address", JSONWriter.quoted($0.address)),
+                                    ("state", JSONWriter.quoted($0.state.description)),
+                                    ("self", $0.isSelf ? "true" : "false"),
+                                ])
+                            }
+                        )
+                    ),
+                ])
+                return (.ok, json, body + "\n")
+            } catch {
+                let status: HTTPResponseStatus = error.code == .invalidArgument ? .badRequest : .serviceUnavailable
+                return (status, json, self.error(error.message))
+            }
+        case (_, "/livez"), (_, "/readyz"), (_, "/metrics"), (_, "/v1/peers"), (_, "/v1/state"), (_, "/v1/lookup"):
+            return (.methodNotAllowed, json, error("\(path) answers GET only"))
+        default:
+            return (
+                .notFound, json,
+                error("no admin path \(path); see /v1/peers, /v1/state, /v1/lookup, /livez, /readyz, /metrics")
+            )
+        }
+    }
+
+    /// Why the node is not ready: not running, no owner in the view, or what `sources` says.
+    static func readiness(node: ClusterNode, sources: AdminSources) -> String? {
+        guard node.members.contains(where: { $0.name == node.configuration.nodeName }) else {
+            return "the cluster node is not running"
+        }
+        guard node.sharder.eligibleCount(for: .readWrite) > 0 else { return "no participant owns keys yet" }
+        return sources.notReadyReason()
+    }
+
+    static func error(_ message: String) -> String {
+        JSONWriter.object([("error", JSONWriter.quoted(message))]) + "\n"
+    }
+
+    /// The path and the decoded query parameters of `uri`.
+    static func split(_ uri: String) -> (String, [String: String]) {
+        guard let mark = uri.firstIndex(of: "?") else { return (uri, [:]) }
+        var query: [String: String] = [:]
+        for pair in uri[uri.index(after: mark)...].split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1).map { percentDecoded(String($0)) }
+            if let name = parts.first { query[name] = parts.count > 1 ? parts[1] : "" }
+        }
+        return (String(uri[..<mark]), query)
+    }
+
+    static func percentDecoded(_ text: String) -> String {
+        var bytes: [UInt8] = []
+        var iterator = Array(text.utf8).makeIterator()
+        while let byte = iterator.next() {
+            if byte == UInt8(ascii: "%"), let high = iterator.next(), let low = iterator.next(),
+                let value = UInt8(String(decoding: [high, low], as: UTF8.self), radix: 16)
+            {
+                bytes.append(value)
+            } else {
+                bytes.append(byte == UInt8(ascii: "+") ? UInt8(ascii: " ") : byte)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// Answers admin requests; bodies are ignored.
+final class AdminHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let node: ClusterNode
+    private let sources: AdminSources
+    private var head: HTTPRequestHead?
+
+    init(node: ClusterNode, sources: AdminSources) {
+        self.node = node
+        self.sources = sources
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let request):
+            head = request
+        case .body:
+            break
+        case .end:
+            guard let request = head else { return }
+            head = nil
+            let (status, type, text) = AdminServer.answer(request.method, request.uri, node: node, sources: sources)
+            let body = ByteBuffer(string: text)
+            var headers = HTTPHeaders()
+            headers.add(name: "content-type", value: type)
+            headers.add(name: "content-length", value: String(body.readableBytes))
+            if !request.isKeepAlive { headers.add(name: "connection", value: "close") }
+            context.write(
+                wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))),
+                promise: nil
+            )
+            if request.method != .HEAD { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+            let keepAlive = request.isKeepAlive
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+                if !keepAlive { context.close(promise: nil) }
+            }
+        }
+    }
+}

@@ -1,0 +1,296 @@
+import Foundation
+import Logging
+import RingsideProxy
+import RingsideSharding
+import Yams
+
+/// Everything `ringside run` is configured with, validated. Each key can come from the YAML file, from a `RINGSIDE_*`
+/// environment variable, or from a flag of the same name; flags win over the environment, the environment over the
+/// file.
+struct RingsideSettings {
+    var nodeName: String
+    var listen: Address
+    var clusterListen: Address
+    var adminListen: Address
+    var advertise: String?
+    var join: [String]
+    var clusterName: String
+    var backend: Address
+    var keyHeader: String
+    var replicas: Int
+    var role: PeerState
+    var missingKey: ProxyConfiguration.MissingKeyPolicy
+    var sharder: ShardingAlgorithm
+    var requestTimeout: Duration
+    var connectTimeout: Duration
+    var headerReadTimeout: Duration
+    var idleTimeout: Duration
+    var drainTimeout: Duration
+    var rejoinInterval: Duration
+    var maxHeaderBytes: Int
+    var maxBodyBytes: Int
+    var nodeHeader: Bool
+    var logLevel: Logger.Level
+
+    /// A `host:port` pair.
+    struct Address: Equatable, CustomStringConvertible {
+        var host: String
+        var port: Int
+        var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    }
+
+    /// Every key, with its default (nil: none, or computed) and what it means, for `--help` and the README.
+    static let keys: [(name: String, defaultValue: String?, help: String)] = [
+        ("node-name", nil, "This node's unique name in the cluster (default: the host name)."),
+        ("listen", "127.0.0.1:7400", "Where the application sends keyed requests."),
+        ("cluster-listen", "0.0.0.0:7401", "Where other nodes send gossip and forwarded requests."),
+        ("admin-listen", "127.0.0.1:7402", "Health, readiness, metrics and the JSON API."),
+        (
+            "advertise", nil,
+            "The host:port other nodes dial (default: the cluster listen address, 127.0.0.1 for a wildcard)."
+        ),
+        ("join", "", "Seeds, comma-separated: host:port or dnssrv+NAME."),
+        ("cluster-name", "ringside", "The cluster's label; nodes of other clusters are refused."),
+        ("backend", "http://127.0.0.1:8080", "The local backend."),
+        ("key-header", "X-Shard-Key", "The header that carries the shard key."),
+        ("replicas", "1", "How many owners /v1/lookup reports by default (1 to 16)."),
+        ("role", "participant", "participant (owns keys) or viewer (routes only)."),
+        ("missing-key", "local", "Requests without a key: local (the local backend) or reject (400)."),
+        ("sharder", "ring", "ring, rendezvous or maglev."),
+        ("request-timeout", "60s", "How long a request may take end to end."),
+        ("connect-timeout", "2s", "How long to wait for a connection to the backend or a peer."),
+        ("header-read-timeout", "10s", "How long a client may take to send a request head."),
+        ("idle-timeout", "75s", "How long a keep-alive client connection may be idle."),
+        ("drain-timeout", "30s", "How long a leaving node waits for the news to spread."),
+        ("rejoin-interval", "30s", "How often seeds are resolved and joined again."),
+        ("max-header-bytes", "64KiB", "The largest request head; larger ones get 431."),
+        ("max-body-bytes", "1GiB", "The largest request body; larger ones get 413."),
+        ("node-header", "true", "Whether responses carry X-Ringside-Node."),
+        ("log-level", "info", "trace, debug, info, notice, warning, error or critical."),
+    ]
+
+    /// The environment variable for `key`: `RINGSIDE_` and the key in capitals, dashes as underscores.
+    static func environmentName(_ key: String) -> String {
+        "RINGSIDE_" + key.uppercased().replacingOccurrences(of: "-", with: "_")
+    }
+
+    /// Loads and validates the settings from a file (if given), the environment and flags.
+    static func load(
+        configFile: String?,
+        environment: [String: String],
+        flags: [String: String]
+    ) throws(ConfigurationError) -> RingsideSettings {
+        var values: [String: (value: String, source: String)] = [:]
+        for key in keys { if let value = key.defaultValue { values[key.name] = (value, "default") } }
+        if let configFile {
+            for (key, value) in try readFile(configFile) { values[key] = (value, configFile) }
+        }
+        for key in keys {
+            let name = environmentName(key.name)
+            if let value = environment[name] { values[key.name] = (value, name) }
+        }
+        for (key, value) in flags { values[key] = (value, "--\(key)") }
+        return try RingsideSettings(values: values)
+    }
+
+    /// The key/value pairs of a YAML file: a mapping of known keys to scalars (or, for `join`, a list of them).
+    static func readFile(_ path: String) throws(ConfigurationError) -> [String: String] {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigurationError(
+                key: "config",
+                source: "--config",
+                reason: "cannot read \(path): \(error.localizedDescription)"
+            )
+        }
+        let document: Any?
+        do {
+            document = try Yams.load(yaml: text)
+        } catch {
+            throw ConfigurationError(key: "config", source: path, reason: "not valid YAML: \(error)")
+        }
+        guard let document else { return [:] }
+        guard let mapping = document as? [String: Any] else {
+            throw ConfigurationError(
+                key: "config",
+                source: path,
+                reason: "the file must be a mapping of keys to values"
+            )
+        }
+        let known = Set(keys.map(\.name))
+        var result: [String: String] = [:]
+        for (key, value) in mapping {
+            guard known.contains(key) else {
+                throw ConfigurationError(
+                    key: key,
+                    source: path,
+                    reason: "unknown key; the keys are listed by ringside run --help"
+                )
+            }
+            if let list = value as? [Any], key == "join" {
+                result[key] = list.map { "\($0)" }.joined(separator: ",")
+            } else if value is [Any] || value is [String: Any] {
+                throw ConfigurationError(key: key, source: path, reason: "expected a single value")
+            } else {
+                result[key] = "\(value)"
+            }
+        }
+        return result
+    }
+
+    private init(values: [String: (value: String, source: String)]) throws(ConfigurationError) {
+        func value(_ key: String) -> (String, String) { values[key] ?? ("", "default") }
+        func fail(_ key: String, _ reason: String) -> ConfigurationError {
+            let (text, source) = value(key)
+            return ConfigurationError(key: key, source: source, reason: "\"\(text)\" \(reason)")
+        }
+        func address(_ key: String) throws(ConfigurationError) -> Address {
+            let (text, _) = value(key)
+            guard let parsed = Self.parseAddress(text) else {
+                throw fail(key, "is not host:port with a port from 0 to 65535")
+            }
+            return parsed
+        }
+        func duration(_ key: String) throws(ConfigurationError) -> Duration {
+            guard let parsed = Self.parseDuration(value(key).0), parsed > .zero else {
+                throw fail(key, "is not a positive duration such as 500ms, 30s, 2m or 1h")
+            }
+            return parsed
+        }
+        func size(_ key: String) throws(ConfigurationError) -> Int {
+            guard let parsed = Self.parseSize(value(key).0), parsed > 0 else {
+                throw fail(key, "is not a positive size such as 8192, 64KiB, 16MiB or 1GiB")
+            }
+            return parsed
+        }
+
+        let name = value("node-name").0
+        nodeName = name.isEmpty ? ProcessInfo.processInfo.hostName : name
+        guard !nodeName.isEmpty, nodeName.utf8.count <= 255, !nodeName.contains(where: \.isWhitespace) else {
+            throw fail("node-name", "is not a name of 1 to 255 characters without spaces")
+        }
+        listen = try address("listen")
+        clusterListen = try address("cluster-listen")
+        adminListen = try address("admin-listen")
+        let advertiseText = value("advertise").0
+        if advertiseText.isEmpty {
+            advertise = nil
+        } else {
+            guard Self.parseAddress(advertiseText) != nil else { throw fail("advertise", "is not host:port") }
+            advertise = advertiseText
+        }
+        join = value("join").0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty }
+        for seed in join where !seed.hasPrefix("dnssrv+") && Self.parseAddress(seed) == nil {
+            throw ConfigurationError(
+                key: "join",
+                source: value("join").1,
+                reason: "\"\(seed)\" is neither host:port nor dnssrv+NAME"
+            )
+        }
+        clusterName = value("cluster-name").0
+        guard !clusterName.isEmpty, clusterName.utf8.count <= 255 else {
+            throw fail("cluster-name", "is not a name of 1 to 255 characters")
+        }
+        let backendText = value("backend").0
+        guard backendText.hasPrefix("http://"),
+            let backendAddress = Self.parseAddress(String(backendText.dropFirst(7).prefix { $0 != "/" }))
+        else {
+            throw fail("backend", "is not an http://host:port URL")
+        }
+        backend = backendAddress
+        keyHeader = value("key-header").0
+        guard !keyHeader.isEmpty, keyHeader.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
+            throw fail("key-header", "is not a header name")
+        }
+        guard let replicaCount = Int(value("replicas").0), (1...16).contains(replicaCount) else {
+            throw fail("replicas", "is not a whole number from 1 to 16")
+        }
+        replicas = replicaCount
+        switch value("role").0 {
+        case "participant": role = .participant
+        case "viewer": role = .viewer
+        default: throw fail("role", "is neither participant nor viewer")
+        }
+        guard let policy = ProxyConfiguration.MissingKeyPolicy(rawValue: value("missing-key").0) else {
+            throw fail("missing-key", "is neither local nor reject")
+        }
+        missingKey = policy
+        switch value("sharder").0 {
+        case "ring": sharder = .ring()
+        case "rendezvous": sharder = .rendezvous
+        case "maglev": sharder = .maglev()
+        default: throw fail("sharder", "is not ring, rendezvous or maglev")
+        }
+        requestTimeout = try duration("request-timeout")
+        connectTimeout = try duration("connect-timeout")
+        headerReadTimeout = try duration("header-read-timeout")
+        idleTimeout = try duration("idle-timeout")
+        drainTimeout = try duration("drain-timeout")
+        rejoinInterval = try duration("rejoin-interval")
+        maxHeaderBytes = try size("max-header-bytes")
+        maxBodyBytes = try size("max-body-bytes")
+        switch value("node-header").0.lowercased() {
+        case "true", "yes", "on", "1": nodeHeader = true
+        case "false", "no", "off", "0": nodeHeader = false
+        default: throw fail("node-header", "is not true or false")
+        }
+        guard let level = Logger.Level(rawValue: value("log-level").0.lowercased()) else {
+            throw fail("log-level", "is not trace, debug, info, notice, warning, error or critical")
+        }
+        logLevel = level
+    }
+
+    static func parseAddress(_ text: String) -> Address? {
+        let host: Substring
+        let port: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+                return nil
+            }
+            host = text[text.index(after: text.startIndex)..<close]
+            port = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":"), !text[..<colon].contains(":") else { return nil }
+            host = text[..<colon]
+            port = text[text.index(after: colon)...]
+        }
+        guard !host.isEmpty, let number = Int(port), (0...65_535).contains(number) else { return nil }
+        return Address(host: String(host), port: number)
+    }
+
+    /// `500ms`, `30s`, `2m`, `1h`, or a plain number of seconds.
+    static func parseDuration(_ text: String) -> Duration? {
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+        for (suffix, seconds) in units where text.hasSuffix(suffix) {
+            guard let number = Double(text.dropLast(suffix.count)), number.isFinite, number >= 0 else { return nil }
+            return .milliseconds(Int64(number * seconds * 1000))
+        }
+        return Double(text).flatMap { $0.isFinite && $0 >= 0 ? .milliseconds(Int64($0 * 1000)) : nil }
+    }
+
+    /// `8192`, `64KiB`, `16MiB`, `1GiB`, `10KB`, `5MB`, `1GB`.
+    static func parseSize(_ text: String) -> Int? {
+        let units: [(String, Int)] = [
+            ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("KB", 1000), ("MB", 1_000_000),
+            ("GB", 1_000_000_000),
+        ]
+        for (suffix, multiplier) in units where text.hasSuffix(suffix) {
+            guard let number = Int(text.dropLast(suffix.count)) else { return nil }
+            let (product, overflow) = number.multipliedReportingOverflow(by: multiplier)
+            return overflow ? nil : product
+        }
+        return Int(text)
+    }
+}
+
+/// A configuration value that is wrong: which key, where it came from, and why. `ringside` exits with status 2.
+struct ConfigurationError: Error, CustomStringConvertible {
+    var key: String
+    var source: String
+    var reason: String
+
+    var description: String { "invalid configuration: \(key) (from \(source)): \(reason)" }
+}

@@ -1,0 +1,192 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Prometheus
+import RingsideCluster
+import RingsideProxy
+import ServiceLifecycle
+
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Runs a Ringside node.",
+        discussion: """
+            Every setting can also come from the YAML file given with --config (same names) and from RINGSIDE_* \
+            environment variables (RINGSIDE_NODE_NAME for --node-name, …). Flags win over the environment, the \
+            environment over the file. An invalid value stops ringside with exit status 2 and names the key.
+            """
+    )
+
+    @Option(help: "A YAML file of settings.") var config: String?
+    @Option(help: "This node's unique name (default: the host name).") var nodeName: String?
+    @Option(help: "Where the application sends keyed requests (default 127.0.0.1:7400).") var listen: String?
+    @Option(help: "Where other nodes send gossip and forwarded requests (default 0.0.0.0:7401).") var clusterListen:
+        String?
+    @Option(help: "Health, readiness, metrics and the JSON API (default 127.0.0.1:7402).") var adminListen: String?
+    @Option(help: "The host:port other nodes dial.") var advertise: String?
+    @Option(help: "Seeds, comma-separated: host:port or dnssrv+NAME.") var join: String?
+    @Option(help: "The cluster's label (default ringside).") var clusterName: String?
+    @Option(help: "The local backend (default http://127.0.0.1:8080).") var backend: String?
+    @Option(help: "The header that carries the shard key (default X-Shard-Key).") var keyHeader: String?
+    @Option(help: "Owners that /v1/lookup reports by default (default 1).") var replicas: String?
+    @Option(help: "participant or viewer (default participant).") var role: String?
+    @Option(help: "Requests without a key: local or reject (default local).") var missingKey: String?
+    @Option(help: "ring, rendezvous or maglev (default ring).") var sharder: String?
+    @Option(help: "End-to-end request timeout (default 60s).") var requestTimeout: String?
+    @Option(help: "Connect timeout to the backend and peers (default 2s).") var connectTimeout: String?
+    @Option(help: "Time allowed to send a request head (default 10s).") var headerReadTimeout: String?
+    @Option(help: "Idle keep-alive timeout (default 75s).") var idleTimeout: String?
+    @Option(help: "How long leaving waits for the news to spread (default 30s).") var drainTimeout: String?
+    @Option(help: "How often seeds are joined again (default 30s).") var rejoinInterval: String?
+    @Option(help: "Largest request head (default 64KiB).") var maxHeaderBytes: String?
+    @Option(help: "Largest request body (default 1GiB).") var maxBodyBytes: String?
+    @Option(help: "Whether responses carry X-Ringside-Node (default true).") var nodeHeader: String?
+    @Option(help: "trace, debug, info, notice, warning, error, critical (default info).") var logLevel: String?
+
+    var flags: [String: String] {
+        let given: [(String, String?)] = [
+            ("node-name", nodeName), ("listen", listen), ("cluster-listen", clusterListen),
+            ("admin-listen", adminListen),
+            ("advertise", advertise), ("join", join), ("cluster-name", clusterName), ("backend", backend),
+            ("key-header", keyHeader), ("replicas", replicas), ("role", role), ("missing-key", missingKey),
+            ("sharder", sharder), ("request-timeout", requestTimeout), ("connect-timeout", connectTimeout),
+            ("header-read-timeout", headerReadTimeout), ("idle-timeout", idleTimeout), ("drain-timeout", drainTimeout),
+            ("rejoin-interval", rejoinInterval), ("max-header-bytes", maxHeaderBytes), ("max-body-bytes", maxBodyBytes),
+            ("node-header", nodeHeader), ("log-level", logLevel),
+        ]
+        return Dictionary(uniqueKeysWithValues: given.compactMap { key, value in value.map { (key, $0) } })
+    }
+
+    func run() async throws {
+        let settings: RingsideSettings
+        do {
+            settings = try RingsideSettings.load(
+                configFile: config ?? ProcessInfo.processInfo.environment["RINGSIDE_CONFIG"],
+                environment: ProcessInfo.processInfo.environment,
+                flags: flags
+            )
+        } catch {
+            FileHandle.standardError.write(Data("ringside: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        try await Self.serve(settings)
+    }
+
+    /// Runs a node with `settings` until SIGTERM or SIGINT.
+    static func serve(_ settings: RingsideSettings, announce: (@Sendable (String) -> Void)? = nil) async throws {
+        let level = settings.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        var logger = Logger(label: "ringside")
+        logger[metadataKey: "ringside.node"] = "\(settings.nodeName)"
+
+        let server = makeServer(settings, logger: logger)
+        let health = BackendHealth(host: settings.backend.host, port: settings.backend.port)
+        let admin: any Channel
+        do {
+            admin = try await AdminServer.bind(
+                host: settings.adminListen.host,
+                port: settings.adminListen.port,
+                group: MultiThreadedEventLoopGroup.singleton,
+                node: server.node,
+                sources: AdminSources(
+                    metricsText: { registry.emitToString() },
+                    notReadyReason: { health.problem }
+                )
+            )
+        } catch {
+            logger.critical(
+                "cannot listen for the admin plane",
+                metadata: ["ringside.address": "\(settings.adminListen)", "ringside.error": "\(error)"]
+            )
+            throw ExitCode(1)
+        }
+        announce?("admin \(admin.localAddress?.description ?? "")")
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: server), .init(service: health)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        do {
+            try await group.run()
+        } catch {
+            logger.critical("ringside stopped", metadata: ["ringside.error": "\(error)"])
+            try? await admin.close()
+            throw ExitCode(1)
+        }
+        try? await admin.close()
+    }
+
+    static func makeServer(_ settings: RingsideSettings, logger: Logger) -> RingsideServer {
+        var cluster = ClusterConfiguration(nodeName: settings.nodeName)
+        cluster.clusterName = settings.clusterName
+        cluster.listenAddress = settings.clusterListen.description
+        cluster.advertiseAddress = settings.advertise
+        cluster.seeds = settings.join
+        cluster.initialState = settings.role
+        cluster.sharding = settings.sharder
+        cluster.rejoinInterval = settings.rejoinInterval
+        cluster.disseminationTimeout = settings.drainTimeout
+        var proxy = ProxyConfiguration(nodeName: settings.nodeName)
+        proxy.keyHeader = settings.keyHeader
+        proxy.missingKey = settings.missingKey
+        proxy.addsNodeHeader = settings.nodeHeader
+        proxy.maxHeaderBytes = settings.maxHeaderBytes
+        proxy.maxBodyBytes = settings.maxBodyBytes
+        proxy.headerReadTimeout = settings.headerReadTimeout
+        proxy.idleTimeout = settings.idleTimeout
+        proxy.requestTimeout = settings.requestTimeout
+        proxy.connectTimeout = settings.connectTimeout
+        return RingsideServer(
+            cluster: cluster,
+            proxy: proxy,
+            appHost: settings.listen.host,
+            appPort: settings.listen.port,
+            backendHost: settings.backend.host,
+            backendPort: settings.backend.port,
+            logger: logger
+        )
+    }
+}
+
+/// Checks every two seconds that the backend accepts connections; readiness fails while it does not.
+final class BackendHealth: Service, Sendable {
+    private let host: String
+    private let port: Int
+    private let state = NIOLockedValueBox<String?>("the backend has not been checked yet")
+
+    init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Why the backend is not healthy, or nil.
+    var problem: String? { state.withLockedValue { $0 } }
+
+    func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .connectTimeout(.seconds(1))
+                    .connect(host: host, port: port)
+                    .get()
+                try? await channel.close()
+                state.withLockedValue { $0 = nil }
+            } catch {
+                state.withLockedValue { $0 = "the backend at \(host):\(port) does not accept connections" }
+            }
+            try? await Task.sleep(for: .seconds(2))
+        }
+    }
+}
