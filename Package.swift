@@ -113,7 +113,17 @@ let package = Package(
         .testTarget(name: "RingsideShardingTests", dependencies: ["RingsideSharding"]),
         .testTarget(name: "RingsideMembershipTests", dependencies: ["RingsideMembership", "RingsideSimulation"]),
         .testTarget(name: "RingsideClusterTests", dependencies: ["RingsideCluster"]),
-        .testTarget(name: "RingsideProxyTests", dependencies: ["RingsideProxy"]),
+        // Helpers that tests share: an echo backend, a raw HTTP client, polling.
+        .target(
+            name: "RingsideTestSupport",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(name: "RingsideProxyTests", dependencies: ["RingsideProxy", "RingsideTestSupport"]),
+        .testTarget(name: "RingsideTests", dependencies: ["ringside", "RingsideTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -2,19 +2,10 @@ import Logging
 import NIOCore
 import RingsideCluster
 import RingsideSharding
+import RingsideTestSupport
 import Testing
 
 @testable import RingsideProxy
-
-/// Polls `condition` every 20 ms until it holds or `timeout` passes.
-func eventually(timeout: Duration = .seconds(15), _ condition: () -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-    return condition()
-}
 
 /// `count` full Ringside nodes in this process, each with its own echo backend, `node-0` the seed of the others.
 func withRingside(_ count: Int, _ body: ([RingsideServer]) async throws -> Void) async throws {

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import RingsideTestSupport
 import Testing
 
 @testable import RingsideProxy
@@ -121,7 +122,7 @@ struct ProxyTests {
                 )
                 let response = try #require(parseResponse(raw.bytes, bodiless: true))
                 #expect(response.status == status)
-                let head = ConnectionGuard.blankLine(in: raw.bytes)!
+                let head = headEnd(raw.bytes)!
                 #expect(raw.bytes.count == head + 4, "no body bytes after a \(status) to \(method)")
             }
         }

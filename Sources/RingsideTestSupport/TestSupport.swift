@@ -3,19 +3,20 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-@testable import RingsideProxy
-
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// A backend for tests: answers every request at once with `x-echo-*` headers describing it, then streams the request
 /// body back as it arrives. `/status/N` answers with status N and no body.
-final class EchoBackend: ChannelInboundHandler, Sendable {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
+public final class EchoBackend: ChannelInboundHandler, Sendable {
+    public typealias InboundIn = HTTPServerRequestPart
+    public typealias OutboundOut = HTTPServerResponsePart
 
-    static func start() async throws -> (channel: any Channel, port: Int) {
+    public init() {}
+
+    /// Starts a backend on a free port of 127.0.0.1.
+    public static func start() async throws -> (channel: any Channel, port: Int) {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
@@ -29,7 +30,7 @@ final class EchoBackend: ChannelInboundHandler, Sendable {
         return (channel, channel.localAddress!.port!)
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let request):
             var headers = HTTPHeaders()
@@ -57,17 +58,23 @@ final class EchoBackend: ChannelInboundHandler, Sendable {
 }
 
 /// A response as a test sees it.
-struct TestResponse {
-    var status: Int
-    var headers: [(String, String)]
-    var body: [UInt8]
+public struct TestResponse {
+    public var status: Int
+    public var headers: [(String, String)]
+    public var body: [UInt8]
 
-    func header(_ name: String) -> String? { headers.first { $0.0.lowercased() == name.lowercased() }?.1 }
+    /// The first value of the header `name`, any case.
+    public func header(_ name: String) -> String? { headers.first { $0.0.lowercased() == name.lowercased() }?.1 }
+
+    /// Every value of the header `name`, any case.
+    public func headers(_ name: String) -> [String] {
+        headers.filter { $0.0.lowercased() == name.lowercased() }.map(\.1)
+    }
 }
 
 /// Sends raw bytes to 127.0.0.1:`port` over a blocking socket and reads until the peer closes, a whole response has
 /// arrived (by Content-Length, or chunked), or `timeout` passes. For tests that need malformed or slow requests.
-func rawExchange(
+public func rawExchange(
     port: Int,
     _ request: [UInt8],
     timeout: Duration = .seconds(5),
@@ -110,8 +117,8 @@ func rawExchange(
 }
 
 /// Parses one complete HTTP/1.1 response (Content-Length or chunked, or bodiless statuses); nil if incomplete.
-func parseResponse(_ bytes: [UInt8], bodiless: Bool = false) -> TestResponse? {
-    guard let end = ConnectionGuard.blankLine(in: bytes) else { return nil }
+public func parseResponse(_ bytes: [UInt8], bodiless: Bool = false) -> TestResponse? {
+    guard let end = headEnd(bytes) else { return nil }
     let head = String(decoding: bytes[..<end], as: UTF8.self).split(separator: "\r\n").map(String.init)
     guard let statusLine = head.first, statusLine.count >= 12, let status = Int(statusLine.dropFirst(9).prefix(3))
     else { return nil }
@@ -144,6 +151,36 @@ func parseResponse(_ bytes: [UInt8], bodiless: Bool = false) -> TestResponse? {
         }
     }
     return nil
+}
+
+/// Where the head of an HTTP message in `bytes` ends: the index of its blank line.
+public func headEnd(_ bytes: [UInt8]) -> Int? { bytes.firstRange(of: [13, 10, 13, 10])?.lowerBound }
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+public func eventually(timeout: Duration = .seconds(15), _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return condition()
+}
+
+/// A port of 127.0.0.1 that was free a moment ago.
+public func freePort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+            bind(fd, pointer, length)
+            return getsockname(fd, pointer, &length)
+        }
+    }
+    return Int(UInt16(bigEndian: address.sin_port))
 }
 
 extension String {

@@ -1,0 +1,167 @@
+import Foundation
+import NIOCore
+import RingsideTestSupport
+import Testing
+
+/// Real `ringside run` processes on 127.0.0.1, each with an echo backend of its own in this process.
+final class RingsideProcesses {
+    struct Node {
+        var name: String
+        var app: Int
+        var cluster: Int
+        var admin: Int
+        var process: Process
+    }
+
+    private(set) var nodes: [Node] = []
+    private var backends: [any Channel] = []
+
+    /// The `ringside` binary built next to this test bundle.
+    static var binary: URL {
+        URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+            .appendingPathComponent("ringside")
+    }
+
+    /// Starts `count` nodes, `node-0` the seed of the others, and waits until each is ready and sees all.
+    func start(_ count: Int) async throws {
+        for index in 0..<count {
+            let backend = try await EchoBackend.start()
+            backends.append(backend.channel)
+            let node = Node(
+                name: "node-\(index)",
+                app: freePort(),
+                cluster: freePort(),
+                admin: freePort(),
+                process: Process()
+            )
+            node.process.executableURL = Self.binary
+            node.process.arguments =
+                [
+                    "run", "--node-name", node.name, "--listen", "127.0.0.1:\(node.app)",
+                    "--cluster-listen", "127.0.0.1:\(node.cluster)", "--admin-listen", "127.0.0.1:\(node.admin)",
+                    "--backend", "http://127.0.0.1:\(backend.port)", "--log-level", "warning",
+                ] + (nodes.first.map { ["--join", "127.0.0.1:\($0.cluster)"] } ?? [])
+            try node.process.run()
+            nodes.append(node)
+        }
+        let ready = await eventually(timeout: .seconds(30)) {
+            nodes.allSatisfy { node in
+                admin(node, "/v1/state")?.contains("\"participant\":\(count)") == true
+                    && parseResponse(
+                        rawExchange(port: node.admin, Array("GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n".utf8)).bytes
+                    )?.status == 200
+            }
+        }
+        guard ready else { throw TestFailure("the \(count) ringside processes did not become ready") }
+    }
+
+    /// The body of a GET to `node`'s admin plane.
+    func admin(_ node: Node, _ path: String) -> String? {
+        let raw = rawExchange(
+            port: node.admin,
+            Array("GET \(path) HTTP/1.1\r\nHost: admin\r\n\r\n".utf8),
+            timeout: .seconds(2)
+        )
+        return parseResponse(raw.bytes).map { String(decoding: $0.body, as: UTF8.self) }
+    }
+
+    /// The owner of `key` according to `node`'s admin plane.
+    func owner(of key: String, askingNode node: Node) -> String? {
+        guard let body = admin(node, "/v1/lookup?key=\(key)"), let start = body.range(of: "\"name\":\"") else {
+            return nil
+        }
+        return String(body[start.upperBound...].prefix { $0 != "\"" })
+    }
+
+    /// A keyed GET through `node`'s app plane.
+    func get(_ path: String, key: String, through node: Node) -> TestResponse? {
+        parseResponse(
+            rawExchange(port: node.app, Array("GET \(path) HTTP/1.1\r\nHost: app\r\nX-Shard-Key: \(key)\r\n\r\n".utf8))
+                .bytes
+        )
+    }
+
+    func kill(_ node: Node) {
+        Foundation.kill(node.process.processIdentifier, SIGKILL)
+        node.process.waitUntilExit()
+    }
+
+    func stop() async {
+        for node in nodes where node.process.isRunning { node.process.terminate() }
+        for node in nodes { node.process.waitUntilExit() }
+        for backend in backends { try? await backend.close() }
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+func withProcesses(_ count: Int, _ body: (RingsideProcesses) async throws -> Void) async throws {
+    let cluster = RingsideProcesses()
+    do {
+        try await cluster.start(count)
+        try await body(cluster)
+    } catch {
+        await cluster.stop()
+        throw error
+    }
+    await cluster.stop()
+}
+
+@Suite("ringside processes", .serialized)
+struct ProcessTests {
+    @Test func everyKeyIsServedByItsOwnerWhicheverNodeItEntersBy() async throws {
+        try await withProcesses(3) { cluster in
+            var owners: Set<String> = []
+            for index in 0..<30 {
+                let key = "account-\(index)"
+                let owner = try #require(cluster.owner(of: key, askingNode: cluster.nodes[0]))
+                owners.insert(owner)
+                for node in cluster.nodes {
+                    let response = try #require(cluster.get("/accounts/\(index)", key: key, through: node))
+                    #expect(response.status == 200)
+                    #expect(response.header("x-ringside-node") == owner)
+                    // A key owned where it enters never crosses the cluster port: one proxy on the way, not two.
+                    #expect(response.headers("x-echo-h-via").count == (node.name == owner ? 1 : 2))
+                }
+            }
+            #expect(owners.count == 3)
+        }
+    }
+
+    @Test func requestsForAKilledOwnersKeysSucceedOnTheNextOwner() async throws {
+        try await withProcesses(3) { cluster in
+            let victim = cluster.nodes[2]
+            let key = try #require(
+                (0..<200).map { "order-\($0)" }.first {
+                    cluster.owner(of: $0, askingNode: cluster.nodes[0]) == victim.name
+                }
+            )
+            cluster.kill(victim)
+            for attempt in 0..<20 {
+                let response = try #require(cluster.get("/orders/\(attempt)", key: key, through: cluster.nodes[0]))
+                #expect(response.status == 200)
+                #expect(response.header("x-ringside-node") != victim.name)
+            }
+        }
+    }
+
+    @Test func badRequestsAreAnsweredAndTheProcessStaysHealthy() async throws {
+        try await withProcesses(1) { cluster in
+            let node = cluster.nodes[0]
+            let malformed = rawExchange(port: node.app, Array("NOT HTTP AT ALL\r\n\r\n".utf8))
+            #expect(parseResponse(malformed.bytes)?.status == 400)
+            let huge = rawExchange(
+                port: node.app,
+                Array("GET / HTTP/1.1\r\nHost: a\r\nX-Huge: \(String(repeating: "x", count: 100_000))\r\n\r\n".utf8)
+            )
+            #expect(parseResponse(huge.bytes)?.status == 431)
+            #expect(cluster.admin(node, "/livez") == "ok\n")
+            #expect(cluster.get("/", key: "k", through: node)?.status == 200)
+            let unknown = rawExchange(port: node.admin, Array("GET /nope HTTP/1.1\r\nHost: a\r\n\r\n".utf8))
+            #expect(parseResponse(unknown.bytes)?.status == 404)
+        }
+    }
+}

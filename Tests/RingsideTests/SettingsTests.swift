@@ -1,0 +1,90 @@
+import Foundation
+import Testing
+
+@testable import ringside
+
+@Suite("Settings")
+struct SettingsTests {
+    @Test func noSettingsAtAllIsTheEmbeddedDefault() throws {
+        let settings = try RingsideSettings.load(configFile: nil, environment: [:], flags: [:])
+        #expect(settings.listen.description == "127.0.0.1:7400")
+        #expect(settings.clusterListen.description == "0.0.0.0:7401")
+        #expect(settings.adminListen.description == "127.0.0.1:7402")
+        #expect(settings.backend.description == "127.0.0.1:8080")
+        #expect(settings.keyHeader == "X-Shard-Key")
+        #expect(settings.join.isEmpty)
+        #expect(settings.role == .participant)
+        #expect(!settings.nodeName.isEmpty)
+    }
+
+    @Test func flagsWinOverTheEnvironmentWhichWinsOverTheFile() throws {
+        let file = NSTemporaryDirectory() + "ringside-\(UInt32.random(in: 0 ... .max)).yaml"
+        try "listen: 127.0.0.1:1001\nreplicas: 2\njoin:\n  - a:7401\n  - dnssrv+_gossip._tcp.ringside\n".write(
+            toFile: file,
+            atomically: true,
+            encoding: .utf8
+        )
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let environment = ["RINGSIDE_LISTEN": "127.0.0.1:1002", "RINGSIDE_ROLE": "viewer"]
+        let fromFile = try RingsideSettings.load(configFile: file, environment: [:], flags: [:])
+        #expect(fromFile.listen.port == 1001)
+        #expect(fromFile.replicas == 2)
+        #expect(fromFile.join == ["a:7401", "dnssrv+_gossip._tcp.ringside"])
+        let fromEnvironment = try RingsideSettings.load(configFile: file, environment: environment, flags: [:])
+        #expect(fromEnvironment.listen.port == 1002)
+        #expect(fromEnvironment.role == .viewer)
+        let fromFlags = try RingsideSettings.load(
+            configFile: file,
+            environment: environment,
+            flags: ["listen": "127.0.0.1:1003"]
+        )
+        #expect(fromFlags.listen.port == 1003)
+        #expect(fromFlags.replicas == 2)
+    }
+
+    @Test(
+        arguments: [
+            (["replicas": "0"], "replicas (from --replicas)"),
+            (["backend": "https://x:1"], "backend (from --backend)"),
+            (["request-timeout": "soon"], "request-timeout (from --request-timeout)"),
+            (["max-body-bytes": "lots"], "max-body-bytes (from --max-body-bytes)"),
+            (["join": "a:1,not an address"], "join (from --join)"),
+            (["missing-key": "drop"], "missing-key (from --missing-key)"),
+            (["log-level": "loud"], "log-level (from --log-level)"),
+        ]
+    )
+    func invalidValuesNameTheKeyAndWhereTheyCameFrom(flags: [String: String], expected: String) {
+        let error = #expect(throws: ConfigurationError.self) {
+            try RingsideSettings.load(configFile: nil, environment: [:], flags: flags)
+        }
+        #expect(error?.description.contains(expected) == true)
+    }
+
+    @Test func environmentErrorsNameTheVariable() {
+        let error = #expect(throws: ConfigurationError.self) {
+            try RingsideSettings.load(configFile: nil, environment: ["RINGSIDE_ADMIN_LISTEN": "7402"], flags: [:])
+        }
+        #expect(error?.description.contains("admin-listen (from RINGSIDE_ADMIN_LISTEN)") == true)
+    }
+
+    @Test func unknownKeysInTheFileAreErrors() throws {
+        let file = NSTemporaryDirectory() + "ringside-\(UInt32.random(in: 0 ... .max)).yaml"
+        try "listen: 127.0.0.1:7400\nlisten-port: 7400\n".write(toFile: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let error = #expect(throws: ConfigurationError.self) {
+            try RingsideSettings.load(configFile: file, environment: [:], flags: [:])
+        }
+        #expect(error?.key == "listen-port")
+    }
+
+    @Test func sizesAndDurationsParse() {
+        #expect(RingsideSettings.parseSize("64KiB") == 65_536)
+        #expect(RingsideSettings.parseSize("5MB") == 5_000_000)
+        #expect(RingsideSettings.parseSize("12") == 12)
+        #expect(RingsideSettings.parseSize("9999999999GiB") == nil)
+        #expect(RingsideSettings.parseDuration("500ms") == .milliseconds(500))
+        #expect(RingsideSettings.parseDuration("2m") == .seconds(120))
+        #expect(RingsideSettings.parseDuration("1.5") == .milliseconds(1500))
+        #expect(RingsideSettings.parseDuration("-1s") == nil)
+    }
+}
