@@ -11,7 +11,8 @@ public enum AppServer {
         group: any EventLoopGroup,
         configuration: ProxyConfiguration,
         router: any ProxyRouter,
-        upstreams: any UpstreamProvider
+        upstreams: any UpstreamProvider,
+        metrics: ProxyMetrics = ProxyMetrics()
     ) async throws -> any Channel {
         try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
@@ -29,7 +30,14 @@ public enum AppServer {
                     )
                     try pipeline.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
                     try pipeline.addHandler(
-                        ProxyHandler(configuration: configuration, router: router, upstreams: upstreams, scheme: "http")
+                        ProxyHandler(
+                            configuration: configuration,
+                            plane: .app,
+                            metrics: metrics,
+                            router: router,
+                            upstreams: upstreams,
+                            scheme: "http"
+                        )
                     )
                 }
             }

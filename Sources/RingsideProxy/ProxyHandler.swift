@@ -22,7 +22,17 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Requests whose bodies fit are kept for a replay on the next owner.
     static let replayableBodyBytes = 64 << 10
 
+    /// Which listener this handler serves, for metrics.
+    enum Plane: Sendable {
+        /// The app listener: requests from the local application.
+        case app
+        /// The cluster port: requests other nodes forwarded.
+        case cluster
+    }
+
     private let configuration: ProxyConfiguration
+    private let plane: Plane
+    private let metrics: ProxyMetrics
     private let router: any ProxyRouter
     private let upstreams: any UpstreamProvider
     private let scheme: String
@@ -50,6 +60,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var requestTrailers: HTTPHeaders?
         var responseStarted = false
         var bodyBytes = 0
+        var status: HTTPResponseStatus = .ok
+        let started = NIODeadline.now()
         let deadline: NIODeadline
         var timeout: Scheduled<Void>?
 
@@ -63,8 +75,17 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var route: ProxyRoute { routes[attempt] }
     }
 
-    init(configuration: ProxyConfiguration, router: any ProxyRouter, upstreams: any UpstreamProvider, scheme: String) {
+    init(
+        configuration: ProxyConfiguration,
+        plane: Plane,
+        metrics: ProxyMetrics,
+        router: any ProxyRouter,
+        upstreams: any UpstreamProvider,
+        scheme: String
+    ) {
         self.configuration = configuration
+        self.plane = plane
+        self.metrics = metrics
         self.router = router
         self.upstreams = upstreams
         self.scheme = scheme
@@ -119,6 +140,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         if head.headers.contains(name: "content-length") && head.headers.contains(name: "transfer-encoding") {
+            recordRefusal(.badRequest)
             refuse(.badRequest, "a request may not carry both Content-Length and Transfer-Encoding", closing: true)
             return
         }
@@ -142,9 +164,11 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .success(let found) where !found.isEmpty:
             routes = found
         case .success:
+            recordRefusal(.serviceUnavailable)
             refuse(.serviceUnavailable, "no node owns this key", closing: hasBody)
             return
         case .failure(let refusal):
+            recordRefusal(refusal.status)
             refuse(refusal.status, refusal.message, closing: hasBody, headers: refusal.headers)
             return
         }
@@ -271,6 +295,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         exchange.attempt += 1
+        metrics.retries.increment()
         router.retried()
         connect(exchange)
     }
@@ -284,12 +309,14 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if head.status == .misdirectedRequest, head.headers.contains(name: HeaderHygiene.notOwnerHeader),
                 !exchange.responseStarted
             {
+                metrics.misroutes.increment()
                 router.misrouted()
                 exchange.upstream?.detach(reusable: false)
                 tryNextRoute(exchange, reason: "no owner accepted the request")
                 return
             }
             exchange.responseStarted = true
+            exchange.status = head.status
             let servedBy: String? =
                 switch exchange.route {
                 case .local: configuration.nodeName
@@ -345,6 +372,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func finish(_ exchange: Exchange, trailers: HTTPHeaders?) {
         guard let context else { return }
         exchange.timeout?.cancel()
+        record(exchange, status: exchange.status)
         let reusable = exchange.requestEnded
         exchange.upstream?.detach(reusable: reusable)
         exchange.upstream = nil
@@ -364,6 +392,22 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    private func record(_ exchange: Exchange, status: HTTPResponseStatus) {
+        let path: ProxyMetrics.Path =
+            switch (plane, exchange.route) {
+            case (.cluster, _): .forwardedIn
+            case (.app, .local): .local
+            case (.app, .peer): .forwardedOut
+            }
+        metrics.record(path, status: status, nanoseconds: (NIODeadline.now() - exchange.started).nanoseconds)
+    }
+
+    /// Records a request answered before it had a route: on the app plane as local, on the cluster plane as
+    /// forwarded in (a 421 "not owner" among them).
+    private func recordRefusal(_ status: HTTPResponseStatus) {
+        metrics.record(plane == .app ? .local : .forwardedIn, status: status, nanoseconds: 0)
+    }
+
     // MARK: Answering ourselves
 
     private func fail(_ exchange: Exchange, status: HTTPResponseStatus, message: String) {
@@ -376,6 +420,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             lease.release(false)
         }
         self.exchange = nil
+        record(exchange, status: exchange.responseStarted ? exchange.status : status)
         if exchange.responseStarted {
             context.close(promise: nil)
         } else {

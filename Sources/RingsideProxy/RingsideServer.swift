@@ -18,6 +18,7 @@ public final class RingsideServer: Service, Sendable {
     private let group: any EventLoopGroup
     private let upstreams: ClusterUpstreams
     private let logger: Logger
+    private let metrics: ProxyMetrics
     private let appAddress = NIOLockedValueBox<SocketAddress?>(nil)
 
     /// A node that listens for the app at `appHost:appPort` and proxies to the backend at `backendHost:backendPort`.
@@ -32,11 +33,19 @@ public final class RingsideServer: Service, Sendable {
         logger: Logger = Logger(label: "ringside")
     ) {
         let upstreams = ClusterUpstreams(backendHost: backendHost, backendPort: backendPort, configuration: proxy)
+        let metrics = ProxyMetrics()
         let forwardedRouter = ForwardedRouterBox()
         self.node = ClusterNode(configuration: cluster, group: group, logger: logger) { stream in
             guard let router = forwardedRouter.router else { throw ChannelError.ioOnClosedChannel }
             try stream.pipeline.syncOperations.addHandler(
-                ProxyHandler(configuration: proxy, router: router, upstreams: upstreams, scheme: "http")
+                ProxyHandler(
+                    configuration: proxy,
+                    plane: .cluster,
+                    metrics: metrics,
+                    router: router,
+                    upstreams: upstreams,
+                    scheme: "http"
+                )
             )
         }
         forwardedRouter.router = ForwardedRouter(node: node)
@@ -46,6 +55,7 @@ public final class RingsideServer: Service, Sendable {
         self.group = group
         self.upstreams = upstreams
         self.logger = logger
+        self.metrics = metrics
     }
 
     /// Runs the node and the app listener until a graceful shutdown, then leaves the cluster and closes.
@@ -56,7 +66,8 @@ public final class RingsideServer: Service, Sendable {
             group: group,
             configuration: proxy,
             router: ClusterRouter(node: node, configuration: proxy),
-            upstreams: upstreams
+            upstreams: upstreams,
+            metrics: metrics
         )
         appAddress.withLockedValue { $0 = app.localAddress }
         logger.info("app listener started", metadata: ["ringside.address": "\(app.localAddress?.description ?? "")"])

@@ -128,6 +128,11 @@ struct ProcessTests {
                 }
             }
             #expect(owners.count == 3)
+            let metrics = try #require(cluster.admin(cluster.nodes[0], "/metrics"))
+            #expect(metrics.contains(#"ringside_requests_total{path="local",code="2xx"}"#))
+            #expect(metrics.contains(#"ringside_requests_total{path="forwarded_out",code="2xx"}"#))
+            #expect(metrics.contains(#"ringside_requests_total{path="forwarded_in",code="2xx"}"#))
+            #expect(metrics.contains("ringside_gossip_probes_total"))
         }
     }
 

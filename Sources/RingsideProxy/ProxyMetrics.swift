@@ -1,0 +1,41 @@
+import Metrics
+import NIOHTTP1
+
+/// The data plane's metrics, created once: request totals by path and status class, durations, retries, misroutes.
+///
+/// `path` is `local` (served by this node's backend for its own app), `forwarded_out` (sent to the owner) or
+/// `forwarded_in` (served here for another node); `code` is the status class.
+public struct ProxyMetrics: Sendable {
+    /// Where a request went.
+    public enum Path: String, Sendable, CaseIterable {
+        case local
+        case forwardedOut = "forwarded_out"
+        case forwardedIn = "forwarded_in"
+    }
+
+    private let requests: [Path: [Counter]]
+    private let durations: [Path: Timer]
+    let retries = Counter(label: "ringside_request_retries_total")
+    let misroutes = Counter(label: "ringside_request_misroutes_total")
+
+    /// The metrics, registered with the process's metrics backend.
+    public init() {
+        var requests: [Path: [Counter]] = [:]
+        var durations: [Path: Timer] = [:]
+        for path in Path.allCases {
+            requests[path] = (1...5).map {
+                Counter(label: "ringside_requests_total", dimensions: [("path", path.rawValue), ("code", "\($0)xx")])
+            }
+            durations[path] = Timer(label: "ringside_request_duration_seconds", dimensions: [("path", path.rawValue)])
+        }
+        self.requests = requests
+        self.durations = durations
+    }
+
+    /// Records a finished request.
+    func record(_ path: Path, status: HTTPResponseStatus, nanoseconds: Int64) {
+        let group = min(5, max(1, Int(status.code) / 100))
+        requests[path]?[group - 1].increment()
+        durations[path]?.recordNanoseconds(nanoseconds)
+    }
+}
