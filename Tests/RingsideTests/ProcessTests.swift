@@ -23,7 +23,8 @@ final class RingsideProcesses {
     }
 
     /// Starts `count` nodes, `node-0` the seed of the others, and waits until each is ready and sees all.
-    func start(_ count: Int) async throws {
+    /// `extraArguments` adds flags for the node with that index.
+    func start(_ count: Int, extraArguments: (Int) -> [String] = { _ in [] }) async throws {
         for index in 0..<count {
             let backend = try await EchoBackend.start()
             backends.append(backend.channel)
@@ -40,7 +41,7 @@ final class RingsideProcesses {
                     "run", "--node-name", node.name, "--listen", "127.0.0.1:\(node.app)",
                     "--cluster-listen", "127.0.0.1:\(node.cluster)", "--admin-listen", "127.0.0.1:\(node.admin)",
                     "--backend", "http://127.0.0.1:\(backend.port)", "--log-level", "warning",
-                ] + (nodes.first.map { ["--join", "127.0.0.1:\($0.cluster)"] } ?? [])
+                ] + (nodes.first.map { ["--join", "127.0.0.1:\($0.cluster)"] } ?? []) + extraArguments(index)
             try node.process.run()
             nodes.append(node)
         }
@@ -98,10 +99,14 @@ struct TestFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-func withProcesses(_ count: Int, _ body: (RingsideProcesses) async throws -> Void) async throws {
+func withProcesses(
+    _ count: Int,
+    extraArguments: (Int) -> [String] = { _ in [] },
+    _ body: (RingsideProcesses) async throws -> Void
+) async throws {
     let cluster = RingsideProcesses()
     do {
-        try await cluster.start(count)
+        try await cluster.start(count, extraArguments: extraArguments)
         try await body(cluster)
     } catch {
         await cluster.stop()
@@ -133,6 +138,25 @@ struct ProcessTests {
             #expect(metrics.contains(#"ringside_requests_total{path="forwarded_out",code="2xx"}"#))
             #expect(metrics.contains(#"ringside_requests_total{path="forwarded_in",code="2xx"}"#))
             #expect(metrics.contains("ringside_gossip_probes_total"))
+        }
+    }
+
+    @Test func viewsThatDisagreeNeitherLoseNorDoubleForwardARequest() async throws {
+        // node-2 places keys with another sharder: for many keys it and the others disagree about the owner, as nodes
+        // do for a moment while a change spreads.
+        try await withProcesses(3, extraArguments: { $0 == 2 ? ["--sharder", "rendezvous"] : [] }) { cluster in
+            for index in 0..<40 {
+                for node in cluster.nodes {
+                    let response = try #require(cluster.get("/items/\(index)", key: "item-\(index)", through: node))
+                    #expect(response.status == 200)
+                    #expect(response.headers("x-echo-h-via").count <= 2, "at most one hop")
+                }
+            }
+            let misroutes = cluster.nodes.compactMap { cluster.admin($0, "/metrics") }.compactMap { text in
+                text.split(separator: "\n").first { $0.hasPrefix("ringside_request_misroutes_total ") }
+                    .flatMap { Double($0.split(separator: " ").last ?? "") }
+            }
+            #expect(misroutes.reduce(0, +) > 0, "the disagreement was exercised")
         }
     }
 
