@@ -111,12 +111,12 @@ struct TestFailure: Error, CustomStringConvertible {
 
 func withProcesses(
     _ count: Int,
-    extraArguments: (Int) -> [String] = { _ in [] },
+    extraArguments: [Int: [String]] = [:],
     _ body: (RingsideProcesses) async throws -> Void
 ) async throws {
     let cluster = RingsideProcesses()
     do {
-        try await cluster.start(count, extraArguments: extraArguments)
+        try await cluster.start(count) { extraArguments[$0] ?? [] }
         try await body(cluster)
     } catch {
         await cluster.stop()
@@ -154,7 +154,7 @@ struct ProcessTests {
     @Test func viewsThatDisagreeNeitherLoseNorDoubleForwardARequest() async throws {
         // node-2 places keys with another sharder: for many keys it and the others disagree about the owner, as nodes
         // do for a moment while a change spreads.
-        try await withProcesses(3, extraArguments: { $0 == 2 ? ["--sharder", "rendezvous"] : [] }) { cluster in
+        try await withProcesses(3, extraArguments: [2: ["--sharder", "rendezvous"]]) { cluster in
             for index in 0..<40 {
                 for node in cluster.nodes {
                     let response = try #require(cluster.get("/items/\(index)", key: "item-\(index)", through: node))
