@@ -1,8 +1,10 @@
 import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 import NIOPosix
 
-/// The app plane: the listener the local application sends keyed requests to.
+/// The app plane: the listener the local application sends keyed requests to, in HTTP/1.1 or in HTTP/2 with prior
+/// knowledge (h2c; gRPC clients do this), told apart by the first bytes.
 public enum AppServer {
     /// Binds the app listener at `host:port`; each connection routes its requests through `router` to `upstreams`.
     public static func bind(
@@ -20,16 +22,7 @@ public enum AppServer {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let pipeline = channel.pipeline.syncOperations
-                    try pipeline.addHandler(
-                        ConnectionGuard(
-                            maxHeaderBytes: configuration.maxHeaderBytes,
-                            headerTimeout: configuration.headerReadTimeout,
-                            idleTimeout: configuration.idleTimeout
-                        )
-                    )
-                    try pipeline.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
-                    try pipeline.addHandler(
+                    let makeProxy: @Sendable () -> ProxyHandler = {
                         ProxyHandler(
                             configuration: configuration,
                             plane: .app,
@@ -37,6 +30,39 @@ public enum AppServer {
                             router: router,
                             upstreams: upstreams,
                             scheme: "http"
+                        )
+                    }
+                    try channel.pipeline.syncOperations.addHandler(
+                        ProtocolSniffer(
+                            http1: { channel in
+                                let pipeline = channel.pipeline.syncOperations
+                                try pipeline.addHandler(
+                                    ConnectionGuard(
+                                        maxHeaderBytes: configuration.maxHeaderBytes,
+                                        headerTimeout: configuration.headerReadTimeout,
+                                        idleTimeout: configuration.idleTimeout
+                                    )
+                                )
+                                try pipeline.configureHTTPServerPipeline(
+                                    withPipeliningAssistance: true,
+                                    withErrorHandling: true
+                                )
+                                try pipeline.addHandler(makeProxy())
+                            },
+                            http2: { channel in
+                                _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+                                    mode: .server,
+                                    connectionConfiguration: .init(),
+                                    streamConfiguration: .init(),
+                                    inboundStreamInitializer: { stream in
+                                        stream.eventLoop.makeCompletedFuture {
+                                            try stream.pipeline.syncOperations.addHandlers([
+                                                HTTP2FramePayloadToHTTP1ServerCodec(), makeProxy(),
+                                            ])
+                                        }
+                                    }
+                                )
+                            }
                         )
                     )
                 }

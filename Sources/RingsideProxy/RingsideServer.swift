@@ -21,7 +21,8 @@ public final class RingsideServer: Service, Sendable {
     private let metrics: ProxyMetrics
     private let appAddress = NIOLockedValueBox<SocketAddress?>(nil)
 
-    /// A node that listens for the app at `appHost:appPort` and proxies to the backend at `backendHost:backendPort`.
+    /// A node that listens for the app at `appHost:appPort` and proxies to the backend at `backendHost:backendPort`,
+    /// in HTTP/1.1, or in HTTP/2 with prior knowledge when `backendSpeaksHTTP2` (a gRPC server).
     public init(
         cluster: ClusterConfiguration,
         proxy: ProxyConfiguration,
@@ -29,10 +30,16 @@ public final class RingsideServer: Service, Sendable {
         appPort: Int,
         backendHost: String,
         backendPort: Int,
+        backendSpeaksHTTP2: Bool = false,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "ringside")
     ) {
-        let upstreams = ClusterUpstreams(backendHost: backendHost, backendPort: backendPort, configuration: proxy)
+        let upstreams = ClusterUpstreams(
+            backendHost: backendHost,
+            backendPort: backendPort,
+            backendSpeaksHTTP2: backendSpeaksHTTP2,
+            configuration: proxy
+        )
         let metrics = ProxyMetrics()
         let forwardedRouter = ForwardedRouterBox()
         self.node = ClusterNode(configuration: cluster, group: group, logger: logger) { stream in

@@ -62,8 +62,9 @@ final class BackendPool: Sendable {
     }
 }
 
-/// HTTP/2 connections to peers' cluster ports, one per peer and event loop, each request a stream of its own.
-final class PeerPool: Sendable {
+/// HTTP/2 connections (h2c, prior knowledge), one per address and event loop, each request a stream of its own: to
+/// peers' cluster ports, and to a backend that speaks HTTP/2 (gRPC).
+final class HTTP2Pool: Sendable {
     private let connectTimeout: TimeAmount
     private let connections = NIOLockedValueBox<[Key: EventLoopFuture<Connection>]>([:])
 
@@ -144,30 +145,41 @@ final class PeerPool: Sendable {
 
 /// The upstreams of a Ringside node: its backend for local routes, peers' cluster ports for the rest.
 public final class ClusterUpstreams: UpstreamProvider {
-    private let backend: BackendPool
-    private let peers: PeerPool
+    private let backend: BackendPool?
+    private let http2: HTTP2Pool
+    private let backendAddress: String
 
-    /// Upstreams for a backend at `backendHost:backendPort`.
-    public init(backendHost: String, backendPort: Int, configuration: ProxyConfiguration) {
-        backend = BackendPool(
-            host: backendHost,
-            port: backendPort,
-            connectTimeout: configuration.connectTimeout,
-            maxIdle: configuration.maxIdleConnectionsPerUpstream
-        )
-        peers = PeerPool(connectTimeout: configuration.connectTimeout)
+    /// Upstreams for a backend at `backendHost:backendPort`, spoken to in HTTP/1.1 with keep-alive, or in HTTP/2
+    /// (h2c, prior knowledge) when `backendSpeaksHTTP2`.
+    public init(
+        backendHost: String,
+        backendPort: Int,
+        backendSpeaksHTTP2: Bool = false,
+        configuration: ProxyConfiguration
+    ) {
+        backend =
+            backendSpeaksHTTP2
+            ? nil
+            : BackendPool(
+                host: backendHost,
+                port: backendPort,
+                connectTimeout: configuration.connectTimeout,
+                maxIdle: configuration.maxIdleConnectionsPerUpstream
+            )
+        backendAddress = backendHost.contains(":") ? "[\(backendHost)]:\(backendPort)" : "\(backendHost):\(backendPort)"
+        http2 = HTTP2Pool(connectTimeout: configuration.connectTimeout)
     }
 
     public func lease(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
         switch route {
-        case .local: backend.lease(on: eventLoop)
-        case .peer(_, let address): peers.lease(address: address, on: eventLoop)
+        case .local: backend?.lease(on: eventLoop) ?? http2.lease(address: backendAddress, on: eventLoop)
+        case .peer(_, let address): http2.lease(address: address, on: eventLoop)
         }
     }
 
     /// Closes every pooled connection.
     public func shutdown() {
-        backend.shutdown()
-        peers.shutdown()
+        backend?.shutdown()
+        http2.shutdown()
     }
 }

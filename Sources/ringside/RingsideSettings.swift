@@ -16,6 +16,8 @@ struct RingsideSettings {
     var join: [String]
     var clusterName: String
     var backend: Address
+    /// Whether the backend speaks HTTP/2 with prior knowledge (an `h2c://` URL, for gRPC servers).
+    var backendSpeaksHTTP2: Bool
     var keyHeader: String
     var replicas: Int
     var role: PeerState
@@ -51,7 +53,10 @@ struct RingsideSettings {
         ),
         ("join", "", "Seeds, comma-separated: host:port or dnssrv+NAME."),
         ("cluster-name", "ringside", "The cluster's label; nodes of other clusters are refused."),
-        ("backend", "http://127.0.0.1:8080", "The local backend."),
+        (
+            "backend", "http://127.0.0.1:8080",
+            "The local backend: http://host:port, or h2c://host:port for HTTP/2 (gRPC)."
+        ),
         ("key-header", "X-Shard-Key", "The header that carries the shard key."),
         ("replicas", "1", "How many owners /v1/lookup reports by default (1 to 16)."),
         ("role", "participant", "participant (owns keys) or viewer (routes only)."),
@@ -195,12 +200,14 @@ struct RingsideSettings {
             throw fail("cluster-name", "is not a name of 1 to 255 characters")
         }
         let backendText = value("backend").0
-        guard backendText.hasPrefix("http://"),
-            let backendAddress = Self.parseAddress(String(backendText.dropFirst(7).prefix { $0 != "/" }))
+        let scheme = backendText.prefix { $0 != ":" }
+        guard scheme == "http" || scheme == "h2c", backendText.dropFirst(scheme.count).hasPrefix("://"),
+            let backendAddress = Self.parseAddress(String(backendText.dropFirst(scheme.count + 3).prefix { $0 != "/" }))
         else {
-            throw fail("backend", "is not an http://host:port URL")
+            throw fail("backend", "is not an http://host:port or h2c://host:port URL")
         }
         backend = backendAddress
+        backendSpeaksHTTP2 = scheme == "h2c"
         keyHeader = value("key-header").0
         guard !keyHeader.isEmpty, keyHeader.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
             throw fail("key-header", "is not a header name")

@@ -155,6 +155,7 @@ struct RunCommand: AsyncParsableCommand {
             appPort: settings.listen.port,
             backendHost: settings.backend.host,
             backendPort: settings.backend.port,
+            backendSpeaksHTTP2: settings.backendSpeaksHTTP2,
             logger: logger
         )
     }

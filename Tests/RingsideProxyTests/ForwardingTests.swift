@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import NIOHTTP1
 import RingsideCluster
 import RingsideSharding
 import RingsideTestSupport
@@ -8,10 +9,14 @@ import Testing
 @testable import RingsideProxy
 
 /// `count` full Ringside nodes in this process, each with its own echo backend, `node-0` the seed of the others.
-func withRingside(_ count: Int, _ body: ([RingsideServer]) async throws -> Void) async throws {
+func withRingside(
+    _ count: Int,
+    http2Backends: Bool = false,
+    _ body: ([RingsideServer]) async throws -> Void
+) async throws {
     var backends: [any Channel] = []
     func makeServer(_ index: Int, seeds: [String]) async throws -> RingsideServer {
-        let backend = try await EchoBackend.start()
+        let backend = http2Backends ? try await TrailerBackend.start() : try await EchoBackend.start()
         backends.append(backend.channel)
         var cluster = ClusterConfiguration(nodeName: "node-\(index)")
         cluster.listenAddress = "127.0.0.1:0"
@@ -23,6 +28,7 @@ func withRingside(_ count: Int, _ body: ([RingsideServer]) async throws -> Void)
             appPort: 0,
             backendHost: "127.0.0.1",
             backendPort: backend.port,
+            backendSpeaksHTTP2: http2Backends,
             logger: Logger(label: "test")
         )
     }
@@ -93,6 +99,32 @@ struct ForwardingTests {
             #expect(response.status == 200)
             #expect(response.header("x-ringside-node") == "node-1")
             #expect(response.body == payload)
+        }
+    }
+
+    @Test func anHTTP2RequestWithTrailersCrossesTheHopEndToEnd() async throws {
+        try await withRingside(2, http2Backends: true) { servers in
+            let key = (0..<100).map { "k\($0)" }.first { (try? servers[0].node.lookup($0).first?.isSelf) == false }!
+            let head = HTTPRequestHead(
+                version: .http2,
+                method: .POST,
+                uri: "/orders.OrderService/Get",
+                headers: HTTPHeaders([
+                    ("host", "app"), ("content-type", "application/grpc"), ("te", "trailers"), ("x-shard-key", key),
+                ])
+            )
+            let message: [UInt8] = [0, 0, 0, 0, 3, 1, 2, 3]
+            let response = try await http2Exchange(
+                port: servers[0].appPortBound!,
+                head: head,
+                body: message,
+                trailers: ["x-check": "passed"]
+            )
+            #expect(response.head.status == .ok)
+            #expect(response.head.headers.first(name: "x-ringside-node") == "node-1")
+            #expect(response.body == message)
+            #expect(response.trailers?.first(name: "grpc-status") == "0")
+            #expect(response.trailers?.first(name: "x-echo-trailer") == "passed", "the request's trailers arrived too")
         }
     }
 

@@ -77,6 +77,18 @@ struct SettingsTests {
         #expect(error?.key == "listen-port")
     }
 
+    @Test func anH2cBackendSpeaksHTTP2() throws {
+        let h2c = try RingsideSettings.load(
+            configFile: nil,
+            environment: [:],
+            flags: ["backend": "h2c://127.0.0.1:50051"]
+        )
+        #expect(h2c.backendSpeaksHTTP2)
+        #expect(h2c.backend.port == 50051)
+        let plain = try RingsideSettings.load(configFile: nil, environment: [:], flags: [:])
+        #expect(!plain.backendSpeaksHTTP2)
+    }
+
     @Test func sizesAndDurationsParse() {
         #expect(RingsideSettings.parseSize("64KiB") == 65_536)
         #expect(RingsideSettings.parseSize("5MB") == 5_000_000)

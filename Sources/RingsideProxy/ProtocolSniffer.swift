@@ -1,0 +1,48 @@
+import NIOCore
+
+/// Tells an HTTP/2 connection with prior knowledge (it opens with the 24-byte preface, RFC 9113 §3.4) from an HTTP/1.1
+/// one by its first bytes, sets the pipeline up for it, and steps aside.
+final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+
+    private let http1: (any Channel) throws -> Void
+    private let http2: (any Channel) throws -> Void
+    private var buffered: ByteBuffer?
+
+    init(http1: @escaping (any Channel) throws -> Void, http2: @escaping (any Channel) throws -> Void) {
+        self.http1 = http1
+        self.http2 = http2
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if var buffered {
+            buffered.writeBuffer(&incoming)
+            self.buffered = buffered
+        } else {
+            buffered = incoming
+        }
+        guard let bytes = buffered else { return }
+        let seen = Array(bytes.readableBytesView.prefix(Self.preface.count))
+        // Wait for more only while what came so far could still be the start of the preface.
+        if seen.count < Self.preface.count && Self.preface.starts(with: seen) { return }
+        let isHTTP2 = seen == Self.preface
+        do {
+            if isHTTP2 { try http2(context.channel) } else { try http1(context.channel) }
+        } catch {
+            context.close(promise: nil)
+            return
+        }
+        self.buffered = nil
+        context.fireChannelRead(wrapInboundOut(bytes))
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        buffered = nil
+        context.fireChannelInactive()
+    }
+}

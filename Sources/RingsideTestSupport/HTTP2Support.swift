@@ -1,0 +1,121 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOHTTP2
+import NIOPosix
+
+/// An HTTP/2 (h2c) backend for tests, answering as a gRPC server would: headers at once, the request body echoed, and
+/// trailers at the end: `grpc-status: 0`, and `x-echo-trailer` with the request's `x-check` trailer if it had one.
+public final class TrailerBackend: ChannelInboundHandler {
+    public typealias InboundIn = HTTPServerRequestPart
+    public typealias OutboundOut = HTTPServerResponsePart
+
+    public init() {}
+
+    /// Starts a backend on a free port of 127.0.0.1.
+    public static func start() async throws -> (channel: any Channel, port: Int) {
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.configureHTTP2Pipeline(
+                    mode: .server,
+                    inboundStreamInitializer: { stream in
+                        stream.eventLoop.makeCompletedFuture {
+                            try stream.pipeline.syncOperations.addHandlers([
+                                HTTP2FramePayloadToHTTP1ServerCodec(), TrailerBackend(),
+                            ])
+                        }
+                    }
+                ).map { _ in }
+            }
+            .bind(host: "127.0.0.1", port: 0)
+            .get()
+        return (channel, channel.localAddress!.port!)
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let request):
+            let headers = HTTPHeaders([("content-type", "application/grpc"), ("x-echo-uri", request.uri)])
+            context.writeAndFlush(
+                wrapOutboundOut(.head(HTTPResponseHead(version: .http2, status: .ok, headers: headers))),
+                promise: nil
+            )
+        case .body(let buffer):
+            context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        case .end(let trailers):
+            var answer = HTTPHeaders([("grpc-status", "0")])
+            if let check = trailers?.first(name: "x-check") { answer.add(name: "x-echo-trailer", value: check) }
+            context.writeAndFlush(wrapOutboundOut(.end(answer)), promise: nil)
+        }
+    }
+}
+
+/// A response read over HTTP/2.
+public struct HTTP2TestResponse: Sendable {
+    public var head: HTTPResponseHead
+    public var body: [UInt8]
+    public var trailers: HTTPHeaders?
+}
+
+/// Sends one request with `body` and `trailers` over HTTP/2 with prior knowledge to 127.0.0.1:`port`, and returns the
+/// response with its trailers.
+public func http2Exchange(
+    port: Int,
+    head: HTTPRequestHead,
+    body: [UInt8] = [],
+    trailers: HTTPHeaders? = nil
+) async throws -> HTTP2TestResponse {
+    let connection = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        .connect(host: "127.0.0.1", port: port)
+        .get()
+    defer { connection.close(promise: nil) }
+    let collector = ResponseCollector()
+    let stream = try await connection.configureHTTP2Pipeline(mode: .client, inboundStreamInitializer: { $0.close() })
+        .flatMap { multiplexer in
+            multiplexer.createStreamChannel { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers([
+                        HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http), collector,
+                    ])
+                }
+            }
+        }.get()
+    stream.write(HTTPClientRequestPart.head(head), promise: nil)
+    if !body.isEmpty { stream.write(HTTPClientRequestPart.body(.byteBuffer(ByteBuffer(bytes: body))), promise: nil) }
+    try await stream.writeAndFlush(HTTPClientRequestPart.end(trailers)).get()
+    return try await collector.response.futureResult.get()
+}
+
+/// Collects one response on a stream.
+final class ResponseCollector: ChannelInboundHandler, Sendable {
+    typealias InboundIn = HTTPClientResponsePart
+
+    private let state = NIOLockedValueBox<(head: HTTPResponseHead?, body: [UInt8], done: Bool)>((nil, [], false))
+    private let ready = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: HTTP2TestResponse.self)
+
+    var response: EventLoopPromise<HTTP2TestResponse> { ready }
+
+    /// Completes the response once, whichever comes first.
+    private func complete(_ result: Result<HTTP2TestResponse, any Error>) {
+        let first = state.withLockedValue { state in
+            defer { state.done = true }
+            return !state.done
+        }
+        if first { ready.completeWith(result) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head): state.withLockedValue { $0.head = head }
+        case .body(let buffer): state.withLockedValue { $0.body += Array(buffer.readableBytesView) }
+        case .end(let trailers):
+            let (head, body) = state.withLockedValue { ($0.head, $0.body) }
+            if let head { complete(.success(HTTP2TestResponse(head: head, body: body, trailers: trailers))) }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) { complete(.failure(error)) }
+
+    func channelInactive(context: ChannelHandlerContext) { complete(.failure(ChannelError.ioOnClosedChannel)) }
+}
