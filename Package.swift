@@ -104,6 +104,7 @@ let package = Package(
                 "RingsideSharding",
                 "RingsideSimulation",
                 "RingsideCluster",
+                "RingsideTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -113,7 +114,7 @@ let package = Package(
         .testTarget(name: "RingsideShardingTests", dependencies: ["RingsideSharding"]),
         .testTarget(name: "RingsideMembershipTests", dependencies: ["RingsideMembership", "RingsideSimulation"]),
         .testTarget(name: "RingsideClusterTests", dependencies: ["RingsideCluster"]),
-        // Helpers that tests share: an echo backend, a raw HTTP client, polling.
+        // Helpers that tests and benchmarks share: backends, a raw HTTP client, polling, free ports.
         .target(
             name: "RingsideTestSupport",
             dependencies: [

@@ -8,19 +8,16 @@ import NIOCore
 ///   and the connection closed.
 /// - A keep-alive connection idle for `idleTimeout` between requests is closed.
 ///
-/// It finds the end of a head by its blank line, and learns that a request is over from ``RequestCompleted``, which the
-/// proxy sends down the pipeline.
+/// It finds the end of a head by its blank line, and learns that a request is over from the proxy handler of the same
+/// connection, which calls ``requestCompleted()``.
 final class ConnectionGuard: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    /// Sent by the proxy when it has answered a request, so that the next head is measured from its first byte.
-    struct RequestCompleted: Sendable {}
-
     private enum State {
-        /// Between requests or inside a head: `bytes` of the head so far, and its last three bytes.
+        /// Between requests (`bytes == 0`) or inside a head: `bytes` of the head so far, and its last three bytes.
         case awaitingHead(bytes: Int, tail: [UInt8])
         /// The head is complete; the request's body and response are under way.
         case inRequest
@@ -31,7 +28,10 @@ final class ConnectionGuard: ChannelDuplexHandler {
     private let headerTimeout: TimeAmount
     private let idleTimeout: TimeAmount
     private var state = State.awaitingHead(bytes: 0, tail: [])
-    private var timer: Scheduled<Void>?
+    /// When the current wait began: for a head, its first byte; between requests, the end of the last one. Checked
+    /// by one timer a connection, so that a request costs a clock read, not a timer.
+    private var waitingSince = NIODeadline.now()
+    private var check: RepeatedTask?
     private var context: ChannelHandlerContext?
 
     init(maxHeaderBytes: Int, headerTimeout: Duration, idleTimeout: Duration) {
@@ -42,15 +42,24 @@ final class ConnectionGuard: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    func handlerRemoved(context: ChannelHandlerContext) {
+        check?.cancel()
+        self.context = nil
+    }
 
     func channelActive(context: ChannelHandlerContext) {
-        arm(idleTimeout, context: context, answer: nil)
+        waitingSince = .now()
+        let interval = TimeAmount.nanoseconds(min(headerTimeout, idleTimeout).nanoseconds / 4)
+        // The task is cancelled when the connection closes, which ends the cycle it forms with this handler.
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        check = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            bound.value.checkDeadlines()
+        }
         context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        timer?.cancel()
+        check?.cancel()
         context.fireChannelInactive()
     }
 
@@ -60,9 +69,7 @@ final class ConnectionGuard: ChannelDuplexHandler {
             return
         }
         let buffer = unwrapInboundIn(data)
-        if bytes == 0 && buffer.readableBytes > 0 {
-            arm(headerTimeout, context: context, answer: "408 Request Timeout")
-        }
+        if bytes == 0 && buffer.readableBytes > 0 { waitingSince = .now() }
         let view = buffer.readableBytesView
         let window = tail + view.prefix(3)
         var headLength: Int?
@@ -75,7 +82,6 @@ final class ConnectionGuard: ChannelDuplexHandler {
             guard bytes + headLength <= maxHeaderBytes else {
                 return refuse("431 Request Header Fields Too Large", context)
             }
-            timer?.cancel()
             state = .inRequest
         } else {
             let total = bytes + view.count
@@ -85,35 +91,28 @@ final class ConnectionGuard: ChannelDuplexHandler {
         context.fireChannelRead(data)
     }
 
-    func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
-        if event is RequestCompleted {
-            if case .inRequest = state {
-                state = .awaitingHead(bytes: 0, tail: [])
-                arm(idleTimeout, context: context, answer: nil)
-            }
-            promise?.succeed()
-        } else {
-            context.triggerUserOutboundEvent(event, promise: promise)
-        }
+    /// The proxy has answered a request: the next head is measured from its first byte.
+    func requestCompleted() {
+        guard case .inRequest = state else { return }
+        state = .awaitingHead(bytes: 0, tail: [])
+        waitingSince = .now()
     }
 
-    private func arm(_ delay: TimeAmount, context: ChannelHandlerContext, answer: String?) {
-        timer?.cancel()
-        timer = context.eventLoop.assumeIsolated().scheduleTask(in: delay) { [weak self] in
-            guard let self, let context = self.context else { return }
-            if let answer, case .awaitingHead = self.state {
-                self.refuse(answer, context)
-            } else if case .awaitingHead(0, _) = self.state {
-                context.close(promise: nil)
-            }
+    private func checkDeadlines() {
+        guard let context, case .awaitingHead(let bytes, _) = state else { return }
+        let waited = NIODeadline.now() - waitingSince
+        if bytes > 0 && waited >= headerTimeout {
+            refuse("408 Request Timeout", context)
+        } else if bytes == 0 && waited >= idleTimeout {
+            context.close(promise: nil)
         }
     }
 
     /// Answers with a bare HTTP/1.1 response written from here (below the HTTP encoder) and closes.
     private func refuse(_ status: String, _ context: ChannelHandlerContext) {
-        guard !Self.isClosing(state) else { return }
+        if case .closing = state { return }
         state = .closing
-        timer?.cancel()
+        check?.cancel()
         let body = status + "\n"
         let response =
             "HTTP/1.1 \(status)\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: \(body.utf8.count)\r\n"
@@ -121,10 +120,6 @@ final class ConnectionGuard: ChannelDuplexHandler {
         context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: response))).assumeIsolated().whenComplete { _ in
             context.close(promise: nil)
         }
-    }
-
-    private static func isClosing(_ state: State) -> Bool {
-        if case .closing = state { true } else { false }
     }
 
     /// The index of the first `\r\n\r\n` in `bytes`.

@@ -43,6 +43,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var readsPaused = false
     private var readPending = false
     private var nextRequestNumber: UInt64 = 0
+    /// Makes this connection's request ids unique across connections and restarts, without a random number a request.
+    private let connectionTag = String(UInt32.random(in: 0 ... .max), radix: 36)
+    /// The guard in front of the HTTP decoder on this connection, told when a request is over (none on HTTP/2).
+    private weak var connectionGuard: ConnectionGuard?
 
     /// One request and its response.
     private final class Exchange {
@@ -91,7 +95,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.scheme = scheme
     }
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        connectionGuard = try? context.pipeline.syncOperations.handler(type: ConnectionGuard.self)
+    }
 
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
@@ -182,12 +189,13 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         nextRequestNumber += 1
         let number = nextRequestNumber
         let nodeName = configuration.nodeName
+        let tag = connectionTag
         var forwarded = HeaderHygiene.forwardedRequest(
             head,
             clientAddress: context.channel.remoteAddress?.ipAddress,
             scheme: scheme,
             via: "ringside-\(nodeName)",
-            requestID: { "\(nodeName)-\(number)-\(UInt32.random(in: 0 ... .max))" }
+            requestID: { "\(nodeName)-\(tag)-\(number)" }
         )
         forwarded.headers.remove(name: "expect")
         if !forwarded.headers.contains(name: "host") {
@@ -386,7 +394,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 // The client is still sending a body nobody will read, or asked to close.
                 context.close(promise: nil)
             } else {
-                context.triggerUserOutboundEvent(ConnectionGuard.RequestCompleted(), promise: nil)
+                self.connectionGuard?.requestCompleted()
                 self.resumeReads()
             }
         }
@@ -451,7 +459,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if closing {
                 context.close(promise: nil)
             } else {
-                context.triggerUserOutboundEvent(ConnectionGuard.RequestCompleted(), promise: nil)
+                self.connectionGuard?.requestCompleted()
             }
         }
         resumeReads()

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOCore
 import RingsideProxy
 import RingsideSharding
 import Yams
@@ -33,6 +34,8 @@ struct RingsideSettings {
     var maxBodyBytes: Int
     var nodeHeader: Bool
     var logLevel: Logger.Level
+    /// Event loop threads for the listeners and connections.
+    var eventLoops: Int
 
     /// A `host:port` pair.
     struct Address: Equatable, CustomStringConvertible {
@@ -72,6 +75,7 @@ struct RingsideSettings {
         ("max-body-bytes", "1GiB", "The largest request body; larger ones get 413."),
         ("node-header", "true", "Whether responses carry X-Ringside-Node."),
         ("log-level", "info", "trace, debug, info, notice, warning, error or critical."),
+        ("event-loops", nil, "Event loop threads (default: one per core)."),
     ]
 
     /// The environment variable for `key`: `RINGSIDE_` and the key in capitals, dashes as underscores.
@@ -243,6 +247,15 @@ struct RingsideSettings {
         case "true", "yes", "on", "1": nodeHeader = true
         case "false", "no", "off", "0": nodeHeader = false
         default: throw fail("node-header", "is not true or false")
+        }
+        let loops = value("event-loops").0
+        if loops.isEmpty {
+            eventLoops = System.coreCount
+        } else {
+            guard let count = Int(loops), (1...256).contains(count) else {
+                throw fail("event-loops", "is not a whole number from 1 to 256")
+            }
+            eventLoops = count
         }
         guard let level = Logger.Level(rawValue: value("log-level").0.lowercased()) else {
             throw fail("log-level", "is not trace, debug, info, notice, warning, error or critical")

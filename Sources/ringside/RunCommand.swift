@@ -46,6 +46,7 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: "Largest request body (default 1GiB).") var maxBodyBytes: String?
     @Option(help: "Whether responses carry X-Ringside-Node (default true).") var nodeHeader: String?
     @Option(help: "trace, debug, info, notice, warning, error, critical (default info).") var logLevel: String?
+    @Option(help: "Event loop threads (default: one per core).") var eventLoops: String?
 
     var flags: [String: String] {
         let given: [(String, String?)] = [
@@ -56,7 +57,7 @@ struct RunCommand: AsyncParsableCommand {
             ("sharder", sharder), ("request-timeout", requestTimeout), ("connect-timeout", connectTimeout),
             ("header-read-timeout", headerReadTimeout), ("idle-timeout", idleTimeout), ("drain-timeout", drainTimeout),
             ("rejoin-interval", rejoinInterval), ("max-header-bytes", maxHeaderBytes), ("max-body-bytes", maxBodyBytes),
-            ("node-header", nodeHeader), ("log-level", logLevel),
+            ("node-header", nodeHeader), ("log-level", logLevel), ("event-loops", eventLoops),
         ]
         return Dictionary(uniqueKeysWithValues: given.compactMap { key, value in value.map { (key, $0) } })
     }
@@ -89,14 +90,15 @@ struct RunCommand: AsyncParsableCommand {
         var logger = Logger(label: "ringside")
         logger[metadataKey: "ringside.node"] = "\(settings.nodeName)"
 
-        let server = makeServer(settings, logger: logger)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: settings.eventLoops)
+        let server = makeServer(settings, group: group, logger: logger)
         let health = BackendHealth(host: settings.backend.host, port: settings.backend.port)
         let admin: any Channel
         do {
             admin = try await AdminServer.bind(
                 host: settings.adminListen.host,
                 port: settings.adminListen.port,
-                group: MultiThreadedEventLoopGroup.singleton,
+                group: group,
                 node: server.node,
                 sources: AdminSources(
                     metricsText: { registry.emitToString() },
@@ -111,7 +113,7 @@ struct RunCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         announce?("admin \(admin.localAddress?.description ?? "")")
-        let group = ServiceGroup(
+        let services = ServiceGroup(
             configuration: .init(
                 services: [.init(service: server), .init(service: health)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
@@ -119,7 +121,7 @@ struct RunCommand: AsyncParsableCommand {
             )
         )
         do {
-            try await group.run()
+            try await services.run()
         } catch {
             logger.critical("ringside stopped", metadata: ["ringside.error": "\(error)"])
             try? await admin.close()
@@ -128,7 +130,7 @@ struct RunCommand: AsyncParsableCommand {
         try? await admin.close()
     }
 
-    static func makeServer(_ settings: RingsideSettings, logger: Logger) -> RingsideServer {
+    static func makeServer(_ settings: RingsideSettings, group: any EventLoopGroup, logger: Logger) -> RingsideServer {
         var cluster = ClusterConfiguration(nodeName: settings.nodeName)
         cluster.clusterName = settings.clusterName
         cluster.listenAddress = settings.clusterListen.description
@@ -156,6 +158,7 @@ struct RunCommand: AsyncParsableCommand {
             backendHost: settings.backend.host,
             backendPort: settings.backend.port,
             backendSpeaksHTTP2: settings.backendSpeaksHTTP2,
+            group: group,
             logger: logger
         )
     }

@@ -1,0 +1,374 @@
+import ArgumentParser
+import Foundation
+import RingsideTestSupport
+
+/// `ringside-bench proxy`: Ringside's data plane against nginx and HAProxy as keyed proxies, driven by wrk.
+struct ProxyBenchmark: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "proxy",
+        abstract: "Compares Ringside's data plane with nginx and HAProxy as keyed proxies (needs nginx, haproxy, wrk).",
+        discussion: """
+            Starts an nginx backend (one worker, `return 200`), then puts each target in front of it and drives it with
+            wrk over many keys (a random X-Shard-Key per request): backend (no proxy), ringside_local (one node, one
+            event loop), ringside_forward (two nodes, every key owned by the other: the entry node is a viewer),
+            nginx (`hash $http_x_shard_key consistent`, one worker), nginx_chain (two such nginx in a row, to compare
+            with ringside_forward), haproxy (`balance hdr(X-Shard-Key)`, `hash-type consistent`, one thread).
+            Fields: rps, p50_ms and p99_ms (wrk's latency distribution), cpu_us_per_req (CPU time of the proxy
+            processes over the run, per request), rss_mb (their resident memory after the run).
+            Installs nothing: on Debian, apt-get install nginx-light haproxy wrk. Build with -c release.
+            """
+    )
+
+    @Flag(help: "Print one JSON object per line instead of a table.")
+    var json = false
+
+    @Option(help: "Seconds each target is driven for.")
+    var duration = 10
+
+    @Option(help: "wrk connections.")
+    var connections = 32
+
+    @Option(help: "Distinct keys.")
+    var keys = 10_000
+
+    @Option(parsing: .upToNextOption, help: "Targets to measure.")
+    var targets = ["backend", "ringside_local", "ringside_forward", "nginx", "nginx_chain", "haproxy"]
+
+    func run() throws {
+        for tool in ["nginx", "haproxy", "wrk"] where Self.which(tool) == nil {
+            throw ValidationError(
+                "the proxy benchmark needs \(tool) on PATH (Debian: apt-get install nginx-light haproxy wrk)"
+            )
+        }
+        let bench = try Bench(keys: keys)
+        defer { bench.stopAll() }
+        let backend = try bench.startNginx(name: "backend", config: bench.nginxBackendConfig())
+        var rows: [ResultRow] = []
+        for target in targets {
+            let (url, processes): (String, [Process])
+            var pids: [Int32] = []
+            switch target {
+            case "backend":
+                (url, processes) = ("http://127.0.0.1:\(backend.port)/", [])
+            case "ringside_local":
+                let node = try bench.startRingside(name: "solo", backendPort: backend.port)
+                (url, processes) = ("http://127.0.0.1:\(node.app)/", [node.process])
+            case "ringside_forward":
+                let owner = try bench.startRingside(name: "owner", backendPort: backend.port)
+                let entry = try bench.startRingside(
+                    name: "entry",
+                    backendPort: backend.port,
+                    extra: ["--role", "viewer", "--join", "127.0.0.1:\(owner.cluster)"]
+                )
+                try bench.waitForParticipants(1, admin: entry.admin)
+                (url, processes) = ("http://127.0.0.1:\(entry.app)/", [entry.process, owner.process])
+            case "nginx":
+                let proxy = try bench.startNginx(
+                    name: "nginx",
+                    config: bench.nginxProxyConfig(upstreamPort: backend.port)
+                )
+                (url, processes) = ("http://127.0.0.1:\(proxy.port)/", [proxy.process])
+                pids = Bench.withChildren(proxy.process.processIdentifier)
+            case "nginx_chain":
+                let second = try bench.startNginx(
+                    name: "nginx2",
+                    config: bench.nginxProxyConfig(upstreamPort: backend.port)
+                )
+                let first = try bench.startNginx(
+                    name: "nginx1",
+                    config: bench.nginxProxyConfig(upstreamPort: second.port)
+                )
+                (url, processes) = ("http://127.0.0.1:\(first.port)/", [first.process, second.process])
+                pids =
+                    Bench.withChildren(first.process.processIdentifier)
+                    + Bench.withChildren(second.process.processIdentifier)
+            case "haproxy":
+                let proxy = try bench.startHAProxy(upstreamPort: backend.port)
+                (url, processes) = ("http://127.0.0.1:\(proxy.port)/", [proxy.process])
+            default:
+                throw ValidationError("unknown target \(target)")
+            }
+            if pids.isEmpty { pids = processes.map(\.processIdentifier) }
+            let row = try bench.measure(target, url: url, pids: pids, duration: duration, connections: connections)
+            if json { print(row.json) } else { rows.append(row) }
+            bench.stop(processes.filter { $0 !== backend.process })
+        }
+        if !json { printTable(rows) }
+    }
+
+    static func which(_ tool: String) -> String? {
+        for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/sbin:/usr/bin").split(separator: ":") {
+            let path = "\(directory)/\(tool)"
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        for path in ["/usr/sbin/\(tool)", "/usr/bin/\(tool)"] where FileManager.default.isExecutableFile(atPath: path) {
+            return path
+        }
+        return nil
+    }
+}
+
+/// The processes of one proxy benchmark run, in a scratch directory.
+final class Bench {
+    let directory: URL
+    let script: URL
+    private var started: [Process] = []
+
+    init(keys: Int) throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "ringside-bench-\(UInt32.random(in: 0 ... .max))"
+        )
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        script = directory.appendingPathComponent("keys.lua")
+        try """
+        math.randomseed(42)
+        request = function()
+          return wrk.format("GET", "/", {["X-Shard-Key"] = "key-" .. math.random(1, \(keys))})
+        end
+        """.write(to: script, atomically: true, encoding: .utf8)
+    }
+
+    // MARK: Targets
+
+    func nginxBackendConfig() -> (Int) -> String {
+        { port in
+            """
+            worker_processes 1; daemon off; pid PIDFILE; error_log stderr crit;
+            events { worker_connections 4096; }
+            http {
+              access_log off; keepalive_requests 1000000;
+              server { listen 127.0.0.1:\(port); location / { return 200 "ok\\n"; } }
+            }
+            """
+        }
+    }
+
+    func nginxProxyConfig(upstreamPort: Int) -> (Int) -> String {
+        { port in
+            """
+            worker_processes 1; daemon off; pid PIDFILE; error_log stderr crit;
+            events { worker_connections 4096; }
+            http {
+              access_log off; keepalive_requests 1000000;
+              upstream shard { hash $http_x_shard_key consistent; server 127.0.0.1:\(upstreamPort); keepalive 64; keepalive_requests 1000000; }
+              server {
+                listen 127.0.0.1:\(port);
+                location / { proxy_pass http://shard; proxy_http_version 1.1; proxy_set_header Connection ""; }
+              }
+            }
+            """
+        }
+    }
+
+    func startNginx(name: String, config: (Int) -> String) throws -> (process: Process, port: Int) {
+        let port = Self.freePort()
+        let file = directory.appendingPathComponent("\(name).conf")
+        let text = config(port).replacingOccurrences(
+            of: "PIDFILE",
+            with: directory.appendingPathComponent("\(name).pid").path
+        )
+        try text.write(to: file, atomically: true, encoding: .utf8)
+        let process = try launch(ProxyBenchmark.which("nginx")!, ["-p", directory.path, "-c", file.path])
+        try waitForPort(port)
+        return (process, port)
+    }
+
+    func startHAProxy(upstreamPort: Int) throws -> (process: Process, port: Int) {
+        let port = Self.freePort()
+        let file = directory.appendingPathComponent("haproxy.cfg")
+        try """
+        global
+          nbthread 1
+          maxconn 4096
+        defaults
+          mode http
+          timeout connect 2s
+          timeout client 30s
+          timeout server 30s
+          http-reuse always
+        frontend in
+          bind 127.0.0.1:\(port)
+          default_backend shard
+        backend shard
+          balance hdr(X-Shard-Key)
+          hash-type consistent
+          default-server weight 64
+          server b1 127.0.0.1:\(upstreamPort)
+
+        """.write(to: file, atomically: true, encoding: .utf8)
+        let process = try launch(ProxyBenchmark.which("haproxy")!, ["-db", "-f", file.path])
+        try waitForPort(port)
+        return (process, port)
+    }
+
+    struct RingsideNode {
+        var process: Process
+        var app: Int
+        var cluster: Int
+        var admin: Int
+    }
+
+    func startRingside(name: String, backendPort: Int, extra: [String] = []) throws -> RingsideNode {
+        let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+            .appendingPathComponent("ringside").path
+        let node = RingsideNode(
+            process: Process(),
+            app: Self.freePort(),
+            cluster: Self.freePort(),
+            admin: Self.freePort()
+        )
+        let process = try launch(
+            binary,
+            [
+                "run", "--node-name", name, "--listen", "127.0.0.1:\(node.app)", "--cluster-listen",
+                "127.0.0.1:\(node.cluster)",
+                "--admin-listen", "127.0.0.1:\(node.admin)", "--backend", "http://127.0.0.1:\(backendPort)",
+                "--event-loops", "1", "--log-level", "error",
+            ] + extra
+        )
+        try waitForPort(node.app)
+        return RingsideNode(process: process, app: node.app, cluster: node.cluster, admin: node.admin)
+    }
+
+    func waitForParticipants(_ count: Int, admin: Int) throws {
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            if let body = Self.get(port: admin, path: "/v1/state"), body.contains("\"participant\":\(count)") { return }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        throw ValidationError("the Ringside nodes did not form a cluster within 20 s")
+    }
+
+    // MARK: Measuring
+
+    func measure(_ target: String, url: String, pids: [Int32], duration: Int, connections: Int) throws -> ResultRow {
+        // A short warm-up fills connection pools.
+        _ = try runWrk(url: url, seconds: 2, connections: connections)
+        let cpuBefore = pids.map(Self.cpuTicks).reduce(0, +)
+        let output = try runWrk(url: url, seconds: duration, connections: connections)
+        let cpuAfter = pids.map(Self.cpuTicks).reduce(0, +)
+        let rps = Self.lastNumber(onLineContaining: "Requests/sec:", in: output) ?? 0
+        let requests = Self.firstNumber(onLineContaining: " requests in ", in: output) ?? rps * Double(duration)
+        var row = ResultRow()
+        row["target"] = .string(target)
+        row["rps"] = .number(rps, decimals: 0)
+        row["p50_ms"] = .number(Self.percentile("50%", in: output) ?? .nan, decimals: 3)
+        row["p99_ms"] = .number(Self.percentile("99%", in: output) ?? .nan, decimals: 3)
+        let ticksPerSecond = Double(sysconf(Int32(_SC_CLK_TCK)))
+        let cpu = Double(cpuAfter - cpuBefore) / ticksPerSecond * 1e6 / max(1, requests)
+        row["cpu_us_per_req"] = .number(pids.isEmpty ? .nan : cpu, decimals: 1)
+        row["rss_mb"] = .number(pids.isEmpty ? .nan : pids.map(Self.residentMegabytes).reduce(0, +), decimals: 1)
+        row["errors"] = .integer(Int(Self.lastNumber(onLineContaining: "Non-2xx or 3xx responses:", in: output) ?? 0))
+        return row
+    }
+
+    func runWrk(url: String, seconds: Int, connections: Int) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: ProxyBenchmark.which("wrk")!)
+        process.arguments = ["-t1", "-c\(connections)", "-d\(seconds)s", "--latency", "-s", script.path, url]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// The last word of the first line containing `label`, as a number.
+    static func lastNumber(onLineContaining label: String, in text: String) -> Double? {
+        text.split(separator: "\n").first { $0.contains(label) }
+            .flatMap { $0.split(separator: " ").last }.flatMap { Double($0) }
+    }
+
+    /// The first word of the first line containing `label`, as a number.
+    static func firstNumber(onLineContaining label: String, in text: String) -> Double? {
+        text.split(separator: "\n").first { $0.contains(label) }
+            .flatMap { $0.split(separator: " ").first }.flatMap { Double($0) }
+    }
+
+    /// A latency percentile from wrk's `--latency` table, in milliseconds.
+    static func percentile(_ label: String, in text: String) -> Double? {
+        guard
+            let line = text.split(separator: "\n").first(where: {
+                $0.trimmingCharacters(in: .whitespaces).hasPrefix(label)
+            }),
+            let value = line.split(separator: " ", omittingEmptySubsequences: true).last
+        else { return nil }
+        let units: [(String, Double)] = [("us", 0.001), ("ms", 1), ("s", 1000)]
+        for (suffix, scale) in units where value.hasSuffix(suffix) {
+            if let number = Double(value.dropLast(suffix.count)) { return number * scale }
+        }
+        return nil
+    }
+
+    /// User and system CPU time of a process so far, in clock ticks.
+    static func cpuTicks(_ pid: Int32) -> Int {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return 0 }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // After the command name: state is field 3, utime 14, stime 15.
+        guard fields.count > 12, let user = Int(fields[11]), let system = Int(fields[12]) else { return 0 }
+        return user + system
+    }
+
+    static func residentMegabytes(_ pid: Int32) -> Double {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+            let kilobytes = Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+        else { return 0 }
+        return kilobytes / 1024
+    }
+
+    /// `pid` and its child processes (nginx's workers).
+    static func withChildren(_ pid: Int32) -> [Int32] {
+        let children = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+        return [pid] + children.split(separator: " ").compactMap { Int32($0) }
+    }
+
+    // MARK: Processes
+
+    func launch(_ path: String, _ arguments: [String]) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        started.append(process)
+        return process
+    }
+
+    func stop(_ processes: [Process]) {
+        for process in processes where process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+
+    func stopAll() {
+        stop(started)
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    func waitForPort(_ port: Int) throws {
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            if Self.get(port: port, path: "/") != nil { return }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        throw ValidationError("nothing listened on port \(port) within 20 s")
+    }
+
+    /// A GET to 127.0.0.1:`port`; the response text, or nil if nothing answered.
+    static func get(port: Int, path: String) -> String? {
+        let raw = rawExchange(
+            port: port,
+            Array("GET \(path) HTTP/1.1\r\nHost: bench\r\n\r\n".utf8),
+            timeout: .seconds(1)
+        )
+        return raw.bytes.isEmpty ? nil : String(decoding: raw.bytes, as: UTF8.self)
+    }
+
+    static func freePort() -> Int { RingsideTestSupport.freePort() }
+}
