@@ -40,7 +40,11 @@ final class ConnectionGuard: ChannelDuplexHandler {
         self.idleTimeout = TimeAmount(idleTimeout)
     }
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        // Added once the first bytes have told HTTP/1.1 from HTTP/2: the channel is usually active already.
+        if context.channel.isActive { startChecking(context: context) }
+    }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         check?.cancel()
@@ -48,6 +52,12 @@ final class ConnectionGuard: ChannelDuplexHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
+        startChecking(context: context)
+        context.fireChannelActive()
+    }
+
+    private func startChecking(context: ChannelHandlerContext) {
+        guard check == nil else { return }
         waitingSince = .now()
         let interval = TimeAmount.nanoseconds(min(headerTimeout, idleTimeout).nanoseconds / 4)
         // The task is cancelled when the connection closes, which ends the cycle it forms with this handler.
@@ -55,7 +65,6 @@ final class ConnectionGuard: ChannelDuplexHandler {
         check = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
             bound.value.checkDeadlines()
         }
-        context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
