@@ -43,6 +43,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var readsPaused = false
     private var readPending = false
     private var nextRequestNumber: UInt64 = 0
+    private var deadlineCheck: RepeatedTask?
     /// Makes this connection's request ids unique across connections and restarts, without a random number a request.
     private let connectionTag = String(UInt32.random(in: 0 ... .max), radix: 36)
     /// The guard in front of the HTTP decoder on this connection, told when a request is over (none on HTTP/2).
@@ -67,7 +68,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var status: HTTPResponseStatus = .ok
         let started = NIODeadline.now()
         let deadline: NIODeadline
-        var timeout: Scheduled<Void>?
 
         init(head: HTTPRequestHead, clientKeepAlive: Bool, routes: [ProxyRoute], deadline: NIODeadline) {
             self.head = head
@@ -100,7 +100,10 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         connectionGuard = try? context.pipeline.syncOperations.handler(type: ConnectionGuard.self)
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadlineCheck?.cancel()
+        self.context = nil
+    }
 
     // MARK: Requests
 
@@ -213,9 +216,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             deadline: .now() + budget
         )
         self.exchange = exchange
-        exchange.timeout = context.eventLoop.assumeIsolated().scheduleTask(deadline: exchange.deadline) { [weak self] in
-            self?.fail(exchange, status: .gatewayTimeout, message: "no answer from the upstream in time")
-        }
+        startDeadlineChecks(context: context)
         pauseReads()
         connect(exchange)
     }
@@ -250,14 +251,14 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func attach(_ lease: UpstreamLease, to exchange: Exchange) {
-        let upstream = UpstreamHandler(proxy: NIOLoopBound(self, eventLoop: lease.channel.eventLoop))
-        do {
-            try lease.channel.pipeline.syncOperations.addHandler(upstream)
-        } catch {
+        // Every upstream channel carries its handler: a pooled connection keeps it between exchanges. (A new HTTP/2
+        // stream is not active until its first frame goes out; the pool checks pooled connections.)
+        guard let upstream = try? lease.channel.pipeline.syncOperations.handler(type: UpstreamHandler.self) else {
             lease.release(false)
             tryNextRoute(exchange, reason: "the upstream connection closed")
             return
         }
+        upstream.bind(NIOLoopBound(self, eventLoop: lease.channel.eventLoop))
         exchange.lease = lease
         exchange.upstream = upstream
         var head = exchange.head
@@ -370,7 +371,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         } else {
             // Mid-response there is no way to tell the client but to close.
-            exchange.timeout?.cancel()
             if let lease = exchange.lease { lease.release(false) }
             self.exchange = nil
             context.close(promise: nil)
@@ -379,7 +379,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func finish(_ exchange: Exchange, trailers: HTTPHeaders?) {
         guard let context else { return }
-        exchange.timeout?.cancel()
         record(exchange, status: exchange.status)
         let reusable = exchange.requestEnded
         exchange.upstream?.detach(reusable: reusable)
@@ -398,6 +397,24 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 self.resumeReads()
             }
         }
+    }
+
+    /// Starts, once a connection, a check of the current request's deadline every tenth of the request timeout (at
+    /// most a second): a request costs a deadline comparison, not a timer.
+    private func startDeadlineChecks(context: ChannelHandlerContext) {
+        guard deadlineCheck == nil else { return }
+        let tenth = TimeAmount(configuration.requestTimeout).nanoseconds / 10
+        let interval = TimeAmount.nanoseconds(max(10_000_000, min(tenth, 1_000_000_000)))
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        // Cancelled when the connection closes, which ends the cycle it forms with this handler.
+        deadlineCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            bound.value.checkDeadline()
+        }
+    }
+
+    private func checkDeadline() {
+        guard let exchange, NIODeadline.now() >= exchange.deadline else { return }
+        fail(exchange, status: .gatewayTimeout, message: "no answer from the upstream in time")
     }
 
     private func record(_ exchange: Exchange, status: HTTPResponseStatus) {
@@ -420,7 +437,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func fail(_ exchange: Exchange, status: HTTPResponseStatus, message: String) {
         guard self.exchange === exchange, let context else { return }
-        exchange.timeout?.cancel()
         exchange.upstream?.detach(reusable: false)
         exchange.upstream = nil
         if let lease = exchange.lease {
@@ -477,8 +493,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        deadlineCheck?.cancel()
         if let exchange {
-            exchange.timeout?.cancel()
             exchange.upstream?.detach(reusable: false)
             if let lease = exchange.lease { lease.release(false) }
             self.exchange = nil

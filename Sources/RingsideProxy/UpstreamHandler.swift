@@ -1,8 +1,9 @@
 import NIOCore
 import NIOHTTP1
 
-/// The upstream side of one exchange, on a pooled backend connection or an HTTP/2 stream to a peer: hands the
-/// response to the ``ProxyHandler`` and holds its reads while the client cannot take more.
+/// The upstream side of an exchange, on a pooled backend connection or an HTTP/2 stream to a peer: hands the response
+/// to the ``ProxyHandler`` it is bound to and holds its reads while the client cannot take more. It stays on a pooled
+/// connection between exchanges, unbound, so that a request does not change the connection's pipeline.
 final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundIn = HTTPClientRequestPart
@@ -13,7 +14,12 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var readsPaused = false
     private var readPending = false
 
-    init(proxy: NIOLoopBound<ProxyHandler>) { self.proxy = proxy }
+    init() {}
+
+    /// Starts an exchange for `proxy`.
+    func bind(_ proxy: NIOLoopBound<ProxyHandler>) {
+        self.proxy = proxy
+    }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
@@ -66,13 +72,10 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Ends this handler's part in the exchange: it stops reporting to the proxy and leaves the pipeline, so that a
-    /// reusable connection goes back to its pool clean.
+    /// Ends this handler's part in the exchange: it stops reporting to the proxy, and reads flow again, so that a
+    /// reusable connection goes back to its pool ready for the next.
     func detach(reusable: Bool) {
         proxy = nil
         resumeReads()
-        if let context {
-            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-        }
     }
 }

@@ -31,6 +31,7 @@ final class BackendPool: Sendable {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(UpstreamHandler())
                 }
             }
             .connect(host: host, port: port)
@@ -85,9 +86,9 @@ final class HTTP2Pool: Sendable {
             let stream = eventLoop.makePromise(of: (any Channel).self)
             connection.multiplexer.value.createStreamChannel(promise: stream) { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http)
-                    )
+                    try channel.pipeline.syncOperations.addHandlers([
+                        HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http), UpstreamHandler(),
+                    ])
                 }
             }
             // A stream carries one exchange; it closes when both sides have ended.
