@@ -44,7 +44,7 @@ public enum AppServer {
                                     )
                                 )
                                 try pipeline.configureHTTPServerPipeline(
-                                    withPipeliningAssistance: true,
+                                    withPipeliningAssistance: false,
                                     withErrorHandling: true
                                 )
                                 try pipeline.addHandler(makeProxy())

@@ -43,6 +43,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var readsPaused = false
     private var readPending = false
     private var nextRequestNumber: UInt64 = 0
+    /// Pipelined request parts waiting for the current exchange to end.
+    private var queued = CircularBuffer<HTTPServerRequestPart>()
     private var deadlineCheck: RepeatedTask?
     /// Makes this connection's request ids unique across connections and restarts, without a random number a request.
     private let connectionTag = String(UInt32.random(in: 0 ... .max), radix: 36)
@@ -108,7 +110,34 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Requests
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        let part = unwrapInboundIn(data)
+        // HTTP/1.1 pipelining: a request that arrives while the previous one is still being answered waits its turn,
+        // with reads paused; responses go out in order. (NIO's pipelining handler would pause reads around every
+        // request instead, at two epoll_ctl calls a request.)
+        if !queued.isEmpty || (exchange != nil && Self.isHead(part)) {
+            queued.append(part)
+            pauseReads()
+            return
+        }
+        handle(part, context: context)
+    }
+
+    private static func isHead(_ part: HTTPServerRequestPart) -> Bool {
+        if case .head = part { true } else { false }
+    }
+
+    /// Handles the requests that waited while the previous one was answered, until one of them is under way.
+    private func drainQueued() {
+        guard let context else { return }
+        // A queued request's body and end belong to it once it is under way; only the next head waits again.
+        while let next = queued.first, exchange == nil || !Self.isHead(next) {
+            handle(queued.removeFirst(), context: context)
+        }
+        if queued.isEmpty { resumeReads() }
+    }
+
+    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        switch part {
         case .head(let head):
             begin(head, context: context)
         case .body(let buffer):
@@ -387,15 +416,15 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         exchange.lease = nil
         self.exchange = nil
         let requestEnded = exchange.requestEnded
-        context.writeAndFlush(wrapOutboundOut(.end(trailers))).assumeIsolated().whenComplete { [weak self] _ in
-            guard let self, let context = self.context else { return }
-            if !requestEnded || !exchange.clientKeepAlive {
-                // The client is still sending a body nobody will read, or asked to close.
-                context.close(promise: nil)
-            } else {
-                self.connectionGuard?.requestCompleted()
-                self.resumeReads()
-            }
+        let promise: EventLoopPromise<Void>? =
+            (!requestEnded || !exchange.clientKeepAlive) ? context.eventLoop.makePromise() : nil
+        context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: promise)
+        if let promise {
+            // The client is still sending a body nobody will read, or asked to close.
+            promise.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        } else {
+            connectionGuard?.requestCompleted()
+            drainQueued()
         }
     }
 
@@ -448,14 +477,18 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if exchange.responseStarted {
             context.close(promise: nil)
         } else {
-            refuse(status, message, closing: !exchange.requestEnded)
+            refuse(status, message, closing: !exchange.requestEnded, awaitingEnd: !exchange.requestEnded)
+            if exchange.requestEnded { drainQueued() }
         }
     }
 
+    /// Answers the request with `status` and `message`. `awaitingEnd`: the request's end has not arrived yet, and what
+    /// is left of it is dropped (unless `closing`, when the connection closes instead).
     private func refuse(
         _ status: HTTPResponseStatus,
         _ message: String,
         closing: Bool,
+        awaitingEnd: Bool = true,
         headers extra: HTTPHeaders = [:]
     ) {
         guard let context else { return }
@@ -465,7 +498,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         headers.add(name: "content-length", value: String(body.readableBytes))
         headers.add(name: HeaderHygiene.nodeHeader, value: configuration.nodeName)
         if closing { headers.add(name: "connection", value: "close") }
-        refusing = !closing
+        refusing = !closing && awaitingEnd
         context.write(
             wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
             promise: nil

@@ -69,6 +69,13 @@ extension String {
     }
 }
 
+/// Sends requests keyed "down" to a peer that is not there, the rest to the local backend.
+struct PartlyDownRouter: ProxyRouter {
+    func routes(for head: HTTPRequestHead, key: String?) -> Result<[ProxyRoute], ProxyRefusal> {
+        .success(key == "down" ? [.peer(name: "gone", address: "127.0.0.1:1")] : [.local])
+    }
+}
+
 @Suite("Proxy on loopback")
 struct ProxyTests {
     @Test func aLocalRequestIsProxiedWithProxyHygiene() async throws {
@@ -203,6 +210,23 @@ struct ProxyTests {
         try await withProxy(backendPort: 1) { port in
             let raw = rawExchange(port: port, request("GET / HTTP/1.1\nHost: app\n\n"))
             #expect(parseResponse(raw.bytes)?.status == 502)
+        }
+    }
+
+    @Test func aPipelinedRequestAfterAFailedOneKeepsItsBody() async throws {
+        try await withProxy(router: PartlyDownRouter()) { port in
+            let raw = rawExchange(
+                port: port,
+                request(
+                    "GET /first HTTP/1.1\nHost: app\nX-Shard-Key: down\n\n"
+                        + "POST /second HTTP/1.1\nHost: app\nX-Shard-Key: up\nContent-Length: 5\nConnection: close\n\nhello"
+                ),
+                untilClosed: true
+            )
+            let text = String(decoding: raw.bytes, as: UTF8.self)
+            #expect(text.hasPrefix("HTTP/1.1 502"))
+            #expect(text.contains("x-echo-uri: /second"))
+            #expect(text.contains("\r\n5\r\nhello\r\n0\r\n"), "the second request's body reached the backend whole")
         }
     }
 
