@@ -88,7 +88,8 @@ extension ClusterNode {
                 to: listen,
                 group: group,
                 maxBodyBytes: maxBody,
-                forwarded: forwardedStreams
+                forwarded: forwardedStreams,
+                forwardedConnections: forwardedConnections
             ) { [weak self] bytes in
                 self?.receive(bytes) ?? false
             }

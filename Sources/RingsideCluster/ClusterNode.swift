@@ -41,6 +41,7 @@ public final class ClusterNode: Service, Sendable {
     let traffic = GossipTraffic()
     let resolver: SeedResolver
     let forwardedStreams: ClusterStreamInitializer?
+    let forwardedConnections: ClusterStreamInitializer?
 
     /// What the lock protects: the protocol, and who listens for updates.
     struct Core {
@@ -64,20 +65,23 @@ public final class ClusterNode: Service, Sendable {
     }
 
     /// A node that will run with `configuration` on `group`'s event loops.
-    /// `forwardedStreams`, when given, serves every stream of the cluster port that is not gossip: the data plane's
-    /// forwarded requests share the port, on connections of their own.
+    /// The data plane's forwarded requests share the cluster port, on connections of their own: `forwardedConnections`,
+    /// when given, sets up an HTTP/1.1 connection (told from gossip's HTTP/2 by its first bytes); `forwardedStreams`
+    /// serves an HTTP/2 stream that is not gossip.
     public convenience init(
         configuration: ClusterConfiguration,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "ringside.cluster"),
-        forwardedStreams: ClusterStreamInitializer? = nil
+        forwardedStreams: ClusterStreamInitializer? = nil,
+        forwardedConnections: ClusterStreamInitializer? = nil
     ) {
         self.init(
             configuration: configuration,
             group: group,
             logger: logger,
             resolver: SeedResolver(),
-            forwardedStreams: forwardedStreams
+            forwardedStreams: forwardedStreams,
+            forwardedConnections: forwardedConnections
         )
     }
 
@@ -86,9 +90,11 @@ public final class ClusterNode: Service, Sendable {
         group: any EventLoopGroup,
         logger: Logger,
         resolver: SeedResolver,
-        forwardedStreams: ClusterStreamInitializer? = nil
+        forwardedStreams: ClusterStreamInitializer? = nil,
+        forwardedConnections: ClusterStreamInitializer? = nil
     ) {
         self.forwardedStreams = forwardedStreams
+        self.forwardedConnections = forwardedConnections
         self.configuration = configuration
         self.group = group
         var logger = logger

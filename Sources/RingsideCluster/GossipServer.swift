@@ -8,8 +8,10 @@ import NIOPosix
 /// event loop with the HTTP/1 codec in place, it adds the handlers that serve it.
 public typealias ClusterStreamInitializer = @Sendable (any Channel) throws -> Void
 
-/// The cluster listener: HTTP/2 with prior knowledge (h2c). Gossip envelopes arrive as `POST /ringside/v1/gossip`
-/// streams; every other stream goes to the `forwarded` initializer, when there is one.
+/// The cluster listener. HTTP/2 with prior knowledge (h2c) carries gossip: envelopes arrive as `POST /ringside/v1/gossip`
+/// streams, and any other stream goes to the `forwarded` initializer. An HTTP/1.1 connection (told apart by its first
+/// bytes) carries requests other nodes forwarded, and goes to the `forwardedConnections` initializer; without one it is
+/// closed.
 ///
 /// A gossip body is collected up to the decoder's limit (anything longer is answered 413 and dropped) and handed to
 /// `receive`, which answers whether the frame was accepted: 204 if so, 400 if it was not a valid frame.
@@ -22,6 +24,7 @@ enum GossipServer {
         group: any EventLoopGroup,
         maxBodyBytes: Int,
         forwarded: ClusterStreamInitializer?,
+        forwardedConnections: ClusterStreamInitializer?,
         receive: @escaping @Sendable ([UInt8]) -> Bool
     ) async throws -> GossipListener {
         let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
@@ -33,21 +36,37 @@ enum GossipServer {
                 let id = ObjectIdentifier(channel)
                 connections.withLockedValue { $0[id] = channel }
                 channel.closeFuture.whenComplete { _ in _ = connections.withLockedValue { $0.removeValue(forKey: id) } }
-                return channel.configureHTTP2Pipeline(
-                    mode: .server,
-                    inboundStreamInitializer: { stream in
-                        stream.eventLoop.makeCompletedFuture {
-                            try stream.pipeline.syncOperations.addHandlers([
-                                HTTP2FramePayloadToHTTP1ServerCodec(),
-                                ClusterStreamDispatcher(
-                                    maxBodyBytes: maxBodyBytes,
-                                    forwarded: forwarded,
-                                    receive: receive
-                                ),
-                            ])
-                        }
-                    }
-                ).map { _ in }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        ProtocolSniffer(
+                            http1: { channel in
+                                guard let forwardedConnections else {
+                                    throw ChannelError.inappropriateOperationForState
+                                }
+                                try forwardedConnections(channel)
+                            },
+                            http2: { channel in
+                                _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+                                    mode: .server,
+                                    connectionConfiguration: .init(),
+                                    streamConfiguration: .init(),
+                                    inboundStreamInitializer: { stream in
+                                        stream.eventLoop.makeCompletedFuture {
+                                            try stream.pipeline.syncOperations.addHandlers([
+                                                HTTP2FramePayloadToHTTP1ServerCodec(),
+                                                ClusterStreamDispatcher(
+                                                    maxBodyBytes: maxBodyBytes,
+                                                    forwarded: forwarded,
+                                                    receive: receive
+                                                ),
+                                            ])
+                                        }
+                                    }
+                                )
+                            }
+                        )
+                    )
+                }
             }
             .bind(host: address.host, port: address.port)
             .get()

@@ -42,19 +42,35 @@ public final class RingsideServer: Service, Sendable {
         )
         let metrics = ProxyMetrics()
         let forwardedRouter = ForwardedRouterBox()
-        self.node = ClusterNode(configuration: cluster, group: group, logger: logger) { stream in
+        let makeProxy: @Sendable () throws -> ProxyHandler = {
             guard let router = forwardedRouter.router else { throw ChannelError.ioOnClosedChannel }
-            try stream.pipeline.syncOperations.addHandler(
-                ProxyHandler(
-                    configuration: proxy,
-                    plane: .cluster,
-                    metrics: metrics,
-                    router: router,
-                    upstreams: upstreams,
-                    scheme: "http"
-                )
+            return ProxyHandler(
+                configuration: proxy,
+                plane: .cluster,
+                metrics: metrics,
+                router: router,
+                upstreams: upstreams,
+                scheme: "http"
             )
         }
+        self.node = ClusterNode(
+            configuration: cluster,
+            group: group,
+            logger: logger,
+            forwardedStreams: { stream in try stream.pipeline.syncOperations.addHandler(try makeProxy()) },
+            forwardedConnections: { connection in
+                let pipeline = connection.pipeline.syncOperations
+                try pipeline.addHandler(
+                    ConnectionGuard(
+                        maxHeaderBytes: proxy.maxHeaderBytes,
+                        headerTimeout: proxy.headerReadTimeout,
+                        idleTimeout: proxy.idleTimeout
+                    )
+                )
+                try pipeline.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
+                try pipeline.addHandler(try makeProxy())
+            }
+        )
         forwardedRouter.router = ForwardedRouter(node: node)
         self.proxy = proxy
         self.appHost = appHost

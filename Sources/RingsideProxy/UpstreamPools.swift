@@ -4,26 +4,28 @@ import NIOHTTP1
 import NIOHTTP2
 import NIOPosix
 
-/// Keep-alive HTTP/1.1 connections to one backend, pooled per event loop, so that a request never leaves the event
-/// loop of the connection it arrived on.
-final class BackendPool: Sendable {
-    private let host: String
-    private let port: Int
+/// Keep-alive HTTP/1.1 connections, pooled per address and event loop, so that a request never leaves the event loop
+/// of the connection it arrived on: to the backend, and to peers' cluster ports for forwarded requests.
+final class HTTP1Pool: Sendable {
     private let connectTimeout: TimeAmount
     private let maxIdle: Int
-    private let idle = NIOLockedValueBox<[ObjectIdentifier: [any Channel]]>([:])
+    private let idle = NIOLockedValueBox<[Key: [any Channel]]>([:])
 
-    init(host: String, port: Int, connectTimeout: Duration, maxIdle: Int) {
-        self.host = host
-        self.port = port
+    private struct Key: Hashable {
+        var host: String
+        var port: Int
+        var loop: ObjectIdentifier
+    }
+
+    init(connectTimeout: Duration, maxIdle: Int) {
         self.connectTimeout = TimeAmount(connectTimeout)
         self.maxIdle = maxIdle
     }
 
-    func lease(on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
-        let loop = ObjectIdentifier(eventLoop)
-        while let channel = idle.withLockedValue({ $0[loop]?.popLast() }) {
-            if channel.isActive { return eventLoop.makeSucceededFuture(lease(channel, loop: loop)) }
+    func lease(host: String, port: Int, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
+        let key = Key(host: host, port: port, loop: ObjectIdentifier(eventLoop))
+        while let channel = idle.withLockedValue({ $0[key]?.popLast() }) {
+            if channel.isActive { return eventLoop.makeSucceededFuture(lease(channel, key: key)) }
         }
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
@@ -35,18 +37,18 @@ final class BackendPool: Sendable {
                 }
             }
             .connect(host: host, port: port)
-            .map { self.lease($0, loop: loop) }
+            .map { self.lease($0, key: key) }
     }
 
-    private func lease(_ channel: any Channel, loop: ObjectIdentifier) -> UpstreamLease {
+    private func lease(_ channel: any Channel, key: Key) -> UpstreamLease {
         UpstreamLease(channel: channel) { [self] reusable in
             guard reusable, channel.isActive else {
                 channel.close(promise: nil)
                 return
             }
             let kept = idle.withLockedValue { idle in
-                guard idle[loop, default: []].count < maxIdle else { return false }
-                idle[loop, default: []].append(channel)
+                guard idle[key, default: []].count < maxIdle else { return false }
+                idle[key, default: []].append(channel)
                 return true
             }
             if !kept { channel.close(promise: nil) }
@@ -145,10 +147,16 @@ final class HTTP2Pool: Sendable {
 }
 
 /// The upstreams of a Ringside node: its backend for local routes, peers' cluster ports for the rest.
+///
+/// Forwarded requests travel over keep-alive HTTP/1.1 connections to the peer's cluster port (the port tells them
+/// from gossip's HTTP/2 by their first bytes). A stream per request on a multiplexed HTTP/2 connection cost about
+/// 150 µs of CPU per hop here, most of it creating and tearing down stream channels; see the README.
 public final class ClusterUpstreams: UpstreamProvider {
-    private let backend: BackendPool?
+    private let http1: HTTP1Pool
     private let http2: HTTP2Pool
-    private let backendAddress: String
+    private let backendHost: String
+    private let backendPort: Int
+    private let backendSpeaksHTTP2: Bool
 
     /// Upstreams for a backend at `backendHost:backendPort`, spoken to in HTTP/1.1 with keep-alive, or in HTTP/2
     /// (h2c, prior knowledge) when `backendSpeaksHTTP2`.
@@ -158,29 +166,41 @@ public final class ClusterUpstreams: UpstreamProvider {
         backendSpeaksHTTP2: Bool = false,
         configuration: ProxyConfiguration
     ) {
-        backend =
-            backendSpeaksHTTP2
-            ? nil
-            : BackendPool(
-                host: backendHost,
-                port: backendPort,
-                connectTimeout: configuration.connectTimeout,
-                maxIdle: configuration.maxIdleConnectionsPerUpstream
-            )
-        backendAddress = backendHost.contains(":") ? "[\(backendHost)]:\(backendPort)" : "\(backendHost):\(backendPort)"
+        self.backendHost = backendHost
+        self.backendPort = backendPort
+        self.backendSpeaksHTTP2 = backendSpeaksHTTP2
+        http1 = HTTP1Pool(
+            connectTimeout: configuration.connectTimeout,
+            maxIdle: configuration.maxIdleConnectionsPerUpstream
+        )
         http2 = HTTP2Pool(connectTimeout: configuration.connectTimeout)
     }
 
     public func lease(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
         switch route {
-        case .local: backend?.lease(on: eventLoop) ?? http2.lease(address: backendAddress, on: eventLoop)
-        case .peer(_, let address): http2.lease(address: address, on: eventLoop)
+        case .local where backendSpeaksHTTP2:
+            return http2.lease(
+                address: backendHost.contains(":")
+                    ? "[\(backendHost)]:\(backendPort)" : "\(backendHost):\(backendPort)",
+                on: eventLoop
+            )
+        case .local:
+            return http1.lease(host: backendHost, port: backendPort, on: eventLoop)
+        case .peer(_, let address):
+            guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+                return eventLoop.makeFailedFuture(
+                    ProxyRefusal(status: .badGateway, message: "bad peer address \(address)")
+                )
+            }
+            var host = String(address[..<colon])
+            if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            return http1.lease(host: host, port: port, on: eventLoop)
         }
     }
 
     /// Closes every pooled connection.
     public func shutdown() {
-        backend?.shutdown()
+        http1.shutdown()
         http2.shutdown()
     }
 }

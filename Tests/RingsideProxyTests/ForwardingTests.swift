@@ -132,9 +132,13 @@ struct ForwardingTests {
         try await withRingside(2) { servers in
             let address = try await servers[1].node.waitUntilRunning()
             let port = Int(address.split(separator: ":").last!)!
-            // HTTP/1.1 to an HTTP/2 port is not even a request there; the port stays healthy.
-            let raw = rawExchange(port: port, request("GET / HTTP/1.1\nHost: x\n\n"), timeout: .seconds(1))
-            #expect(parseResponse(raw.bytes)?.status != 200)
+            // A request without the hop header is not from a peer: refused before the backend sees it.
+            let raw = rawExchange(
+                port: port,
+                request("GET / HTTP/1.1\nHost: x\nX-Shard-Key: k\n\n"),
+                timeout: .seconds(1)
+            )
+            #expect(parseResponse(raw.bytes)?.status == 403)
             #expect(servers[1].node.peers.count == 2)
         }
     }

@@ -1,10 +1,10 @@
 import NIOCore
 
 /// Tells an HTTP/2 connection with prior knowledge (it opens with the 24-byte preface, RFC 9113 §3.4) from an HTTP/1.1
-/// one by its first bytes, sets the pipeline up for it, and steps aside.
-final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
+/// one by its first bytes, sets the pipeline up for it, and steps aside. Both the app plane and the cluster port use it.
+public final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias InboundOut = ByteBuffer
 
     static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
 
@@ -12,12 +12,13 @@ final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
     private let http2: (any Channel) throws -> Void
     private var buffered: ByteBuffer?
 
-    init(http1: @escaping (any Channel) throws -> Void, http2: @escaping (any Channel) throws -> Void) {
+    /// A sniffer that calls `http1` or `http2` (on the channel's event loop) to set the pipeline up.
+    public init(http1: @escaping (any Channel) throws -> Void, http2: @escaping (any Channel) throws -> Void) {
         self.http1 = http1
         self.http2 = http2
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
         if var buffered {
             buffered.writeBuffer(&incoming)
@@ -41,7 +42,7 @@ final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
+    public func channelInactive(context: ChannelHandlerContext) {
         buffered = nil
         context.fireChannelInactive()
     }
