@@ -46,6 +46,17 @@ public enum AppServer {
                                 )
                                 try pipeline.configureHTTPServerPipeline(
                                     withPipeliningAssistance: false,
+                                    withServerUpgrade: (
+                                        upgraders: [
+                                            UpgradeRelay(
+                                                protocol: "websocket",
+                                                configuration: configuration,
+                                                router: router,
+                                                upstreams: upstreams
+                                            )
+                                        ],
+                                        completionHandler: { _ in }
+                                    ),
                                     withErrorHandling: true
                                 )
                                 try pipeline.addHandler(makeProxy())

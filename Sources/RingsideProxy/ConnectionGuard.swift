@@ -10,7 +10,7 @@ import NIOCore
 ///
 /// It finds the end of a head by its blank line, and learns that a request is over from the proxy handler of the same
 /// connection, which calls ``requestCompleted()``.
-final class ConnectionGuard: ChannelDuplexHandler {
+final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer

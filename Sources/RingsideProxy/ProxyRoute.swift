@@ -51,6 +51,17 @@ public struct ProxyRefusal: Error, Sendable {
 public protocol UpstreamProvider: Sendable {
     /// An upstream channel for `route`, on `eventLoop`.
     func lease(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease>
+
+    /// A new HTTP/1.1 connection for `route`, outside any pool, for a protocol upgrade.
+    func freshConnection(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel>
+}
+
+extension UpstreamProvider {
+    public func freshConnection(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        eventLoop.makeFailedFuture(
+            ProxyRefusal(status: .notImplemented, message: "this proxy does not pass upgrades on")
+        )
+    }
 }
 
 /// An upstream channel and how to give it back.

@@ -67,7 +67,22 @@ public final class RingsideServer: Service, Sendable {
                         idleTimeout: proxy.idleTimeout
                     )
                 )
-                try pipeline.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
+                guard let router = forwardedRouter.router else { throw ChannelError.ioOnClosedChannel }
+                try pipeline.configureHTTPServerPipeline(
+                    withPipeliningAssistance: false,
+                    withServerUpgrade: (
+                        upgraders: [
+                            UpgradeRelay(
+                                protocol: "websocket",
+                                configuration: proxy,
+                                router: router,
+                                upstreams: upstreams
+                            )
+                        ],
+                        completionHandler: { _ in }
+                    ),
+                    withErrorHandling: true
+                )
                 try pipeline.addHandler(try makeProxy())
             }
         )

@@ -27,17 +27,32 @@ final class HTTP1Pool: Sendable {
         while let channel = idle.withLockedValue({ $0[key]?.popLast() }) {
             if channel.isActive { return eventLoop.makeSucceededFuture(lease(channel, key: key)) }
         }
-        return ClientBootstrap(group: eventLoop)
+        return connect(host: host, port: port, on: eventLoop, forProxying: true).map { self.lease($0, key: key) }
+    }
+
+    /// A new connection, not from the pool and never returned to it, for an upgrade: HTTP handlers only, and bytes
+    /// that follow a 101 stay in the stream when they come off.
+    func freshConnection(host: String, port: Int, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        connect(host: host, port: port, on: eventLoop, forProxying: false)
+    }
+
+    /// A new connection with HTTP/1.1 client handlers, and with the upstream handler when it is `forProxying`.
+    private func connect(
+        host: String,
+        port: Int,
+        on eventLoop: any EventLoop,
+        forProxying: Bool
+    ) -> EventLoopFuture<any Channel> {
+        ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(UpstreamHandler())
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes)
+                    if forProxying { try channel.pipeline.syncOperations.addHandler(UpstreamHandler()) }
                 }
             }
             .connect(host: host, port: port)
-            .map { self.lease($0, key: key) }
     }
 
     private func lease(_ channel: any Channel, key: Key) -> UpstreamLease {
@@ -187,15 +202,41 @@ public final class ClusterUpstreams: UpstreamProvider {
         case .local:
             return http1.lease(host: backendHost, port: backendPort, on: eventLoop)
         case .peer(_, let address):
-            guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+            guard let (host, port) = Self.split(address) else {
                 return eventLoop.makeFailedFuture(
                     ProxyRefusal(status: .badGateway, message: "bad peer address \(address)")
                 )
             }
-            var host = String(address[..<colon])
-            if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
             return http1.lease(host: host, port: port, on: eventLoop)
         }
+    }
+
+    public func freshConnection(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        switch route {
+        case .local where backendSpeaksHTTP2:
+            return eventLoop.makeFailedFuture(
+                ProxyRefusal(status: .notImplemented, message: "upgrades are not passed to an HTTP/2 backend")
+            )
+        case .local:
+            return http1.freshConnection(host: backendHost, port: backendPort, on: eventLoop)
+        case .peer(_, let address):
+            guard let (host, port) = Self.split(address) else {
+                return eventLoop.makeFailedFuture(
+                    ProxyRefusal(status: .badGateway, message: "bad peer address \(address)")
+                )
+            }
+            return http1.freshConnection(host: host, port: port, on: eventLoop)
+        }
+    }
+
+    /// `host:port` or `[v6]:port` into its parts.
+    static func split(_ address: String) -> (String, Int)? {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+            return nil
+        }
+        var host = String(address[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return (host, port)
     }
 
     /// Closes every pooled connection.

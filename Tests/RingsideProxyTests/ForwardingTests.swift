@@ -9,14 +9,26 @@ import Testing
 @testable import RingsideProxy
 
 /// `count` full Ringside nodes in this process, each with its own echo backend, `node-0` the seed of the others.
+/// The kind of backend each node of a test cluster gets.
+enum TestBackendKind {
+    case echo
+    case http2Trailers
+    case webSocket
+}
+
 func withRingside(
     _ count: Int,
-    http2Backends: Bool = false,
+    backends kind: TestBackendKind = .echo,
     _ body: ([RingsideServer]) async throws -> Void
 ) async throws {
     var backends: [any Channel] = []
     func makeServer(_ index: Int, seeds: [String]) async throws -> RingsideServer {
-        let backend = http2Backends ? try await TrailerBackend.start() : try await EchoBackend.start()
+        let backend: (channel: any Channel, port: Int) =
+            switch kind {
+            case .echo: try await EchoBackend.start()
+            case .http2Trailers: try await TrailerBackend.start()
+            case .webSocket: try await WebSocketEchoBackend.start()
+            }
         backends.append(backend.channel)
         var cluster = ClusterConfiguration(nodeName: "node-\(index)")
         cluster.listenAddress = "127.0.0.1:0"
@@ -28,7 +40,7 @@ func withRingside(
             appPort: 0,
             backendHost: "127.0.0.1",
             backendPort: backend.port,
-            backendSpeaksHTTP2: http2Backends,
+            backendSpeaksHTTP2: kind == .http2Trailers,
             logger: Logger(label: "test")
         )
     }
@@ -103,7 +115,7 @@ struct ForwardingTests {
     }
 
     @Test func anHTTP2RequestWithTrailersCrossesTheHopEndToEnd() async throws {
-        try await withRingside(2, http2Backends: true) { servers in
+        try await withRingside(2, backends: .http2Trailers) { servers in
             let key = (0..<100).map { "k\($0)" }.first { (try? servers[0].node.lookup($0).first?.isSelf) == false }!
             let head = HTTPRequestHead(
                 version: .http2,
@@ -125,6 +137,26 @@ struct ForwardingTests {
             #expect(response.body == message)
             #expect(response.trailers?.first(name: "grpc-status") == "0")
             #expect(response.trailers?.first(name: "x-echo-trailer") == "passed", "the request's trailers arrived too")
+        }
+    }
+
+    @Test func aWebSocketEchoesThroughAForwardHopAndLocally() async throws {
+        try await withRingside(2, backends: .webSocket) { servers in
+            let keys = (0..<100).map { "room-\($0)" }
+            let remote = keys.first { (try? servers[0].node.lookup($0).first?.isSelf) == false }!
+            let local = keys.first { (try? servers[0].node.lookup($0).first?.isSelf) == true }!
+            for (key, owner) in [(remote, "node-1"), (local, "node-0")] {
+                let result = try #require(
+                    webSocketEcho(port: servers[0].appPortBound!, key: key, message: "hello \(key)")
+                )
+                #expect(result.status == 101)
+                // The accept value the backend computed from the client's key, passed through unchanged.
+                #expect(result.header("sec-websocket-accept") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+                #expect(result.header("x-ringside-node") == owner)
+                #expect(result.header("upgrade")?.lowercased() == "websocket")
+                #expect(result.header("connection")?.lowercased() == "upgrade")
+                #expect(result.echoed == "hello \(key)")
+            }
         }
     }
 
