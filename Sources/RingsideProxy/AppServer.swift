@@ -36,30 +36,13 @@ public enum AppServer {
                     try channel.pipeline.syncOperations.addHandler(
                         ProtocolSniffer(
                             http1: { channel in
-                                let pipeline = channel.pipeline.syncOperations
-                                try pipeline.addHandler(
-                                    ConnectionGuard(
-                                        maxHeaderBytes: configuration.maxHeaderBytes,
-                                        headerTimeout: configuration.headerReadTimeout,
-                                        idleTimeout: configuration.idleTimeout
-                                    )
+                                try configureHTTP1(
+                                    channel,
+                                    configuration: configuration,
+                                    router: router,
+                                    upstreams: upstreams,
+                                    proxy: makeProxy()
                                 )
-                                try pipeline.configureHTTPServerPipeline(
-                                    withPipeliningAssistance: false,
-                                    withServerUpgrade: (
-                                        upgraders: [
-                                            UpgradeRelay(
-                                                protocol: "websocket",
-                                                configuration: configuration,
-                                                router: router,
-                                                upstreams: upstreams
-                                            )
-                                        ],
-                                        completionHandler: { _ in }
-                                    ),
-                                    withErrorHandling: true
-                                )
-                                try pipeline.addHandler(makeProxy())
                             },
                             http2: { channel in
                                 _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
@@ -81,5 +64,40 @@ public enum AppServer {
             }
             .bind(host: host, port: port)
             .get()
+    }
+
+    /// Sets an HTTP/1.1 connection up to be proxied: the byte-level guard, NIO's HTTP/1.1 server handlers (with
+    /// WebSocket upgrades relayed to the key's owner), and `proxy`.
+    static func configureHTTP1(
+        _ channel: any Channel,
+        configuration: ProxyConfiguration,
+        router: any ProxyRouter,
+        upstreams: any UpstreamProvider,
+        proxy: ProxyHandler
+    ) throws {
+        let pipeline = channel.pipeline.syncOperations
+        try pipeline.addHandler(
+            ConnectionGuard(
+                maxHeaderBytes: configuration.maxHeaderBytes,
+                headerTimeout: configuration.headerReadTimeout,
+                idleTimeout: configuration.idleTimeout
+            )
+        )
+        try pipeline.configureHTTPServerPipeline(
+            withPipeliningAssistance: false,
+            withServerUpgrade: (
+                upgraders: [
+                    UpgradeRelay(
+                        protocol: "websocket",
+                        configuration: configuration,
+                        router: router,
+                        upstreams: upstreams
+                    )
+                ],
+                completionHandler: { _ in }
+            ),
+            withErrorHandling: true
+        )
+        try pipeline.addHandler(proxy)
     }
 }

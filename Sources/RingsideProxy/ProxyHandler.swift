@@ -40,8 +40,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var exchange: Exchange?
     /// Set while answering a request ourselves; the rest of its body is dropped.
     private var refusing = false
-    private var readsPaused = false
-    private var readPending = false
+    private var gate = ReadGate()
     private var nextRequestNumber: UInt64 = 0
     /// Pipelined request parts waiting for the current exchange to end.
     private var queued = CircularBuffer<HTTPServerRequestPart>()
@@ -543,22 +542,13 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Backpressure
 
     func read(context: ChannelHandlerContext) {
-        if readsPaused {
-            readPending = true
-        } else {
-            context.read()
-        }
+        if gate.allowsRead() { context.read() }
     }
 
-    private func pauseReads() { readsPaused = true }
+    private func pauseReads() { gate.close() }
 
     private func resumeReads() {
-        guard readsPaused else { return }
-        readsPaused = false
-        if readPending, let context {
-            readPending = false
-            context.read()
-        }
+        if gate.open(), let context { context.read() }
     }
 }
 

@@ -59,31 +59,14 @@ public final class RingsideServer: Service, Sendable {
             logger: logger,
             forwardedStreams: { stream in try stream.pipeline.syncOperations.addHandler(try makeProxy()) },
             forwardedConnections: { connection in
-                let pipeline = connection.pipeline.syncOperations
-                try pipeline.addHandler(
-                    ConnectionGuard(
-                        maxHeaderBytes: proxy.maxHeaderBytes,
-                        headerTimeout: proxy.headerReadTimeout,
-                        idleTimeout: proxy.idleTimeout
-                    )
-                )
                 guard let router = forwardedRouter.router else { throw ChannelError.ioOnClosedChannel }
-                try pipeline.configureHTTPServerPipeline(
-                    withPipeliningAssistance: false,
-                    withServerUpgrade: (
-                        upgraders: [
-                            UpgradeRelay(
-                                protocol: "websocket",
-                                configuration: proxy,
-                                router: router,
-                                upstreams: upstreams
-                            )
-                        ],
-                        completionHandler: { _ in }
-                    ),
-                    withErrorHandling: true
+                try AppServer.configureHTTP1(
+                    connection,
+                    configuration: proxy,
+                    router: router,
+                    upstreams: upstreams,
+                    proxy: try makeProxy()
                 )
-                try pipeline.addHandler(try makeProxy())
             }
         )
         forwardedRouter.router = ForwardedRouter(node: node)

@@ -172,8 +172,7 @@ final class ByteRelay: ChannelDuplexHandler, RemovableChannelHandler {
 
     var partner: NIOLoopBound<ByteRelay>?
     private var context: ChannelHandlerContext?
-    private var readsPaused = false
-    private var readPending = false
+    private var gate = ReadGate()
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
@@ -206,17 +205,12 @@ final class ByteRelay: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if readsPaused { readPending = true } else { context.read() }
+        if gate.allowsRead() { context.read() }
     }
 
-    func pauseReads() { readsPaused = true }
+    func pauseReads() { gate.close() }
 
     func resumeReads() {
-        guard readsPaused else { return }
-        readsPaused = false
-        if readPending, let context {
-            readPending = false
-            context.read()
-        }
+        if gate.open(), let context { context.read() }
     }
 }

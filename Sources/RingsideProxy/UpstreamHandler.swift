@@ -11,8 +11,7 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private var proxy: NIOLoopBound<ProxyHandler>?
     private var context: ChannelHandlerContext?
-    private var readsPaused = false
-    private var readPending = false
+    private var gate = ReadGate()
 
     init() {}
 
@@ -54,22 +53,13 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if readsPaused {
-            readPending = true
-        } else {
-            context.read()
-        }
+        if gate.allowsRead() { context.read() }
     }
 
-    func pauseReads() { readsPaused = true }
+    func pauseReads() { gate.close() }
 
     func resumeReads() {
-        guard readsPaused else { return }
-        readsPaused = false
-        if readPending, let context {
-            readPending = false
-            context.read()
-        }
+        if gate.open(), let context { context.read() }
     }
 
     /// Ends this handler's part in the exchange: it stops reporting to the proxy, and reads flow again, so that a
