@@ -27,7 +27,6 @@ extension ClusterNode {
         start(advertisedAddress: advertised)
         logger.info("cluster node started", metadata: ["ringside.address": "\(advertised)"])
         let waiters = lifecycle.withLockedValue { lifecycle in
-            lifecycle.listener = listener
             lifecycle.advertisedAddress = advertised
             defer { lifecycle.runningWaiters = [] }
             return lifecycle.runningWaiters

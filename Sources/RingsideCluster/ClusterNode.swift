@@ -53,7 +53,6 @@ public final class ClusterNode: Service, Sendable {
 
     /// Where the node is in its life: listener, address, stop requests and who waits for what.
     struct Lifecycle {
-        var listener: GossipListener?
         var advertisedAddress: String?
         var stopRequested = false
         /// Stopping as a crash would: without leaving.

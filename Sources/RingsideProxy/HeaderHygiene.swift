@@ -24,12 +24,11 @@ enum HeaderHygiene {
 
     /// Removes hop-by-hop headers and the ones `Connection` lists. Keeps `TE: trailers` (gRPC needs it end to end).
     static func removeHopByHop(from headers: inout HTTPHeaders) {
-        var named = Set<String>()
-        for value in headers[canonicalForm: "connection"] {
-            named.insert(value.lowercased())
-        }
+        // Per request and response: no set is built; `remove(name:)` already matches any case.
+        let named = headers[canonicalForm: "connection"].map(String.init)
         let keepsTrailers = headers[canonicalForm: "te"].contains { $0.lowercased() == "trailers" }
-        for name in hopByHop.union(named) { headers.remove(name: name) }
+        for name in hopByHop { headers.remove(name: name) }
+        for name in named { headers.remove(name: name) }
         if keepsTrailers { headers.add(name: "te", value: "trailers") }
     }
 

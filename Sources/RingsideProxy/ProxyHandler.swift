@@ -333,7 +333,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         exchange.attempt += 1
         metrics.retries.increment()
-        router.retried()
         connect(exchange)
     }
 
@@ -347,7 +346,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 !exchange.responseStarted
             {
                 metrics.misroutes.increment()
-                router.misrouted()
                 exchange.upstream?.detach(reusable: false)
                 tryNextRoute(exchange, reason: "no owner accepted the request")
                 return

@@ -17,16 +17,10 @@ public protocol ProxyRouter: Sendable {
     func routes(for head: HTTPRequestHead, key: String?) -> Result<[ProxyRoute], ProxyRefusal>
     /// An upstream could not be reached, or closed before answering.
     func upstreamFailed(_ route: ProxyRoute, error: (any Error)?)
-    /// A request went on to its next owner.
-    func retried()
-    /// A peer answered that it does not own the key.
-    func misrouted()
 }
 
 extension ProxyRouter {
     public func upstreamFailed(_ route: ProxyRoute, error: (any Error)?) {}
-    public func retried() {}
-    public func misrouted() {}
 }
 
 /// A request the proxy answers itself, with a status and a sentence.
