@@ -17,33 +17,22 @@ public enum AppServer {
         upstreams: any UpstreamProvider,
         metrics: ProxyMetrics = ProxyMetrics()
     ) async throws -> any Channel {
-        try await ServerBootstrap(group: group)
+        let http1 = http1Setup(
+            configuration: configuration,
+            plane: .app,
+            metrics: metrics,
+            router: router,
+            upstreams: upstreams
+        )
+        return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let makeProxy: @Sendable () -> ProxyHandler = {
-                        ProxyHandler(
-                            configuration: configuration,
-                            plane: .app,
-                            metrics: metrics,
-                            router: router,
-                            upstreams: upstreams,
-                            scheme: "http"
-                        )
-                    }
                     try channel.pipeline.syncOperations.addHandler(
                         ProtocolSniffer(
-                            http1: { channel in
-                                try configureHTTP1(
-                                    channel,
-                                    configuration: configuration,
-                                    router: router,
-                                    upstreams: upstreams,
-                                    proxy: makeProxy()
-                                )
-                            },
+                            http1: http1,
                             http2: { channel in
                                 _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
                                     mode: .server,
@@ -52,7 +41,15 @@ public enum AppServer {
                                     inboundStreamInitializer: { stream in
                                         stream.eventLoop.makeCompletedFuture {
                                             try stream.pipeline.syncOperations.addHandlers([
-                                                HTTP2FramePayloadToHTTP1ServerCodec(), makeProxy(),
+                                                HTTP2FramePayloadToHTTP1ServerCodec(),
+                                                ProxyHandler(
+                                                    configuration: configuration,
+                                                    plane: .app,
+                                                    metrics: metrics,
+                                                    router: router,
+                                                    upstreams: upstreams,
+                                                    scheme: "http"
+                                                ),
                                             ])
                                         }
                                     }
@@ -66,9 +63,47 @@ public enum AppServer {
             .get()
     }
 
-    /// Sets an HTTP/1.1 connection up to be proxied: the byte-level guard, NIO's HTTP/1.1 server handlers (with
-    /// WebSocket upgrades relayed to the key's owner), and `proxy`.
-    static func configureHTTP1(
+    /// How an HTTP/1.1 connection is set up to be proxied, made once a listener: the byte-level ``HTTP1Relay`` when
+    /// every upstream speaks HTTP/1.1, handing over to the general pipeline for what it does not carry; otherwise the
+    /// general pipeline from the start.
+    static func http1Setup(
+        configuration: ProxyConfiguration,
+        plane: ProxyHandler.Plane,
+        metrics: ProxyMetrics,
+        router: any ProxyRouter,
+        upstreams: any UpstreamProvider
+    ) -> @Sendable (any Channel) throws -> Void {
+        let general: @Sendable (any Channel) throws -> Void = { channel in
+            try configureGeneralHTTP1(
+                channel,
+                configuration: configuration,
+                router: router,
+                upstreams: upstreams,
+                proxy: ProxyHandler(
+                    configuration: configuration,
+                    plane: plane,
+                    metrics: metrics,
+                    router: router,
+                    upstreams: upstreams,
+                    scheme: "http"
+                )
+            )
+        }
+        guard upstreams.relaysBytes else { return general }
+        let settings = RelaySettings(
+            configuration: configuration,
+            plane: plane,
+            metrics: metrics,
+            router: router,
+            upstreams: upstreams,
+            handOff: general
+        )
+        return { channel in try channel.pipeline.syncOperations.addHandler(HTTP1Relay(settings: settings)) }
+    }
+
+    /// Sets an HTTP/1.1 connection up for the general path: the byte-level guard, NIO's HTTP/1.1 server handlers
+    /// (with WebSocket upgrades relayed to the key's owner), and `proxy`.
+    static func configureGeneralHTTP1(
         _ channel: any Channel,
         configuration: ProxyConfiguration,
         router: any ProxyRouter,

@@ -17,8 +17,8 @@ public struct ClusterRouter: ProxyRouter {
         self.configuration = configuration
     }
 
-    public func routes(for head: HTTPRequestHead, key: String?) -> Result<[ProxyRoute], ProxyRefusal> {
-        guard let key else {
+    public func routes(for request: RoutingRequest) -> Result<[ProxyRoute], ProxyRefusal> {
+        guard let key = request.key else {
             switch configuration.missingKey {
             case .local: return .success([.local])
             case .reject:
@@ -59,13 +59,13 @@ public struct ForwardedRouter: ProxyRouter {
     /// A router over `node`'s view.
     public init(node: ClusterNode) { self.node = node }
 
-    public func routes(for head: HTTPRequestHead, key: String?) -> Result<[ProxyRoute], ProxyRefusal> {
-        guard head.headers.contains(name: HeaderHygiene.hopHeader) else {
+    public func routes(for request: RoutingRequest) -> Result<[ProxyRoute], ProxyRefusal> {
+        guard request.isForwarded else {
             return .failure(
                 ProxyRefusal(status: .forbidden, message: "this port serves only requests forwarded by Ringside nodes")
             )
         }
-        guard let key, node.state != .terminating, !head.headers.contains(name: HeaderHygiene.finalHeader) else {
+        guard let key = request.key, node.state != .terminating, !request.isFinalCandidate else {
             return .success([.local])
         }
         if let owner = try? node.sharder.owner(of: key, op: .readWrite), owner.isSelf {

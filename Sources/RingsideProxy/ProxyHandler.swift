@@ -196,9 +196,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let hasBody =
             head.headers.contains(name: "transfer-encoding")
             || (head.headers.first(name: "content-length").flatMap(Int.init) ?? 0) > 0
-        let key = head.headers.first(name: configuration.keyHeader)
         let routes: [ProxyRoute]
-        switch router.routes(for: head, key: key) {
+        switch router.routes(for: RoutingRequest(head: head, keyHeader: configuration.keyHeader)) {
         case .success(let found) where !found.isEmpty:
             routes = found
         case .success:

@@ -12,15 +12,40 @@ public enum ProxyRoute: Hashable, Sendable {
 /// Decides where requests go: the owners of a key, in order of preference, so that the proxy can fail over; and
 /// hears how that went.
 public protocol ProxyRouter: Sendable {
-    /// The routes for the request `head` with `key` (nil when it has none), best first; a refusal when it cannot be
-    /// routed.
-    func routes(for head: HTTPRequestHead, key: String?) -> Result<[ProxyRoute], ProxyRefusal>
+    /// The routes for `request`, best first; a refusal when it cannot be routed.
+    func routes(for request: RoutingRequest) -> Result<[ProxyRoute], ProxyRefusal>
     /// An upstream could not be reached, or closed before answering.
     func upstreamFailed(_ route: ProxyRoute, error: (any Error)?)
 }
 
 extension ProxyRouter {
     public func upstreamFailed(_ route: ProxyRoute, error: (any Error)?) {}
+}
+
+/// What routing needs to know of a request.
+public struct RoutingRequest: Sendable {
+    /// The value of the key header, nil when there is none.
+    public var key: String?
+    /// Whether it carries the hop header: another Ringside node forwarded it.
+    public var isForwarded: Bool
+    /// Whether the forwarding node marked it as its last candidate.
+    public var isFinalCandidate: Bool
+
+    /// A request with `key`, forwarded or not.
+    public init(key: String?, isForwarded: Bool = false, isFinalCandidate: Bool = false) {
+        self.key = key
+        self.isForwarded = isForwarded
+        self.isFinalCandidate = isFinalCandidate
+    }
+
+    /// What `head` says, with the key in `keyHeader`.
+    init(head: HTTPRequestHead, keyHeader: String) {
+        self.init(
+            key: head.headers.first(name: keyHeader),
+            isForwarded: head.headers.contains(name: HeaderHygiene.hopHeader),
+            isFinalCandidate: head.headers.contains(name: HeaderHygiene.finalHeader)
+        )
+    }
 }
 
 /// A request the proxy answers itself, with a status and a sentence.
@@ -48,9 +73,24 @@ public protocol UpstreamProvider: Sendable {
 
     /// A new HTTP/1.1 connection for `route`, outside any pool, for a protocol upgrade.
     func freshConnection(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel>
+
+    /// Whether every route speaks HTTP/1.1, so that HTTP/1.1 clients can take the byte-level relay.
+    var relaysBytes: Bool { get }
+
+    /// A pooled HTTP/1.1 connection for `route` carrying only a ``ByteUpstream``, on `eventLoop`: the relay writes
+    /// requests as bytes and the handler frames the responses.
+    func leaseBytes(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease>
 }
 
 extension UpstreamProvider {
+    public var relaysBytes: Bool { false }
+
+    public func leaseBytes(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
+        eventLoop.makeFailedFuture(
+            ProxyRefusal(status: .notImplemented, message: "this upstream provider does not relay bytes")
+        )
+    }
+
     public func freshConnection(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
         eventLoop.makeFailedFuture(
             ProxyRefusal(status: .notImplemented, message: "this proxy does not pass upgrades on")

@@ -59,17 +59,19 @@ public final class RingsideServer: Service, Sendable {
             logger: logger,
             forwardedStreams: { stream in try stream.pipeline.syncOperations.addHandler(try makeProxy()) },
             forwardedConnections: { connection in
-                guard let router = forwardedRouter.router else { throw ChannelError.ioOnClosedChannel }
-                try AppServer.configureHTTP1(
-                    connection,
-                    configuration: proxy,
-                    router: router,
-                    upstreams: upstreams,
-                    proxy: try makeProxy()
-                )
+                guard let setup = forwardedRouter.http1Setup else { throw ChannelError.ioOnClosedChannel }
+                try setup(connection)
             }
         )
-        forwardedRouter.router = ForwardedRouter(node: node)
+        let router = ForwardedRouter(node: node)
+        forwardedRouter.router = router
+        forwardedRouter.http1Setup = AppServer.http1Setup(
+            configuration: proxy,
+            plane: .cluster,
+            metrics: metrics,
+            router: router,
+            upstreams: upstreams
+        )
         self.proxy = proxy
         self.appHost = appHost
         self.appPort = appPort
@@ -110,11 +112,16 @@ public final class RingsideServer: Service, Sendable {
     public var appPortBound: Int? { appAddress.withLockedValue { $0?.port } }
 }
 
-/// Holds the forwarded-request router, which needs the node that needs it.
+/// Holds the forwarded-request router and the cluster port's HTTP/1.1 setup, which need the node that needs them.
 private final class ForwardedRouterBox: Sendable {
     private let box = NIOLockedValueBox<ForwardedRouter?>(nil)
+    private let setup = NIOLockedValueBox<(@Sendable (any Channel) throws -> Void)?>(nil)
     var router: ForwardedRouter? {
         get { box.withLockedValue { $0 } }
         set { box.withLockedValue { $0 = newValue } }
+    }
+    var http1Setup: (@Sendable (any Channel) throws -> Void)? {
+        get { setup.withLockedValue { $0 } }
+        set { setup.withLockedValue { $0 = newValue } }
     }
 }

@@ -35,9 +35,8 @@ final class UpgradeRelay: HTTPServerProtocolUpgrader {
         upgradeRequest: HTTPRequestHead,
         initialResponseHeaders: HTTPHeaders
     ) -> EventLoopFuture<HTTPHeaders> {
-        let key = upgradeRequest.headers.first(name: configuration.keyHeader)
         let route: ProxyRoute
-        switch router.routes(for: upgradeRequest, key: key) {
+        switch router.routes(for: RoutingRequest(head: upgradeRequest, keyHeader: configuration.keyHeader)) {
         case .success(let routes) where !routes.isEmpty:
             route = routes[0]
         case .success:

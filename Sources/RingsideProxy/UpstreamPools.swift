@@ -9,6 +9,7 @@ import NIOPosix
 final class HTTP1Pool: Sendable {
     private let connectTimeout: TimeAmount
     private let maxIdle: Int
+    private let speaksBytes: Bool
     private let idle = NIOLockedValueBox<[Key: [any Channel]]>([:])
 
     private struct Key: Hashable {
@@ -17,9 +18,12 @@ final class HTTP1Pool: Sendable {
         var loop: ObjectIdentifier
     }
 
-    init(connectTimeout: Duration, maxIdle: Int) {
+    /// A pool whose connections carry NIO's HTTP/1.1 client handlers and an ``UpstreamHandler``, or, when
+    /// `speaksBytes`, only a ``ByteUpstream`` (for the byte-level relay).
+    init(connectTimeout: Duration, maxIdle: Int, speaksBytes: Bool = false) {
         self.connectTimeout = TimeAmount(connectTimeout)
         self.maxIdle = maxIdle
+        self.speaksBytes = speaksBytes
     }
 
     func lease(host: String, port: Int, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
@@ -36,18 +40,24 @@ final class HTTP1Pool: Sendable {
         connect(host: host, port: port, on: eventLoop, forProxying: false)
     }
 
-    /// A new connection with HTTP/1.1 client handlers, and with the upstream handler when it is `forProxying`.
+    /// A new connection with this pool's handlers when it is `forProxying`; otherwise with HTTP/1.1 client handlers
+    /// only.
     private func connect(
         host: String,
         port: Int,
         on eventLoop: any EventLoop,
         forProxying: Bool
     ) -> EventLoopFuture<any Channel> {
-        ClientBootstrap(group: eventLoop)
+        let bytesOnly = forProxying && speaksBytes
+        return ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if bytesOnly {
+                        try channel.pipeline.syncOperations.addHandler(ByteUpstream())
+                        return
+                    }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes)
                     if forProxying { try channel.pipeline.syncOperations.addHandler(UpstreamHandler()) }
                 }
@@ -168,6 +178,7 @@ final class HTTP2Pool: Sendable {
 /// 150 µs of CPU per hop here, most of it creating and tearing down stream channels; see the README.
 public final class ClusterUpstreams: UpstreamProvider {
     private let http1: HTTP1Pool
+    private let bytes: HTTP1Pool
     private let http2: HTTP2Pool
     private let backendHost: String
     private let backendPort: Int
@@ -188,7 +199,28 @@ public final class ClusterUpstreams: UpstreamProvider {
             connectTimeout: configuration.connectTimeout,
             maxIdle: configuration.maxIdleConnectionsPerUpstream
         )
+        bytes = HTTP1Pool(
+            connectTimeout: configuration.connectTimeout,
+            maxIdle: configuration.maxIdleConnectionsPerUpstream,
+            speaksBytes: true
+        )
         http2 = HTTP2Pool(connectTimeout: configuration.connectTimeout)
+    }
+
+    public var relaysBytes: Bool { !backendSpeaksHTTP2 }
+
+    public func leaseBytes(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
+        switch route {
+        case .local:
+            return bytes.lease(host: backendHost, port: backendPort, on: eventLoop)
+        case .peer(_, let address):
+            guard let (host, port) = Self.split(address) else {
+                return eventLoop.makeFailedFuture(
+                    ProxyRefusal(status: .badGateway, message: "bad peer address \(address)")
+                )
+            }
+            return bytes.lease(host: host, port: port, on: eventLoop)
+        }
     }
 
     public func lease(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
@@ -242,6 +274,7 @@ public final class ClusterUpstreams: UpstreamProvider {
     /// Closes every pooled connection.
     public func shutdown() {
         http1.shutdown()
+        bytes.shutdown()
         http2.shutdown()
     }
 }

@@ -10,8 +10,8 @@ import Testing
 struct LocalRouter: ProxyRouter {
     var rejectMissingKey = false
 
-    func routes(for head: HTTPRequestHead, key: String?) -> Result<[ProxyRoute], ProxyRefusal> {
-        if key == nil && rejectMissingKey {
+    func routes(for request: RoutingRequest) -> Result<[ProxyRoute], ProxyRefusal> {
+        if request.key == nil && rejectMissingKey {
             return .failure(ProxyRefusal(status: .badRequest, message: "the request has no X-Shard-Key header"))
         }
         return .success([.local])
@@ -71,8 +71,8 @@ extension String {
 
 /// Sends requests keyed "down" to a peer that is not there, the rest to the local backend.
 struct PartlyDownRouter: ProxyRouter {
-    func routes(for head: HTTPRequestHead, key: String?) -> Result<[ProxyRoute], ProxyRefusal> {
-        .success(key == "down" ? [.peer(name: "gone", address: "127.0.0.1:1")] : [.local])
+    func routes(for request: RoutingRequest) -> Result<[ProxyRoute], ProxyRefusal> {
+        .success(request.key == "down" ? [.peer(name: "gone", address: "127.0.0.1:1")] : [.local])
     }
 }
 

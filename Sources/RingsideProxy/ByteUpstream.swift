@@ -1,0 +1,272 @@
+import NIOCore
+
+/// What an upstream's response head says, for the relay.
+struct ResponseFacts {
+    /// The status code.
+    var status: Int
+    /// Where the status line ends in the head (before its CRLF).
+    var startLineEnd: Int
+    /// A 1xx response other than 101: a final response follows.
+    var isInterim: Bool
+    /// The body runs until the connection closes (no length, not chunked).
+    var bodyUntilClose: Bool
+    /// A peer's 421 saying it does not own the key.
+    var notOwner: Bool
+    /// It already names the node that served it.
+    var hasNodeHeader: Bool
+}
+
+/// The upstream side of the byte-level relay, on a pooled HTTP/1.1 connection to the backend or to a peer's cluster
+/// port: writes the request bytes the ``HTTP1Relay`` gives it, and finds where the response's head and body end
+/// (length, chunked, or until close; none for HEAD, 204 and 304) without copying or decoding the body. It stays on the
+/// connection between exchanges.
+final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private enum State {
+        /// Between exchanges: nothing may arrive.
+        case idle
+        /// Waiting for the response head; what came of it so far.
+        case head(ByteBuffer?)
+        case length(Int)
+        case chunked(ChunkedFraming)
+        case untilClose
+    }
+
+    /// The largest response head accepted.
+    static let maxHeadBytes = 64 << 10
+
+    private var state = State.idle
+    private var relay: HTTP1Relay?
+    private var context: ChannelHandlerContext?
+    private var gate = ReadGate()
+    private var fields: [HeaderField] = []
+    private var expectsBody = true
+    private var reusable = true
+
+    init() {}
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// Starts an exchange for `relay`; `expectsBody` is false for a HEAD request.
+    func bind(_ relay: HTTP1Relay, expectsBody: Bool) {
+        self.relay = relay
+        self.expectsBody = expectsBody
+        state = .head(nil)
+        reusable = true
+    }
+
+    /// Ends this handler's part in the exchange early (the client went away, or the relay gave up on it).
+    func detach() {
+        relay = nil
+        state = .idle
+    }
+
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    func write(_ buffer: ByteBuffer) {
+        context?.write(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    func flush() { context?.flush() }
+
+    // MARK: Responses
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        while buffer.readableBytes > 0 {
+            switch state {
+            case .idle:
+                // Bytes nobody asked for: the connection cannot be trusted with another request.
+                reusable = false
+                context.close(promise: nil)
+                return
+            case .head(let received):
+                var all = buffer
+                if var received {
+                    state = .idle
+                    received.writeBuffer(&buffer)
+                    all = received
+                }
+                guard let rest = readHead(all, context: context) else { return }
+                buffer = rest
+            case .length(let left):
+                let slice = buffer.readSlice(length: min(left, buffer.readableBytes))!
+                state = left == slice.readableBytes ? .idle : .length(left - slice.readableBytes)
+                relay?.upstreamBody(slice)
+                if case .idle = state { finish(extra: buffer.readableBytes) }
+                return
+            case .chunked(var framing):
+                guard let (count, ended) = buffer.withUnsafeReadableBytes({ framing.consume($0) }) else {
+                    return fail(context: context)
+                }
+                state = ended ? .idle : .chunked(framing)
+                relay?.upstreamBody(buffer.readSlice(length: count)!)
+                if ended { finish(extra: buffer.readableBytes) }
+                return
+            case .untilClose:
+                relay?.upstreamBody(buffer)
+                return
+            }
+        }
+    }
+
+    /// Parses the head in `received`; nil when more is needed or the exchange is over; otherwise the bytes after it.
+    private func readHead(_ received: ByteBuffer, context: ChannelHandlerContext) -> ByteBuffer? {
+        var received = received
+        let parsed = received.withUnsafeReadableBytes { HTTP1Parsing.parseHead($0, fields: &fields) }
+        switch parsed {
+        case .incomplete:
+            guard received.readableBytes <= Self.maxHeadBytes else {
+                fail(context: context)
+                return nil
+            }
+            state = .head(received)
+            return nil
+        case .malformed:
+            fail(context: context)
+            return nil
+        case .complete(let startLineEnd, let length):
+            let head = received.readSlice(length: length)!
+            guard let facts = head.withUnsafeReadableBytes({ facts(of: $0, startLineEnd: startLineEnd) }) else {
+                fail(context: context)
+                return nil
+            }
+            if facts.isInterim {
+                state = .head(nil)
+                relay?.upstreamHead(head, facts: facts, fields: fields)
+                return received
+            }
+            let hasBody = expectsBody && facts.status != 204 && facts.status != 304
+            if !hasBody {
+                state = .idle
+            } else if let length = contentLength {
+                state = length == 0 ? .idle : .length(length)
+            } else if chunked {
+                state = .chunked(ChunkedFraming())
+            } else {
+                state = .untilClose
+                reusable = false
+            }
+            relay?.upstreamHead(head, facts: facts, fields: fields)
+            if case .idle = state {
+                finish(extra: received.readableBytes)
+                return nil
+            }
+            return received
+        }
+    }
+
+    // Set by `facts(of:startLineEnd:)` for the head just parsed.
+    private var contentLength: Int?
+    private var chunked = false
+
+    /// Reads the status line and the fields that frame the body; nil when they make no sense.
+    private func facts(of bytes: UnsafeRawBufferPointer, startLineEnd: Int) -> ResponseFacts? {
+        // "HTTP/1.x NNN reason"
+        guard startLineEnd >= 12, HTTP1Parsing.equals(bytes, 0..<7, "http/1."), bytes[8] == 32,
+            let status = HTTP1Parsing.decimal(bytes, 9..<12), status >= 100,
+            startLineEnd == 12 || bytes[12] == 32
+        else { return nil }
+        contentLength = nil
+        chunked = false
+        var transferEncoding = false
+        var notOwner = false
+        var hasNodeHeader = false
+        for field in fields {
+            switch HTTP1Parsing.kind(of: bytes, name: field.name, key: []) {
+            case .contentLength:
+                guard let length = HTTP1Parsing.decimal(bytes, field.value), contentLength ?? length == length else {
+                    return nil
+                }
+                contentLength = length
+            case .transferEncoding:
+                transferEncoding = true
+                chunked = HTTP1Parsing.listEnds(bytes, field.value, with: "chunked")
+            case .connection:
+                var members: [Range<Int>] = []
+                HTTP1Parsing.listMembers(bytes, field.value, into: &members)
+                if members.contains(where: { HTTP1Parsing.equals(bytes, $0, "close") }) { reusable = false }
+            case .notOwner:
+                notOwner = true
+            case .node:
+                hasNodeHeader = true
+            default:
+                break
+            }
+        }
+        if bytes[7] == UInt8(ascii: "0") { reusable = false }
+        // A length with a transfer encoding: the encoding wins, and the connection is not reused (RFC 9112 §6.3).
+        if transferEncoding {
+            contentLength = nil
+            reusable = false
+        }
+        return ResponseFacts(
+            status: status,
+            startLineEnd: startLineEnd,
+            isInterim: status < 200 && status != 101,
+            bodyUntilClose: contentLength == nil && !chunked,
+            notOwner: notOwner,
+            hasNodeHeader: hasNodeHeader
+        )
+    }
+
+    /// The response is complete; `extra` bytes after it mean the connection cannot be reused.
+    private func finish(extra: Int) {
+        state = .idle
+        let relay = self.relay
+        self.relay = nil
+        relay?.upstreamEnd(reusable: reusable && extra == 0)
+    }
+
+    private func fail(context: ChannelHandlerContext) {
+        let relay = self.relay
+        self.relay = nil
+        state = .idle
+        context.close(promise: nil)
+        relay?.upstreamFailed()
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        relay?.upstreamReadComplete()
+        context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        relay?.upstreamWritabilityChanged(isWritable: context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let relay = self.relay
+        self.relay = nil
+        if case .untilClose = state {
+            state = .idle
+            relay?.upstreamEnd(reusable: false)
+        } else {
+            state = .idle
+            relay?.upstreamFailed()
+        }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    // MARK: Backpressure
+
+    func read(context: ChannelHandlerContext) {
+        if gate.allowsRead() { context.read() }
+    }
+
+    func pauseReads() { gate.close() }
+
+    func resumeReads() {
+        if gate.open(), let context { context.read() }
+    }
+}

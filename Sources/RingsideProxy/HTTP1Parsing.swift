@@ -1,0 +1,336 @@
+/// Byte-level HTTP/1.1 parsing for the relay (RFC 9112): heads are located and checked without building strings, and
+/// message bodies are framed without being copied.
+
+/// One header field of a parsed head: byte offsets into the head.
+struct HeaderField {
+    var nameStart: Int32
+    var nameEnd: Int32
+    var valueStart: Int32
+    var valueEnd: Int32
+
+    var name: Range<Int> { Int(nameStart)..<Int(nameEnd) }
+    var value: Range<Int> { Int(valueStart)..<Int(valueEnd) }
+    /// The whole line without its CRLF: `Name: value` as it came.
+    var line: Range<Int> { Int(nameStart)..<Int(valueEnd) }
+}
+
+/// What the parser found at the start of a buffer.
+enum HeadParse: Equatable {
+    /// No blank line yet.
+    case incomplete
+    /// Not HTTP/1.1: the reason, for a 400.
+    case malformed(String)
+    /// A head: its start line ends at `startLineEnd` (before the CRLF) and the head, blank line included, is `length`
+    /// bytes long.
+    case complete(startLineEnd: Int, length: Int)
+}
+
+/// The header fields the relay acts on, told apart by name (any case).
+enum FieldKind {
+    case other
+    case key
+    case connection
+    case keepAlive
+    case proxyConnection
+    case te
+    case transferEncoding
+    case upgrade
+    case trailer
+    case proxyAuthenticate
+    case proxyAuthorization
+    case contentLength
+    case host
+    case expect
+    case xForwardedFor
+    case xForwardedProto
+    case xRequestID
+    case hop
+    case final
+    case deadline
+    case node
+    case notOwner
+}
+
+enum HTTP1Parsing {
+    static let cr: UInt8 = 13
+    static let lf: UInt8 = 10
+
+    /// Parses a head (start line and header fields) at the start of `bytes`, recording the fields in `fields`.
+    ///
+    /// Lines must end in CRLF; field names must be tokens directly followed by a colon; values may not hold control
+    /// characters; obsolete line folding is refused. The start line is left to the caller.
+    static func parseHead(_ bytes: UnsafeRawBufferPointer, fields: inout [HeaderField]) -> HeadParse {
+        fields.removeAll(keepingCapacity: true)
+        let count = bytes.count
+        var lineStart = 0
+        var startLineEnd = -1
+        while true {
+            var newline = lineStart
+            while newline < count && bytes[newline] != lf { newline += 1 }
+            guard newline < count else { return .incomplete }
+            guard newline > lineStart, bytes[newline - 1] == cr else { return .malformed("a line ends without CR") }
+            let lineEnd = newline - 1
+            defer { lineStart = newline + 1 }
+            if startLineEnd < 0 {
+                startLineEnd = lineEnd
+                continue
+            }
+            if lineEnd == lineStart { return .complete(startLineEnd: startLineEnd, length: newline + 1) }
+            var index = lineStart
+            while index < lineEnd && isToken(bytes[index]) { index += 1 }
+            guard index > lineStart else {
+                let first = bytes[lineStart]
+                return .malformed(
+                    first == 32 || first == 9 ? "obsolete line folding is not accepted" : "a malformed header field"
+                )
+            }
+            guard index < lineEnd, bytes[index] == UInt8(ascii: ":") else { return .malformed("a malformed header field") }
+            let nameEnd = index
+            index += 1
+            while index < lineEnd && (bytes[index] == 32 || bytes[index] == 9) { index += 1 }
+            let valueStart = index
+            var valueEnd = lineEnd
+            while valueEnd > valueStart && (bytes[valueEnd - 1] == 32 || bytes[valueEnd - 1] == 9) { valueEnd -= 1 }
+            while index < valueEnd {
+                let byte = bytes[index]
+                if (byte < 32 && byte != 9) || byte == 127 { return .malformed("a control character in a header value") }
+                index += 1
+            }
+            fields.append(
+                HeaderField(
+                    nameStart: Int32(lineStart),
+                    nameEnd: Int32(nameEnd),
+                    valueStart: Int32(valueStart),
+                    valueEnd: Int32(valueEnd)
+                )
+            )
+        }
+    }
+
+    /// A `tchar` of RFC 9110 §5.6.2.
+    @inline(__always)
+    static func isToken(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+            UInt8(ascii: "0")...UInt8(ascii: "9"):
+            true
+        case UInt8(ascii: "-"), UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"),
+            UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "."),
+            UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+            true
+        default:
+            false
+        }
+    }
+
+    /// Whether `bytes[range]` is `lowercase` in any case (`lowercase` holds letters, digits and '-').
+    @inline(__always)
+    static func equals(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ lowercase: StaticString) -> Bool {
+        guard range.count == lowercase.utf8CodeUnitCount else { return false }
+        let other = lowercase.utf8Start
+        var offset = 0
+        for index in range {
+            guard bytes[index] | 0x20 == other[offset] else { return false }
+            offset += 1
+        }
+        return true
+    }
+
+    /// Whether `bytes[range]` is `lowercase` (bytes) in any case.
+    @inline(__always)
+    static func equals(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ lowercase: [UInt8]) -> Bool {
+        guard range.count == lowercase.count else { return false }
+        var offset = 0
+        for index in range {
+            guard bytes[index] | 0x20 == lowercase[offset] else { return false }
+            offset += 1
+        }
+        return true
+    }
+
+    /// The kind of the field named `bytes[name]`; `key` is the key header's name in lowercase.
+    static func kind(of bytes: UnsafeRawBufferPointer, name: Range<Int>, key: [UInt8]) -> FieldKind {
+        if name.count == key.count && equals(bytes, name, key) { return .key }
+        switch name.count {
+        case 2: return equals(bytes, name, "te") ? .te : .other
+        case 4: return equals(bytes, name, "host") ? .host : .other
+        case 6: return equals(bytes, name, "expect") ? .expect : .other
+        case 7:
+            if equals(bytes, name, "upgrade") { return .upgrade }
+            return equals(bytes, name, "trailer") ? .trailer : .other
+        case 10:
+            if equals(bytes, name, "connection") { return .connection }
+            return equals(bytes, name, "keep-alive") ? .keepAlive : .other
+        case 12: return equals(bytes, name, "x-request-id") ? .xRequestID : .other
+        case 14:
+            if equals(bytes, name, "content-length") { return .contentLength }
+            return equals(bytes, name, "x-ringside-hop") ? .hop : .other
+        case 15:
+            if equals(bytes, name, "x-forwarded-for") { return .xForwardedFor }
+            return equals(bytes, name, "x-ringside-node") ? .node : .other
+        case 16:
+            if equals(bytes, name, "proxy-connection") { return .proxyConnection }
+            return equals(bytes, name, "x-ringside-final") ? .final : .other
+        case 17:
+            if equals(bytes, name, "transfer-encoding") { return .transferEncoding }
+            return equals(bytes, name, "x-forwarded-proto") ? .xForwardedProto : .other
+        case 18: return equals(bytes, name, "proxy-authenticate") ? .proxyAuthenticate : .other
+        case 19: return equals(bytes, name, "proxy-authorization") ? .proxyAuthorization : .other
+        case 20: return equals(bytes, name, "x-ringside-not-owner") ? .notOwner : .other
+        case 22: return equals(bytes, name, "x-ringside-deadline-ms") ? .deadline : .other
+        default: return .other
+        }
+    }
+
+    /// A non-negative decimal number of up to 18 digits, or nil.
+    static func decimal(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Int? {
+        guard !range.isEmpty, range.count <= 18 else { return nil }
+        var value = 0
+        for index in range {
+            let digit = bytes[index] &- UInt8(ascii: "0")
+            guard digit < 10 else { return nil }
+            value = value * 10 + Int(digit)
+        }
+        return value
+    }
+
+    /// Whether the comma-separated list `bytes[range]` ends with `lowercase` (as `Transfer-Encoding` must end with
+    /// `chunked`), in any case.
+    static func listEnds(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, with lowercase: StaticString) -> Bool {
+        var end = range.upperBound
+        while end > range.lowerBound && (bytes[end - 1] == 32 || bytes[end - 1] == 9) { end -= 1 }
+        var start = end
+        while start > range.lowerBound && bytes[start - 1] != UInt8(ascii: ",") { start -= 1 }
+        while start < end && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
+        return equals(bytes, start..<end, lowercase)
+    }
+
+    /// The members of the comma-separated list `bytes[range]`, trimmed, as ranges.
+    static func listMembers(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, into members: inout [Range<Int>]) {
+        var start = range.lowerBound
+        while start < range.upperBound {
+            var end = start
+            while end < range.upperBound && bytes[end] != UInt8(ascii: ",") { end += 1 }
+            var first = start
+            var last = end
+            while first < last && (bytes[first] == 32 || bytes[first] == 9) { first += 1 }
+            while last > first && (bytes[last - 1] == 32 || bytes[last - 1] == 9) { last -= 1 }
+            if first < last { members.append(first..<last) }
+            start = end + 1
+        }
+    }
+
+    @inline(__always)
+    static func lowercased(_ byte: UInt8) -> UInt8 {
+        byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
+    }
+
+    /// Whether `bytes[a]` and `bytes[b]` are the same in any case.
+    static func sameName(_ bytes: UnsafeRawBufferPointer, _ a: Range<Int>, _ b: Range<Int>) -> Bool {
+        guard a.count == b.count else { return false }
+        var other = b.lowerBound
+        for index in a {
+            guard lowercased(bytes[index]) == lowercased(bytes[other]) else { return false }
+            other += 1
+        }
+        return true
+    }
+}
+
+/// Finds the end of a chunked body (RFC 9112 §7.1) as it streams past, without copying or changing it: chunk sizes,
+/// extensions, data, and the trailer section.
+struct ChunkedFraming {
+    private enum State {
+        case size
+        case sizeExtension
+        case sizeLF
+        case data
+        case dataCR
+        case dataLF
+        case trailerStart
+        case trailerLine
+        case trailerLF
+        case finalLF
+        case ended
+    }
+
+    private var state = State.size
+    private var size = 0
+    private var digits = 0
+
+    /// Consumes from the start of `bytes`: how many belong to the body, and whether the body ended with them; nil
+    /// when the framing is malformed.
+    mutating func consume(_ bytes: UnsafeRawBufferPointer) -> (count: Int, ended: Bool)? {
+        var index = 0
+        let count = bytes.count
+        while index < count {
+            switch state {
+            case .data:
+                let take = min(size, count - index)
+                index += take
+                size -= take
+                if size == 0 { state = .dataCR }
+                continue
+            case .ended:
+                return (index, true)
+            default:
+                break
+            }
+            let byte = bytes[index]
+            index += 1
+            switch state {
+            case .size:
+                if let value = Self.hexValue(byte) {
+                    guard digits < 15 else { return nil }
+                    size = size << 4 | value
+                    digits += 1
+                } else if byte == HTTP1Parsing.cr, digits > 0 {
+                    state = .sizeLF
+                } else if (byte == UInt8(ascii: ";") || byte == 32 || byte == 9), digits > 0 {
+                    state = .sizeExtension
+                } else {
+                    return nil
+                }
+            case .sizeExtension:
+                if byte == HTTP1Parsing.cr {
+                    state = .sizeLF
+                } else if byte == HTTP1Parsing.lf {
+                    return nil
+                }
+            case .sizeLF:
+                guard byte == HTTP1Parsing.lf else { return nil }
+                digits = 0
+                state = size == 0 ? .trailerStart : .data
+            case .dataCR:
+                guard byte == HTTP1Parsing.cr else { return nil }
+                state = .dataLF
+            case .dataLF:
+                guard byte == HTTP1Parsing.lf else { return nil }
+                state = .size
+            case .trailerStart:
+                state = byte == HTTP1Parsing.cr ? .finalLF : .trailerLine
+            case .trailerLine:
+                if byte == HTTP1Parsing.cr { state = .trailerLF }
+            case .trailerLF:
+                guard byte == HTTP1Parsing.lf else { return nil }
+                state = .trailerStart
+            case .finalLF:
+                guard byte == HTTP1Parsing.lf else { return nil }
+                state = .ended
+                return (index, true)
+            case .data, .ended:
+                break
+            }
+        }
+        return (index, state == .ended)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> Int? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): Int(byte - UInt8(ascii: "0"))
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): Int(byte - UInt8(ascii: "a") + 10)
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): Int(byte - UInt8(ascii: "A") + 10)
+        default: nil
+        }
+    }
+}

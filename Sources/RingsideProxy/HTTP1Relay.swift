@@ -1,0 +1,848 @@
+import NIOCore
+import NIOHTTP1
+
+/// What every ``HTTP1Relay`` of one listener shares: the settings, and the bytes it writes on every request, made once.
+final class RelaySettings: Sendable {
+    let configuration: ProxyConfiguration
+    let plane: ProxyHandler.Plane
+    let metrics: ProxyMetrics
+    let router: any ProxyRouter
+    let upstreams: any UpstreamProvider
+    /// Sets the general HTTP/1.1 pipeline (NIO's codec and ``ProxyHandler``) up behind the relay.
+    let handOff: @Sendable (any Channel) throws -> Void
+    let keyName: [UInt8]
+    let viaLine: [UInt8]
+    let nodeLine: [UInt8]
+    let hopLine: [UInt8]
+    let requestIDPrefix: [UInt8]
+    let headerTimeout: TimeAmount
+    let idleTimeout: TimeAmount
+    let requestTimeout: TimeAmount
+    /// How often a connection checks its deadlines: one timer a connection, a clock read a request.
+    let checkInterval: TimeAmount
+
+    init(
+        configuration: ProxyConfiguration,
+        plane: ProxyHandler.Plane,
+        metrics: ProxyMetrics,
+        router: any ProxyRouter,
+        upstreams: any UpstreamProvider,
+        handOff: @escaping @Sendable (any Channel) throws -> Void
+    ) {
+        self.configuration = configuration
+        self.plane = plane
+        self.metrics = metrics
+        self.router = router
+        self.upstreams = upstreams
+        self.handOff = handOff
+        let name = configuration.nodeName
+        keyName = Array(configuration.keyHeader.lowercased().utf8)
+        viaLine = Array("via: 1.1 ringside-\(name)\r\n".utf8)
+        nodeLine = Array("\(HeaderHygiene.nodeHeader): \(name)\r\n".utf8)
+        hopLine = Array("\(HeaderHygiene.hopHeader): \(name)\r\n".utf8)
+        requestIDPrefix = Array("x-request-id: \(name)-".utf8)
+        headerTimeout = TimeAmount(configuration.headerReadTimeout)
+        idleTimeout = TimeAmount(configuration.idleTimeout)
+        requestTimeout = TimeAmount(configuration.requestTimeout)
+        let shortest = min(headerTimeout, idleTimeout, requestTimeout).nanoseconds
+        checkInterval = .nanoseconds(max(10_000_000, min(shortest / 8, 1_000_000_000)))
+    }
+}
+
+/// The HTTP/1.1 data plane's hot path: relays requests and responses as bytes, the way nginx and HAProxy do, instead
+/// of decoding them into header objects and encoding them again.
+///
+/// For each request on a client connection:
+///
+/// 1. The head is located and checked in the bytes as they came (``HTTP1Parsing``): a malformed head is 400, a head
+///    over the limit 431, a head that does not arrive in time 408. The key header is read, the request routed, and
+///    the head rewritten in one pass into the upstream's head (hop-by-hop and internal headers out; `Via`,
+///    `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Id` and, towards a peer, the hop headers in).
+/// 2. The body (`Content-Length`) streams to the upstream as the slices it arrived in; up to 64 KiB of it is also kept
+///    so that the request can go to the next owner if the first provably never handled it.
+/// 3. The response head is rewritten the same way (`Via`, `X-Ringside-Node`), and its body passes through unchanged
+///    whatever its framing (``ByteUpstream`` finds its end).
+///
+/// A request this path does not carry (HTTP/1.0, a chunked or `Expect` request body, a protocol upgrade) hands the
+/// connection over to the general pipeline, NIO's HTTP/1.1 codec and ``ProxyHandler``, once nothing is under way:
+/// the relay steps aside and passes the request's bytes on. Pipelined requests wait their turn with reads paused.
+final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let settings: RelaySettings
+    private var context: ChannelHandlerContext?
+    /// Bytes received and not handled yet: a head arriving, a body's start, pipelined requests.
+    private var inbound: ByteBuffer?
+    private var fields: [HeaderField] = []
+    private var members: [Range<Int>] = []
+    private var exchange: Exchange?
+    private var gate = ReadGate()
+    private var timer: RepeatedTask?
+    /// When the current wait began: a head's first byte, or the end of the last request.
+    private var waitingSince = NIODeadline.now()
+    /// Whether bytes of the next head have arrived.
+    private var headStarted = false
+    private var closing = false
+    private var requestNumber: UInt64 = 0
+    private let connectionTag = Array(String(UInt32.random(in: 0 ... .max), radix: 36).utf8)
+    private var clientAddress: [UInt8]?
+
+    /// One request and its response.
+    private final class Exchange {
+        let routes: [ProxyRoute]
+        var attempt = 0
+        /// The upstream head without the route's headers and the final blank line.
+        var head: ByteBuffer
+        let idempotent: Bool
+        let expectsBody: Bool
+        let clientKeepAlive: Bool
+        let started: NIODeadline
+        let deadline: NIODeadline
+        /// Body bytes still to come from the client.
+        var bodyRemaining: Int
+        var bodyBytes = 0
+        var upstream: ByteUpstream?
+        var lease: UpstreamLease?
+        /// Body parts that arrived before the upstream was connected.
+        var pending: [ByteBuffer] = []
+        /// The body kept for a replay, while small enough; nil once it is not.
+        var replay: [ByteBuffer]? = []
+        var replayBytes = 0
+        var responseStarted = false
+        var status = 200
+        /// The response runs until the upstream closes: the client's connection closes after it.
+        var closesAfter = false
+
+        init(
+            routes: [ProxyRoute],
+            head: ByteBuffer,
+            idempotent: Bool,
+            expectsBody: Bool,
+            clientKeepAlive: Bool,
+            bodyLength: Int,
+            deadline: NIODeadline
+        ) {
+            self.routes = routes
+            self.head = head
+            self.idempotent = idempotent
+            self.expectsBody = expectsBody
+            self.clientKeepAlive = clientKeepAlive
+            self.bodyRemaining = bodyLength
+            self.started = .now()
+            self.deadline = deadline
+        }
+
+        var route: ProxyRoute { routes[attempt] }
+        var requestEnded: Bool { bodyRemaining == 0 }
+    }
+
+    init(settings: RelaySettings) {
+        self.settings = settings
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        // Added once the first bytes have told HTTP/1.1 from HTTP/2: the channel is usually active already.
+        if context.channel.isActive { startTimer(context: context) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        startTimer(context: context)
+        context.fireChannelActive()
+    }
+
+    private func startTimer(context: ChannelHandlerContext) {
+        guard timer == nil else { return }
+        waitingSince = .now()
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        // Cancelled when the connection closes or the relay steps aside, which ends the cycle with this handler.
+        timer = context.eventLoop.scheduleRepeatedTask(
+            initialDelay: settings.checkInterval,
+            delay: settings.checkInterval
+        ) { _ in bound.value.checkDeadlines() }
+    }
+
+    // MARK: Requests
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !closing else { return }
+        var buffer = unwrapInboundIn(data)
+        if inbound == nil {
+            inbound = buffer
+        } else {
+            inbound!.writeBuffer(&buffer)
+        }
+        if let exchange {
+            if exchange.bodyRemaining > 0 { feedBody(exchange) }
+            // What follows the body is the next request: it waits.
+            if exchange.bodyRemaining == 0, inbound != nil { pauseReads() }
+        } else {
+            processInbound(context: context)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        exchange?.upstream?.flush()
+        context.fireChannelReadComplete()
+    }
+
+    /// Handles the heads waiting in `inbound` until one of them is under way, or more bytes are needed.
+    private func processInbound(context: ChannelHandlerContext) {
+        while exchange == nil, !closing, var buffer = inbound {
+            // Empty lines before a request line are ignored (RFC 9112 §2.2).
+            while buffer.readableBytes >= 2, buffer.getInteger(at: buffer.readerIndex, as: UInt16.self) == 0x0D0A {
+                buffer.moveReaderIndex(forwardBy: 2)
+            }
+            guard buffer.readableBytes > 0 else {
+                inbound = nil
+                return
+            }
+            if !headStarted {
+                headStarted = true
+                waitingSince = .now()
+            }
+            let parsed = buffer.withUnsafeReadableBytes { HTTP1Parsing.parseHead($0, fields: &fields) }
+            switch parsed {
+            case .incomplete:
+                inbound = buffer
+                if buffer.readableBytes > settings.configuration.maxHeaderBytes {
+                    answer(431, "the request head is larger than \(settings.configuration.maxHeaderBytes) bytes")
+                }
+                return
+            case .malformed(let reason):
+                inbound = nil
+                answer(400, "malformed request: \(reason)")
+                return
+            case .complete(let startLineEnd, let length):
+                guard length <= settings.configuration.maxHeaderBytes else {
+                    inbound = nil
+                    answer(431, "the request head is larger than \(settings.configuration.maxHeaderBytes) bytes")
+                    return
+                }
+                inbound = buffer
+                begin(startLineEnd: startLineEnd, length: length, context: context)
+            }
+        }
+    }
+
+    /// Acts on the complete head at the start of `inbound`.
+    private func begin(startLineEnd: Int, length: Int, context: ChannelHandlerContext) {
+        let outcome = inbound!.withUnsafeReadableBytes { bytes in
+            examine(bytes, startLineEnd: startLineEnd, length: length, context: context)
+        }
+        switch outcome {
+        case .handOff:
+            handOff(context: context)
+        case .refuse(let status, let message, let headers, let closing):
+            inbound!.moveReaderIndex(forwardBy: length)
+            if inbound!.readableBytes == 0 { inbound = nil }
+            settings.metrics.record(
+                settings.plane == .app ? .local : .forwardedIn,
+                status: HTTPResponseStatus(statusCode: status),
+                nanoseconds: 0
+            )
+            answer(status, message, headers: headers, closing: closing)
+            requestDone()
+        case .start(let exchange):
+            inbound!.moveReaderIndex(forwardBy: length)
+            if inbound!.readableBytes == 0 { inbound = nil }
+            self.exchange = exchange
+            pauseReads()
+            if exchange.bodyRemaining > 0 { feedBody(exchange) }
+            connect(exchange)
+        }
+    }
+
+    private enum Outcome {
+        case handOff
+        case refuse(status: Int, message: String, headers: [(String, String)], closing: Bool)
+        case start(Exchange)
+    }
+
+    /// Reads the request head in `bytes` (fields already parsed), routes it, and writes the upstream's head.
+    private func examine(
+        _ bytes: UnsafeRawBufferPointer,
+        startLineEnd: Int,
+        length: Int,
+        context: ChannelHandlerContext
+    ) -> Outcome {
+        // Request line: method SP target SP HTTP/1.1
+        var index = 0
+        while index < startLineEnd && HTTP1Parsing.isToken(bytes[index]) { index += 1 }
+        let methodEnd = index
+        guard methodEnd > 0, index < startLineEnd, bytes[index] == 32 else {
+            return .refuse(status: 400, message: "malformed request line", headers: [], closing: true)
+        }
+        index += 1
+        let targetStart = index
+        while index < startLineEnd && bytes[index] > 32 && bytes[index] != 127 { index += 1 }
+        guard index > targetStart, index + 9 == startLineEnd, bytes[index] == 32,
+            UnsafeRawBufferPointer(rebasing: bytes[index + 1..<index + 8]).elementsEqual("HTTP/1.".utf8)
+        else {
+            return .refuse(status: 400, message: "malformed request line", headers: [], closing: true)
+        }
+        switch bytes[startLineEnd - 1] {
+        case UInt8(ascii: "1"): break
+        case UInt8(ascii: "0"): return .handOff  // HTTP/1.0 takes the general path.
+        default: return .refuse(status: 505, message: "only HTTP/1.x is served here", headers: [], closing: true)
+        }
+
+        // The fields that decide what happens.
+        var key: Range<Int>?
+        var contentLength: Int?
+        var transferEncoding = false
+        var upgrade = false
+        var expect = false
+        var close = false
+        var forwarded = false
+        var final = false
+        var deadlineMilliseconds: Int?
+        var hasHost = false
+        var hasProto = false
+        var hasRequestID = false
+        var keepsTrailers = false
+        var forwardedFor = false
+        var listsNames = false
+        members.removeAll(keepingCapacity: true)
+        for field in fields {
+            switch HTTP1Parsing.kind(of: bytes, name: field.name, key: settings.keyName) {
+            case .key: if key == nil { key = field.value }
+            case .contentLength:
+                guard let length = HTTP1Parsing.decimal(bytes, field.value), contentLength ?? length == length else {
+                    return .refuse(status: 400, message: "an invalid Content-Length", headers: [], closing: true)
+                }
+                contentLength = length
+            case .transferEncoding: transferEncoding = true
+            case .upgrade: upgrade = true
+            case .expect: expect = true
+            case .connection:
+                let before = members.count
+                HTTP1Parsing.listMembers(bytes, field.value, into: &members)
+                for member in members[before...] {
+                    if HTTP1Parsing.equals(bytes, member, "close") {
+                        close = true
+                    } else if HTTP1Parsing.equals(bytes, member, "upgrade") {
+                        upgrade = true
+                    } else if !HTTP1Parsing.equals(bytes, member, "keep-alive") {
+                        listsNames = true
+                    }
+                }
+            case .te:
+                var list: [Range<Int>] = []
+                HTTP1Parsing.listMembers(bytes, field.value, into: &list)
+                if list.contains(where: { HTTP1Parsing.equals(bytes, $0, "trailers") }) { keepsTrailers = true }
+            case .hop: forwarded = true
+            case .final: final = true
+            case .deadline: deadlineMilliseconds = HTTP1Parsing.decimal(bytes, field.value)
+            case .host: hasHost = true
+            case .xForwardedProto: hasProto = true
+            case .xRequestID: hasRequestID = true
+            case .xForwardedFor: forwardedFor = true
+            default: break
+            }
+        }
+        if contentLength != nil && transferEncoding {
+            return .refuse(
+                status: 400,
+                message: "a request may not carry both Content-Length and Transfer-Encoding",
+                headers: [],
+                closing: true
+            )
+        }
+        if transferEncoding || upgrade || expect { return .handOff }
+        let bodyLength = contentLength ?? 0
+        if bodyLength > settings.configuration.maxBodyBytes {
+            return .refuse(
+                status: 413,
+                message: "the request body is larger than \(settings.configuration.maxBodyBytes) bytes",
+                headers: [],
+                closing: true
+            )
+        }
+
+        // Routing.
+        let request = RoutingRequest(
+            key: key.map { String(decoding: UnsafeRawBufferPointer(rebasing: bytes[$0]), as: UTF8.self) },
+            isForwarded: forwarded,
+            isFinalCandidate: final
+        )
+        let routes: [ProxyRoute]
+        switch settings.router.routes(for: request) {
+        case .success(let found) where !found.isEmpty:
+            routes = found
+        case .success:
+            return .refuse(status: 503, message: "no node owns this key", headers: [], closing: bodyLength > 0)
+        case .failure(let refusal):
+            return .refuse(
+                status: Int(refusal.status.code),
+                message: refusal.message,
+                headers: refusal.headers.map { ($0.name, $0.value) },
+                closing: bodyLength > 0
+            )
+        }
+
+        // The upstream's head: the request line and the fields that cross, then this proxy's.
+        var head = context.channel.allocator.buffer(capacity: length + 256)
+        head.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[0..<startLineEnd + 2]))
+        var previousForwardedFor: [Range<Int>] = []
+        for field in fields {
+            switch HTTP1Parsing.kind(of: bytes, name: field.name, key: settings.keyName) {
+            case .connection, .keepAlive, .proxyConnection, .te, .trailer, .proxyAuthenticate, .proxyAuthorization,
+                .hop, .final, .deadline:
+                continue
+            case .xForwardedFor:
+                previousForwardedFor.append(field.value)
+                continue
+            default:
+                if listsNames, members.contains(where: { HTTP1Parsing.sameName(bytes, $0, field.name) }) { continue }
+                head.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[field.line]))
+                head.writeStaticString("\r\n")
+            }
+        }
+        if keepsTrailers { head.writeStaticString("te: trailers\r\n") }
+        let address = clientAddress(context: context)
+        if forwardedFor || !address.isEmpty {
+            head.writeStaticString("x-forwarded-for: ")
+            for (offset, value) in previousForwardedFor.enumerated() {
+                if offset > 0 { head.writeStaticString(", ") }
+                head.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[value]))
+            }
+            if !address.isEmpty {
+                if !previousForwardedFor.isEmpty { head.writeStaticString(", ") }
+                head.writeBytes(address)
+            }
+            head.writeStaticString("\r\n")
+        }
+        if !hasProto { head.writeStaticString("x-forwarded-proto: http\r\n") }
+        head.writeBytes(settings.viaLine)
+        requestNumber += 1
+        if !hasRequestID {
+            head.writeBytes(settings.requestIDPrefix)
+            head.writeBytes(connectionTag)
+            head.writeStaticString("-")
+            head.writeString(String(requestNumber))
+            head.writeStaticString("\r\n")
+        }
+        if !hasHost {
+            head.writeStaticString("host: ")
+            head.writeString(context.channel.localAddress?.description ?? "ringside")
+            head.writeStaticString("\r\n")
+        }
+
+        // The request's time: this node's limit, or less if the node that forwarded it has less left.
+        var budget = settings.requestTimeout
+        if let remaining = deadlineMilliseconds { budget = min(budget, .milliseconds(Int64(remaining))) }
+        let method = UnsafeRawBufferPointer(rebasing: bytes[0..<methodEnd])
+        return .start(
+            Exchange(
+                routes: routes,
+                head: head,
+                idempotent: Self.isIdempotent(method),
+                expectsBody: !method.elementsEqual("HEAD".utf8),
+                clientKeepAlive: !close,
+                bodyLength: bodyLength,
+                deadline: .now() + budget
+            )
+        )
+    }
+
+    private func clientAddress(context: ChannelHandlerContext) -> [UInt8] {
+        if let clientAddress { return clientAddress }
+        let address = Array((context.channel.remoteAddress?.ipAddress ?? "").utf8)
+        clientAddress = address
+        return address
+    }
+
+    /// Methods that can be sent twice with the effect of once (RFC 9110 §9.2.2).
+    private static func isIdempotent(_ method: UnsafeRawBufferPointer) -> Bool {
+        switch method.count {
+        case 3: method.elementsEqual("GET".utf8) || method.elementsEqual("PUT".utf8)
+        case 4: method.elementsEqual("HEAD".utf8)
+        case 5: method.elementsEqual("TRACE".utf8)
+        case 6: method.elementsEqual("DELETE".utf8)
+        case 7: method.elementsEqual("OPTIONS".utf8)
+        default: false
+        }
+    }
+
+    /// Passes the body bytes waiting in `inbound` on, up to the end of the current request's body.
+    private func feedBody(_ exchange: Exchange) {
+        guard var buffer = inbound else { return }
+        let take = min(exchange.bodyRemaining, buffer.readableBytes)
+        let slice = buffer.readSlice(length: take)!
+        inbound = buffer.readableBytes > 0 ? buffer : nil
+        exchange.bodyRemaining -= take
+        exchange.bodyBytes += take
+        if exchange.replay != nil {
+            exchange.replayBytes += take
+            if exchange.replayBytes <= ProxyHandler.replayableBodyBytes {
+                exchange.replay!.append(slice)
+            } else {
+                exchange.replay = nil
+            }
+        }
+        if let upstream = exchange.upstream {
+            upstream.write(slice)
+            if exchange.bodyRemaining == 0 { upstream.flush() }
+        } else {
+            exchange.pending.append(slice)
+        }
+    }
+
+    // MARK: Upstreams
+
+    private func connect(_ exchange: Exchange) {
+        guard let context else { return }
+        let route = exchange.route
+        settings.upstreams.leaseBytes(route, on: context.eventLoop).hop(to: context.eventLoop).assumeIsolated()
+            .whenComplete { [weak self] result in
+                guard let self, self.exchange === exchange else {
+                    if case .success(let lease) = result { lease.release(false) }
+                    return
+                }
+                switch result {
+                case .success(let lease):
+                    self.attach(lease, to: exchange)
+                case .failure(let error):
+                    self.settings.router.upstreamFailed(route, error: error)
+                    self.tryNextRoute(exchange, reason: "cannot reach \(route): \(error)")
+                }
+            }
+    }
+
+    private func attach(_ lease: UpstreamLease, to exchange: Exchange) {
+        guard let upstream = try? lease.channel.pipeline.syncOperations.handler(type: ByteUpstream.self) else {
+            lease.release(false)
+            tryNextRoute(exchange, reason: "the upstream connection closed")
+            return
+        }
+        upstream.bind(self, expectsBody: exchange.expectsBody)
+        exchange.lease = lease
+        exchange.upstream = upstream
+        // The head, with the route's headers: in place the first time, on a copy for a retry.
+        var head: ByteBuffer
+        let base = exchange.head.readableBytes
+        if exchange.attempt == 0 {
+            head = exchange.head
+            exchange.head = ByteBuffer()
+        } else {
+            head = exchange.head
+        }
+        if case .peer = exchange.route {
+            head.writeBytes(settings.hopLine)
+            let remaining = max(0, (exchange.deadline - .now()).nanoseconds / 1_000_000)
+            head.writeStaticString("x-ringside-deadline-ms: ")
+            head.writeString(String(remaining))
+            head.writeStaticString("\r\n")
+            if exchange.attempt == exchange.routes.count - 1 { head.writeStaticString("x-ringside-final: 1\r\n") }
+        }
+        head.writeStaticString("\r\n")
+        if exchange.attempt == 0 {
+            // Kept for a retry: the part without the route's headers.
+            exchange.head = head.getSlice(at: head.readerIndex, length: base)!
+        }
+        upstream.write(head)
+        if exchange.attempt > 0, let replay = exchange.replay {
+            for buffer in replay { upstream.write(buffer) }
+        } else {
+            for buffer in exchange.pending { upstream.write(buffer) }
+        }
+        exchange.pending = []
+        upstream.flush()
+        if upstream.isWritable { resumeReads() }
+    }
+
+    /// Moves to the next owner if the request provably never reached a backend and can be sent again; otherwise
+    /// answers 502.
+    private func tryNextRoute(_ exchange: Exchange, reason: String) {
+        exchange.upstream?.detach()
+        exchange.upstream = nil
+        if let lease = exchange.lease {
+            exchange.lease = nil
+            lease.release(false)
+        }
+        let canReplay = exchange.replay != nil || (exchange.bodyBytes == 0 && exchange.pending.isEmpty)
+        guard exchange.attempt + 1 < exchange.routes.count, canReplay else {
+            fail(exchange, status: 502, message: reason)
+            return
+        }
+        exchange.attempt += 1
+        settings.metrics.retries.increment()
+        connect(exchange)
+    }
+
+    // MARK: Responses (called by ByteUpstream on this event loop)
+
+    func upstreamHead(_ head: ByteBuffer, facts: ResponseFacts, fields: [HeaderField]) {
+        guard let exchange, let context else { return }
+        if facts.status == 421, facts.notOwner, !exchange.responseStarted, case .peer = exchange.route {
+            settings.metrics.misroutes.increment()
+            exchange.upstream?.detach()
+            exchange.upstream = nil
+            tryNextRoute(exchange, reason: "no owner accepted the request")
+            return
+        }
+        if !facts.isInterim {
+            exchange.responseStarted = true
+            exchange.status = facts.status
+            exchange.closesAfter = facts.bodyUntilClose && exchange.expectsBody && facts.status != 204
+                && facts.status != 304
+        }
+        let closing = !facts.isInterim && (!exchange.clientKeepAlive || exchange.closesAfter)
+        let servedHere: Bool =
+            if case .local = exchange.route { settings.configuration.addsNodeHeader && !facts.hasNodeHeader } else {
+                false
+            }
+        var out = context.channel.allocator.buffer(capacity: head.readableBytes + 128)
+        head.withUnsafeReadableBytes { bytes in
+            out.writeStaticString("HTTP/1.1")
+            out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[8..<facts.startLineEnd + 2]))
+            members.removeAll(keepingCapacity: true)
+            for field in fields where HTTP1Parsing.kind(of: bytes, name: field.name, key: []) == .connection {
+                HTTP1Parsing.listMembers(bytes, field.value, into: &members)
+            }
+            for field in fields {
+                switch HTTP1Parsing.kind(of: bytes, name: field.name, key: []) {
+                case .connection, .keepAlive, .proxyConnection, .te, .upgrade, .proxyAuthenticate, .proxyAuthorization:
+                    continue
+                case .node where !settings.configuration.addsNodeHeader:
+                    continue
+                case .transferEncoding, .contentLength, .trailer:
+                    // The body passes through in the framing these describe.
+                    break
+                default:
+                    if members.contains(where: { HTTP1Parsing.sameName(bytes, $0, field.name) }) { continue }
+                }
+                out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[field.line]))
+                out.writeStaticString("\r\n")
+            }
+        }
+        out.writeBytes(settings.viaLine)
+        if servedHere && !facts.isInterim { out.writeBytes(settings.nodeLine) }
+        if closing { out.writeStaticString("connection: close\r\n") }
+        out.writeStaticString("\r\n")
+        context.write(wrapOutboundOut(out), promise: nil)
+    }
+
+    func upstreamBody(_ buffer: ByteBuffer) {
+        guard let exchange, exchange.responseStarted, let context else { return }
+        context.write(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    func upstreamEnd(reusable: Bool) {
+        guard let exchange, let context else { return }
+        guard exchange.responseStarted else {
+            // Only interim responses, then the end: nothing the client can use.
+            upstreamFailed()
+            return
+        }
+        settings.metrics.record(
+            path(of: exchange),
+            status: HTTPResponseStatus(statusCode: exchange.status),
+            nanoseconds: (NIODeadline.now() - exchange.started).nanoseconds
+        )
+        let requestEnded = exchange.requestEnded
+        exchange.upstream = nil
+        exchange.lease?.release(reusable && requestEnded)
+        exchange.lease = nil
+        self.exchange = nil
+        if !requestEnded || !exchange.clientKeepAlive || exchange.closesAfter {
+            // The client is still sending a body nobody will read, asked to close, or reads the body to the close.
+            closeAfterWrites(context: context)
+            return
+        }
+        context.flush()
+        requestDone()
+        resumeReads()
+        processInbound(context: context)
+    }
+
+    func upstreamReadComplete() {
+        context?.flush()
+    }
+
+    func upstreamWritabilityChanged(isWritable: Bool) {
+        if isWritable { resumeReads() } else { pauseReads() }
+    }
+
+    /// The upstream closed or failed before the response was complete.
+    func upstreamFailed() {
+        guard let exchange, let context else { return }
+        exchange.upstream = nil
+        if let lease = exchange.lease {
+            exchange.lease = nil
+            lease.release(false)
+        }
+        if exchange.responseStarted {
+            // Mid-response there is no way to tell the client but to close.
+            self.exchange = nil
+            settings.metrics.record(path(of: exchange), status: .badGateway, nanoseconds: 0)
+            context.close(promise: nil)
+            return
+        }
+        settings.router.upstreamFailed(exchange.route, error: nil)
+        // Idempotent requests may go to the next owner even though the first may have seen them.
+        if exchange.idempotent {
+            tryNextRoute(exchange, reason: "the upstream closed before answering")
+        } else {
+            fail(exchange, status: 502, message: "the upstream closed before answering")
+        }
+    }
+
+    private func path(of exchange: Exchange) -> ProxyMetrics.Path {
+        switch (settings.plane, exchange.route) {
+        case (.cluster, _): .forwardedIn
+        case (.app, .local): .local
+        case (.app, .peer): .forwardedOut
+        }
+    }
+
+    // MARK: Answering ourselves
+
+    private func fail(_ exchange: Exchange, status: Int, message: String) {
+        guard self.exchange === exchange else { return }
+        exchange.upstream?.detach()
+        exchange.upstream = nil
+        if let lease = exchange.lease {
+            exchange.lease = nil
+            lease.release(false)
+        }
+        self.exchange = nil
+        settings.metrics.record(
+            path(of: exchange),
+            status: HTTPResponseStatus(statusCode: exchange.responseStarted ? exchange.status : status),
+            nanoseconds: (NIODeadline.now() - exchange.started).nanoseconds
+        )
+        if exchange.responseStarted {
+            context?.close(promise: nil)
+            return
+        }
+        answer(status, message, closing: !exchange.requestEnded)
+        if exchange.requestEnded, !closing {
+            requestDone()
+            resumeReads()
+            if let context { processInbound(context: context) }
+        }
+    }
+
+    /// Answers with `status` and `message` as plain text; `closing` closes the connection once it is written.
+    private func answer(_ status: Int, _ message: String, headers: [(String, String)] = [], closing: Bool = true) {
+        guard let context, !self.closing else { return }
+        let reason = HTTPResponseStatus(statusCode: status).reasonPhrase
+        let body = message + "\n"
+        var out = context.channel.allocator.buffer(capacity: 256 + body.utf8.count)
+        out.writeString("HTTP/1.1 \(status) \(reason)\r\n")
+        for (name, value) in headers { out.writeString("\(name): \(value)\r\n") }
+        out.writeString("content-type: text/plain; charset=utf-8\r\ncontent-length: \(body.utf8.count)\r\n")
+        out.writeBytes(settings.nodeLine)
+        if closing { out.writeStaticString("connection: close\r\n") }
+        out.writeStaticString("\r\n")
+        out.writeString(body)
+        context.write(wrapOutboundOut(out), promise: nil)
+        if closing {
+            closeAfterWrites(context: context)
+        } else {
+            context.flush()
+        }
+    }
+
+    private func closeAfterWrites(context: ChannelHandlerContext) {
+        closing = true
+        inbound = nil
+        timer?.cancel()
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).assumeIsolated()
+            .whenComplete { _ in context.close(promise: nil) }
+    }
+
+    /// A request is over: the next head's time starts now.
+    private func requestDone() {
+        headStarted = false
+        waitingSince = .now()
+    }
+
+    private func checkDeadlines() {
+        guard !closing, let context else { return }
+        let now = NIODeadline.now()
+        if let exchange {
+            if now >= exchange.deadline { fail(exchange, status: 504, message: "no answer from the upstream in time") }
+        } else if headStarted {
+            if now - waitingSince >= settings.headerTimeout {
+                answer(408, "the request head did not arrive in time")
+            }
+        } else if now - waitingSince >= settings.idleTimeout {
+            closing = true
+            context.close(promise: nil)
+        }
+    }
+
+    // MARK: Handing over to the general pipeline
+
+    /// Sets the general pipeline up behind this handler, gives it the bytes not handled yet, and steps aside.
+    private func handOff(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        do {
+            try settings.handOff(context.channel)
+        } catch {
+            closing = true
+            context.close(promise: nil)
+            return
+        }
+        let bytes = inbound
+        inbound = nil
+        closing = true
+        if let bytes { context.fireChannelRead(wrapInboundOut(bytes)) }
+        context.fireChannelReadComplete()
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        // A read this handler held back is the general pipeline's to issue.
+        context.channel.read()
+    }
+
+    // MARK: Connection events
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            exchange?.upstream?.resumeReads()
+        } else {
+            exchange?.upstream?.pauseReads()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        if let exchange {
+            exchange.upstream?.detach()
+            exchange.upstream = nil
+            if let lease = exchange.lease { lease.release(false) }
+            exchange.lease = nil
+            self.exchange = nil
+        }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    // MARK: Backpressure
+
+    func read(context: ChannelHandlerContext) {
+        if gate.allowsRead() { context.read() }
+    }
+
+    private func pauseReads() { gate.close() }
+
+    private func resumeReads() {
+        if gate.open(), let context { context.read() }
+    }
+}
