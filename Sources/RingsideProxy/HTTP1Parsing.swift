@@ -84,7 +84,9 @@ enum HTTP1Parsing {
                     first == 32 || first == 9 ? "obsolete line folding is not accepted" : "a malformed header field"
                 )
             }
-            guard index < lineEnd, bytes[index] == UInt8(ascii: ":") else { return .malformed("a malformed header field") }
+            guard index < lineEnd, bytes[index] == UInt8(ascii: ":") else {
+                return .malformed("a malformed header field")
+            }
             let nameEnd = index
             index += 1
             while index < lineEnd && (bytes[index] == 32 || bytes[index] == 9) { index += 1 }
@@ -93,7 +95,9 @@ enum HTTP1Parsing {
             while valueEnd > valueStart && (bytes[valueEnd - 1] == 32 || bytes[valueEnd - 1] == 9) { valueEnd -= 1 }
             while index < valueEnd {
                 let byte = bytes[index]
-                if (byte < 32 && byte != 9) || byte == 127 { return .malformed("a control character in a header value") }
+                if (byte < 32 && byte != 9) || byte == 127 {
+                    return .malformed("a control character in a header value")
+                }
                 index += 1
             }
             fields.append(
@@ -286,7 +290,7 @@ struct ChunkedFraming {
                     digits += 1
                 } else if byte == HTTP1Parsing.cr, digits > 0 {
                     state = .sizeLF
-                } else if (byte == UInt8(ascii: ";") || byte == 32 || byte == 9), digits > 0 {
+                } else if byte == UInt8(ascii: ";") || byte == 32 || byte == 9, digits > 0 {
                     state = .sizeExtension
                 } else {
                     return nil

@@ -594,7 +594,8 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
         if !facts.isInterim {
             exchange.responseStarted = true
             exchange.status = facts.status
-            exchange.closesAfter = facts.bodyUntilClose && exchange.expectsBody && facts.status != 204
+            exchange.closesAfter =
+                facts.bodyUntilClose && exchange.expectsBody && facts.status != 204
                 && facts.status != 304
         }
         let closing = !facts.isInterim && (!exchange.clientKeepAlive || exchange.closesAfter)

@@ -310,17 +310,20 @@ public func eventually(timeout: Duration = .seconds(15), _ condition: () -> Bool
 
 /// A port of 127.0.0.1 that was free a moment ago.
 public func freePort() -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = loopbackAddress(port: 0)
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-            bind(fd, pointer, length)
-            return getsockname(fd, pointer, &length)
+    // Below the kernel's ephemeral range (32768 and up by default), so that no outgoing connection of a concurrent
+    // test can take the port between this check and the listener's bind.
+    while true {
+        let port = Int.random(in: 20_000..<32_000)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = loopbackAddress(port: port)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(fd, pointer, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
+        close(fd)
+        if bound == 0 { return port }
     }
-    return Int(UInt16(bigEndian: address.sin_port))
 }
 
 extension String {

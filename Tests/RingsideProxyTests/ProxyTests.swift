@@ -244,3 +244,60 @@ struct ProxyTests {
         }
     }
 }
+
+@Suite("The byte-level relay hands over what it does not carry")
+struct RelayHandOffTests {
+    @Test func anHTTP10RequestTakesTheGeneralPath() async throws {
+        try await withProxy { port in
+            let raw = rawExchange(port: port, request("GET /old HTTP/1.0\nHost: app\n\n"), untilClosed: true)
+            let response = try #require(parseResponse(raw.bytes))
+            #expect(response.status == 200)
+            #expect(response.header("x-echo-uri") == "/old")
+            #expect(response.header("x-ringside-node") == "node-a")
+        }
+    }
+
+    @Test func aChunkedUploadIsHandedOverAndTheConnectionGoesOn() async throws {
+        try await withProxy { port in
+            let raw = rawExchange(
+                port: port,
+                request(
+                    "GET /before HTTP/1.1\nHost: app\n\n"
+                        + "POST /chunked HTTP/1.1\nHost: app\nTransfer-Encoding: chunked\n\n5\nhello\n0\n\n"
+                        + "GET /after HTTP/1.1\nHost: app\nConnection: close\n\n"
+                ),
+                untilClosed: true
+            )
+            let text = String(decoding: raw.bytes, as: UTF8.self)
+            #expect(text.split(separator: "HTTP/1.1 200 OK", omittingEmptySubsequences: false).count == 4)
+            #expect(text.contains("x-echo-uri: /before"))
+            #expect(text.contains("x-echo-uri: /chunked"))
+            #expect(text.contains("hello"))
+            #expect(text.contains("x-echo-uri: /after"))
+        }
+    }
+
+    @Test func otherVersionsAre505AndBadRequestLinesAre400() async throws {
+        try await withProxy { port in
+            let version = rawExchange(port: port, request("GET / HTTP/1.7\nHost: app\n\n"))
+            #expect(parseResponse(version.bytes)?.status == 505)
+            let target = rawExchange(port: port, request("GET  / HTTP/1.1\nHost: app\n\n"))
+            #expect(parseResponse(target.bytes)?.status == 400)
+            let folded = rawExchange(port: port, request("GET / HTTP/1.1\nHost: app\n folded\n\n"))
+            #expect(parseResponse(folded.bytes)?.status == 400)
+        }
+    }
+
+    @Test func aLargeChunkedDownloadPassesThroughUnchanged() async throws {
+        try await withProxy { port in
+            let raw = rawExchange(
+                port: port,
+                request("GET /generate/1000000 HTTP/1.1\nHost: app\nConnection: close\n\n"),
+                untilClosed: true
+            )
+            let response = try #require(parseResponse(raw.bytes))
+            #expect(response.status == 200)
+            #expect(response.body.count == 1_000_000)
+        }
+    }
+}
