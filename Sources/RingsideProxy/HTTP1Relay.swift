@@ -89,6 +89,9 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
     private var requestNumber: UInt64 = 0
     private let connectionTag = Array(String(UInt32.random(in: 0 ... .max), radix: 36).utf8)
     private var clientAddress: [UInt8]?
+    /// The upstream connection of the last request, kept for the next one to the same route: back-to-back requests
+    /// skip the pool. It goes back to the pool when the client connection idles, closes, or needs another route.
+    private var spare: (route: ProxyRoute, lease: UpstreamLease, upstream: ByteUpstream)?
 
     /// One request and its response.
     private final class Exchange {
@@ -503,6 +506,14 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
     private func connect(_ exchange: Exchange) {
         guard let context else { return }
         let route = exchange.route
+        if let spare {
+            self.spare = nil
+            if spare.route == route && spare.lease.channel.isActive {
+                attach(spare.lease, upstream: spare.upstream, to: exchange)
+                return
+            }
+            spare.lease.release(true)
+        }
         settings.upstreams.leaseBytes(route, on: context.eventLoop).hop(to: context.eventLoop).assumeIsolated()
             .whenComplete { [weak self] result in
                 guard let self, self.exchange === exchange else {
@@ -525,6 +536,10 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
             tryNextRoute(exchange, reason: "the upstream connection closed")
             return
         }
+        attach(lease, upstream: upstream, to: exchange)
+    }
+
+    private func attach(_ lease: UpstreamLease, upstream: ByteUpstream, to exchange: Exchange) {
         upstream.bind(self, expectsBody: exchange.expectsBody)
         exchange.lease = lease
         exchange.upstream = upstream
@@ -652,11 +667,16 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
             nanoseconds: (NIODeadline.now() - exchange.started).nanoseconds
         )
         let requestEnded = exchange.requestEnded
+        let closes = !requestEnded || !exchange.clientKeepAlive || exchange.closesAfter
+        if let lease = exchange.lease, let upstream = exchange.upstream, reusable, !closes {
+            spare = (exchange.route, lease, upstream)
+        } else {
+            exchange.lease?.release(reusable && requestEnded)
+        }
         exchange.upstream = nil
-        exchange.lease?.release(reusable && requestEnded)
         exchange.lease = nil
         self.exchange = nil
-        if !requestEnded || !exchange.clientKeepAlive || exchange.closesAfter {
+        if closes {
             // The client is still sending a body nobody will read, asked to close, or reads the body to the close.
             closeAfterWrites(context: context)
             return
@@ -770,9 +790,16 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
         waitingSince = .now()
     }
 
+    private func releaseSpare() {
+        guard let spare else { return }
+        self.spare = nil
+        spare.lease.release(true)
+    }
+
     private func checkDeadlines() {
         guard !closing, let context else { return }
         let now = NIODeadline.now()
+        if exchange == nil, now - waitingSince >= settings.checkInterval { releaseSpare() }
         if let exchange {
             if now >= exchange.deadline { fail(exchange, status: 504, message: "no answer from the upstream in time") }
         } else if headStarted {
@@ -791,6 +818,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
     private func handOff(context: ChannelHandlerContext) {
         timer?.cancel()
         timer = nil
+        releaseSpare()
         do {
             try settings.handOff(context.channel)
         } catch {
@@ -821,6 +849,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         timer?.cancel()
+        releaseSpare()
         if let exchange {
             exchange.upstream?.detach()
             exchange.upstream = nil

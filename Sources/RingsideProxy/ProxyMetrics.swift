@@ -11,31 +11,39 @@ public struct ProxyMetrics: Sendable {
         case local
         case forwardedOut = "forwarded_out"
         case forwardedIn = "forwarded_in"
+
+        var index: Int {
+            switch self {
+            case .local: 0
+            case .forwardedOut: 1
+            case .forwardedIn: 2
+            }
+        }
     }
 
-    private let requests: [Path: [Counter]]
-    private let durations: [Path: Timer]
+    /// By path (in `Path.allCases` order), then status class.
+    private let requests: [[Counter]]
+    private let durations: [Timer]
     let retries = Counter(label: "ringside_request_retries_total")
     let misroutes = Counter(label: "ringside_request_misroutes_total")
 
     /// The metrics, registered with the process's metrics backend.
     public init() {
-        var requests: [Path: [Counter]] = [:]
-        var durations: [Path: Timer] = [:]
-        for path in Path.allCases {
-            requests[path] = (1...5).map {
+        requests = Path.allCases.map { path in
+            (1...5).map {
                 Counter(label: "ringside_requests_total", dimensions: [("path", path.rawValue), ("code", "\($0)xx")])
             }
-            durations[path] = Timer(label: "ringside_request_duration_seconds", dimensions: [("path", path.rawValue)])
         }
-        self.requests = requests
-        self.durations = durations
+        durations = Path.allCases.map {
+            Timer(label: "ringside_request_duration_seconds", dimensions: [("path", $0.rawValue)])
+        }
     }
 
     /// Records a finished request.
     func record(_ path: Path, status: HTTPResponseStatus, nanoseconds: Int64) {
         let group = min(5, max(1, Int(status.code) / 100))
-        requests[path]?[group - 1].increment()
-        durations[path]?.recordNanoseconds(nanoseconds)
+        let index = path.index
+        requests[index][group - 1].increment()
+        durations[index].recordNanoseconds(nanoseconds)
     }
 }
