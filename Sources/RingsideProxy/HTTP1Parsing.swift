@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Byte-level HTTP/1.1 parsing for the relay (RFC 9112): heads are located and checked without building strings, and
 /// message bodies are framed without being copied.
 
@@ -65,9 +71,10 @@ enum HTTP1Parsing {
         var lineStart = 0
         var startLineEnd = -1
         while true {
-            var newline = lineStart
-            while newline < count && bytes[newline] != lf { newline += 1 }
-            guard newline < count else { return .incomplete }
+            guard let base = bytes.baseAddress, lineStart < count,
+                let found = memchr(base + lineStart, Int32(lf), count - lineStart)
+            else { return .incomplete }
+            let newline = base.distance(to: UnsafeRawPointer(found))
             guard newline > lineStart, bytes[newline - 1] == cr else { return .malformed("a line ends without CR") }
             let lineEnd = newline - 1
             defer { lineStart = newline + 1 }

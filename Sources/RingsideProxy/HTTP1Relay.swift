@@ -77,6 +77,8 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
     /// Bytes received and not handled yet: a head arriving, a body's start, pipelined requests.
     private var inbound: ByteBuffer?
     private var fields: [HeaderField] = []
+    /// The kinds of `fields`, found once a request.
+    private var kinds: [FieldKind] = []
     private var members: [Range<Int>] = []
     private var exchange: Exchange?
     private var gate = ReadGate()
@@ -316,8 +318,11 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
         var forwardedFor = false
         var listsNames = false
         members.removeAll(keepingCapacity: true)
+        kinds.removeAll(keepingCapacity: true)
         for field in fields {
-            switch HTTP1Parsing.kind(of: bytes, name: field.name, key: settings.keyName) {
+            let kind = HTTP1Parsing.kind(of: bytes, name: field.name, key: settings.keyName)
+            kinds.append(kind)
+            switch kind {
             case .key: if key == nil { key = field.value }
             case .contentLength:
                 guard let length = HTTP1Parsing.decimal(bytes, field.value), contentLength ?? length == length else {
@@ -397,8 +402,8 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
         var head = context.channel.allocator.buffer(capacity: length + 256)
         head.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[0..<startLineEnd + 2]))
         var previousForwardedFor: [Range<Int>] = []
-        for field in fields {
-            switch HTTP1Parsing.kind(of: bytes, name: field.name, key: settings.keyName) {
+        for (field, kind) in zip(fields, kinds) {
+            switch kind {
             case .connection, .keepAlive, .proxyConnection, .te, .trailer, .proxyAuthenticate, .proxyAuthorization,
                 .hop, .final, .deadline:
                 continue
