@@ -65,12 +65,12 @@ public struct ForwardedRouter: ProxyRouter {
                 ProxyRefusal(status: .forbidden, message: "this port serves only requests forwarded by Ringside nodes")
             )
         }
-        guard let key = request.key, node.state != .terminating, !request.isFinalCandidate else {
-            return .success([.local])
-        }
+        guard let key = request.key, !request.isFinalCandidate else { return .success([.local]) }
+        // The lock-free view first; the node's own state (behind the membership lock) only for a key it does not own.
         if let owner = try? node.sharder.owner(of: key, op: .readWrite), owner.isSelf {
             return .success([.local])
         }
+        if node.state == .terminating { return .success([.local]) }
         var headers = HTTPHeaders()
         headers.add(name: HeaderHygiene.notOwnerHeader, value: node.configuration.nodeName)
         return .failure(
