@@ -4,8 +4,37 @@ import Glibc
 import Darwin
 #endif
 
+import NIOCore
+
 /// Byte-level HTTP/1.1 parsing for the relay (RFC 9112): heads are located and checked without building strings, and
 /// message bodies are framed without being copied.
+
+/// Copies lines of a head in runs: consecutive lines that are kept go out in one write.
+struct LineRuns {
+    private var start: Int
+    private var end: Int
+
+    /// Starts with `bytes[start..<end]` (a start line, with its CRLF).
+    init(_ start: Int, _ end: Int) {
+        self.start = start
+        self.end = end
+    }
+
+    /// Adds `field`'s line, writing the run so far first if the line does not follow it.
+    mutating func keep(_ field: HeaderField, from bytes: UnsafeRawBufferPointer, into out: inout ByteBuffer) {
+        if Int(field.nameStart) != end {
+            write(bytes, into: &out)
+            start = Int(field.nameStart)
+        }
+        end = Int(field.next)
+    }
+
+    /// Writes the run so far.
+    mutating func write(_ bytes: UnsafeRawBufferPointer, into out: inout ByteBuffer) {
+        if end > start { out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[start..<end])) }
+        start = end
+    }
+}
 
 /// One header field of a parsed head: byte offsets into the head.
 struct HeaderField {
@@ -13,6 +42,8 @@ struct HeaderField {
     var nameEnd: Int32
     var valueStart: Int32
     var valueEnd: Int32
+    /// Where the next line starts: the line with its CRLF is `nameStart..<next`.
+    var next: Int32
 
     var name: Range<Int> { Int(nameStart)..<Int(nameEnd) }
     var value: Range<Int> { Int(valueStart)..<Int(valueEnd) }
@@ -112,7 +143,8 @@ enum HTTP1Parsing {
                     nameStart: Int32(lineStart),
                     nameEnd: Int32(nameEnd),
                     valueStart: Int32(valueStart),
-                    valueEnd: Int32(valueEnd)
+                    valueEnd: Int32(valueEnd),
+                    next: Int32(newline + 1)
                 )
             )
         }

@@ -12,7 +12,9 @@ final class RelaySettings: Sendable {
     let handOff: @Sendable (any Channel) throws -> Void
     let keyName: [UInt8]
     let viaLine: [UInt8]
+    let protoAndViaLines: [UInt8]
     let nodeLine: [UInt8]
+    let viaAndNodeLines: [UInt8]
     let hopLine: [UInt8]
     let requestIDPrefix: [UInt8]
     let headerTimeout: TimeAmount
@@ -39,6 +41,8 @@ final class RelaySettings: Sendable {
         keyName = Array(configuration.keyHeader.lowercased().utf8)
         viaLine = Array("via: 1.1 ringside-\(name)\r\n".utf8)
         nodeLine = Array("\(HeaderHygiene.nodeHeader): \(name)\r\n".utf8)
+        protoAndViaLines = Array("x-forwarded-proto: http\r\n".utf8) + viaLine
+        viaAndNodeLines = viaLine + nodeLine
         hopLine = Array("\(HeaderHygiene.hopHeader): \(name)\r\n".utf8)
         requestIDPrefix = Array("x-request-id: \(name)-".utf8)
         headerTimeout = TimeAmount(configuration.headerReadTimeout)
@@ -91,6 +95,9 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
     private var requestNumber: UInt64 = 0
     private let connectionTag = Array(String(UInt32.random(in: 0 ... .max), radix: 36).utf8)
     private var clientAddress: [UInt8]?
+    private var cachedForwardedFor: [UInt8]?
+    /// `x-request-id: NODE-CONNECTION-`, to which each request adds its number.
+    private lazy var requestIDPrefix = settings.requestIDPrefix + connectionTag + [UInt8(ascii: "-")]
     /// The upstream connection of the last request, kept for the next one to the same route: back-to-back requests
     /// skip the pool. It goes back to the pool when the client connection idles, closes, or needs another route.
     private var spare: (route: ProxyRoute, lease: UpstreamLease, upstream: ByteUpstream)?
@@ -400,7 +407,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
 
         // The upstream's head: the request line and the fields that cross, then this proxy's.
         var head = context.channel.allocator.buffer(capacity: length + 256)
-        head.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[0..<startLineEnd + 2]))
+        var lines = LineRuns(0, startLineEnd + 2)
         var previousForwardedFor: [Range<Int>] = []
         for (field, kind) in zip(fields, kinds) {
             switch kind {
@@ -412,13 +419,15 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
                 continue
             default:
                 if listsNames, members.contains(where: { HTTP1Parsing.sameName(bytes, $0, field.name) }) { continue }
-                head.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[field.line]))
-                head.writeStaticString("\r\n")
+                lines.keep(field, from: bytes, into: &head)
             }
         }
+        lines.write(bytes, into: &head)
         if keepsTrailers { head.writeStaticString("te: trailers\r\n") }
         let address = clientAddress(context: context)
-        if forwardedFor || !address.isEmpty {
+        if !forwardedFor && !address.isEmpty {
+            head.writeBytes(forwardedForLine(address))
+        } else if forwardedFor {
             head.writeStaticString("x-forwarded-for: ")
             for (offset, value) in previousForwardedFor.enumerated() {
                 if offset > 0 { head.writeStaticString(", ") }
@@ -430,13 +439,10 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
             }
             head.writeStaticString("\r\n")
         }
-        if !hasProto { head.writeStaticString("x-forwarded-proto: http\r\n") }
-        head.writeBytes(settings.viaLine)
+        head.writeBytes(hasProto ? settings.viaLine : settings.protoAndViaLines)
         requestNumber += 1
         if !hasRequestID {
-            head.writeBytes(settings.requestIDPrefix)
-            head.writeBytes(connectionTag)
-            head.writeStaticString("-")
+            head.writeBytes(requestIDPrefix)
             head.writeString(String(requestNumber))
             head.writeStaticString("\r\n")
         }
@@ -461,6 +467,14 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
                 deadline: .now() + budget
             )
         )
+    }
+
+    /// `x-forwarded-for` with only this connection's client, made once a connection.
+    private func forwardedForLine(_ address: [UInt8]) -> [UInt8] {
+        if let line = cachedForwardedFor { return line }
+        let line = Array("x-forwarded-for: ".utf8) + address + [HTTP1Parsing.cr, HTTP1Parsing.lf]
+        cachedForwardedFor = line
+        return line
     }
 
     private func clientAddress(context: ChannelHandlerContext) -> [UInt8] {
@@ -625,8 +639,13 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
             }
         var out = context.channel.allocator.buffer(capacity: head.readableBytes + 128)
         head.withUnsafeReadableBytes { bytes in
-            out.writeStaticString("HTTP/1.1")
-            out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[8..<facts.startLineEnd + 2]))
+            var lines: LineRuns
+            if UnsafeRawBufferPointer(rebasing: bytes[0..<8]).elementsEqual("HTTP/1.1".utf8) {
+                lines = LineRuns(0, facts.startLineEnd + 2)
+            } else {
+                out.writeStaticString("HTTP/1.1")
+                lines = LineRuns(8, facts.startLineEnd + 2)
+            }
             members.removeAll(keepingCapacity: true)
             for field in fields where HTTP1Parsing.kind(of: bytes, name: field.name, key: []) == .connection {
                 HTTP1Parsing.listMembers(bytes, field.value, into: &members)
@@ -643,12 +662,11 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
                 default:
                     if members.contains(where: { HTTP1Parsing.sameName(bytes, $0, field.name) }) { continue }
                 }
-                out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[field.line]))
-                out.writeStaticString("\r\n")
+                lines.keep(field, from: bytes, into: &out)
             }
+            lines.write(bytes, into: &out)
         }
-        out.writeBytes(settings.viaLine)
-        if servedHere && !facts.isInterim { out.writeBytes(settings.nodeLine) }
+        out.writeBytes(servedHere && !facts.isInterim ? settings.viaAndNodeLines : settings.viaLine)
         if closing { out.writeStaticString("connection: close\r\n") }
         out.writeStaticString("\r\n")
         context.write(wrapOutboundOut(out), promise: nil)
