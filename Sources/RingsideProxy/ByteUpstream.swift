@@ -168,7 +168,7 @@ final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler {
     /// Reads the status line and the fields that frame the body; nil when they make no sense.
     private func facts(of bytes: UnsafeRawBufferPointer, startLineEnd: Int) -> ResponseFacts? {
         // "HTTP/1.x NNN reason"
-        guard startLineEnd >= 12, HTTP1Parsing.equals(bytes, 0..<7, "http/1."), bytes[8] == 32,
+        guard startLineEnd >= 12, HTTP1Parsing.has(bytes, at: 0, "HTTP/1."), bytes[8] == 32,
             let status = HTTP1Parsing.decimal(bytes, 9..<12), status >= 100,
             startLineEnd == 12 || bytes[12] == 32
         else { return nil }
@@ -188,9 +188,7 @@ final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler {
                 transferEncoding = true
                 chunked = HTTP1Parsing.listEnds(bytes, field.value, with: "chunked")
             case .connection:
-                var members: [Range<Int>] = []
-                HTTP1Parsing.listMembers(bytes, field.value, into: &members)
-                if members.contains(where: { HTTP1Parsing.equals(bytes, $0, "close") }) { reusable = false }
+                if HTTP1Parsing.listContains(bytes, field.value, "close") { reusable = false }
             case .notOwner:
                 notOwner = true
             case .node:

@@ -166,6 +166,30 @@ enum HTTP1Parsing {
         }
     }
 
+    /// Whether `bytes` holds exactly `text` from `offset` on (case matters).
+    @inline(__always)
+    static func has(_ bytes: UnsafeRawBufferPointer, at offset: Int, _ text: StaticString) -> Bool {
+        let count = text.utf8CodeUnitCount
+        guard offset >= 0, offset + count <= bytes.count, let base = bytes.baseAddress else { return false }
+        return memcmp(base + offset, text.utf8Start, count) == 0
+    }
+
+    /// Whether the comma-separated list `bytes[range]` has the member `lowercase`, in any case.
+    static func listContains(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ lowercase: StaticString) -> Bool {
+        var start = range.lowerBound
+        while start < range.upperBound {
+            var end = start
+            while end < range.upperBound && bytes[end] != UInt8(ascii: ",") { end += 1 }
+            var first = start
+            var last = end
+            while first < last && (bytes[first] == 32 || bytes[first] == 9) { first += 1 }
+            while last > first && (bytes[last - 1] == 32 || bytes[last - 1] == 9) { last -= 1 }
+            if equals(bytes, first..<last, lowercase) { return true }
+            start = end + 1
+        }
+        return false
+    }
+
     /// Whether `bytes[range]` is `lowercase` in any case (`lowercase` holds letters, digits and '-').
     @inline(__always)
     static func equals(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ lowercase: StaticString) -> Bool {

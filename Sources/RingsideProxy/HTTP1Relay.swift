@@ -298,7 +298,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
         let targetStart = index
         while index < startLineEnd && bytes[index] > 32 && bytes[index] != 127 { index += 1 }
         guard index > targetStart, index + 9 == startLineEnd, bytes[index] == 32,
-            UnsafeRawBufferPointer(rebasing: bytes[index + 1..<index + 8]).elementsEqual("HTTP/1.".utf8)
+            HTTP1Parsing.has(bytes, at: index + 1, "HTTP/1.")
         else {
             return .refuse(status: 400, message: "malformed request line", headers: [], closing: true)
         }
@@ -456,12 +456,13 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
         var budget = settings.requestTimeout
         if let remaining = deadlineMilliseconds { budget = min(budget, .milliseconds(Int64(remaining))) }
         let method = UnsafeRawBufferPointer(rebasing: bytes[0..<methodEnd])
+        let isHead = methodEnd == 4 && HTTP1Parsing.has(bytes, at: 0, "HEAD")
         return .start(
             Exchange(
                 routes: routes,
                 head: head,
                 idempotent: Self.isIdempotent(method),
-                expectsBody: !method.elementsEqual("HEAD".utf8),
+                expectsBody: !isHead,
                 clientKeepAlive: !close,
                 bodyLength: bodyLength,
                 deadline: .now() + budget
@@ -487,11 +488,11 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
     /// Methods that can be sent twice with the effect of once (RFC 9110 §9.2.2).
     private static func isIdempotent(_ method: UnsafeRawBufferPointer) -> Bool {
         switch method.count {
-        case 3: method.elementsEqual("GET".utf8) || method.elementsEqual("PUT".utf8)
-        case 4: method.elementsEqual("HEAD".utf8)
-        case 5: method.elementsEqual("TRACE".utf8)
-        case 6: method.elementsEqual("DELETE".utf8)
-        case 7: method.elementsEqual("OPTIONS".utf8)
+        case 3: HTTP1Parsing.has(method, at: 0, "GET") || HTTP1Parsing.has(method, at: 0, "PUT")
+        case 4: HTTP1Parsing.has(method, at: 0, "HEAD")
+        case 5: HTTP1Parsing.has(method, at: 0, "TRACE")
+        case 6: HTTP1Parsing.has(method, at: 0, "DELETE")
+        case 7: HTTP1Parsing.has(method, at: 0, "OPTIONS")
         default: false
         }
     }
@@ -640,18 +641,25 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
         var out = context.channel.allocator.buffer(capacity: head.readableBytes + 128)
         head.withUnsafeReadableBytes { bytes in
             var lines: LineRuns
-            if UnsafeRawBufferPointer(rebasing: bytes[0..<8]).elementsEqual("HTTP/1.1".utf8) {
+            if HTTP1Parsing.has(bytes, at: 0, "HTTP/1.1") {
                 lines = LineRuns(0, facts.startLineEnd + 2)
             } else {
                 out.writeStaticString("HTTP/1.1")
                 lines = LineRuns(8, facts.startLineEnd + 2)
             }
             members.removeAll(keepingCapacity: true)
-            for field in fields where HTTP1Parsing.kind(of: bytes, name: field.name, key: []) == .connection {
-                HTTP1Parsing.listMembers(bytes, field.value, into: &members)
-            }
+            kinds.removeAll(keepingCapacity: true)
+            var listsNames = false
             for field in fields {
-                switch HTTP1Parsing.kind(of: bytes, name: field.name, key: []) {
+                let kind = HTTP1Parsing.kind(of: bytes, name: field.name, key: [])
+                kinds.append(kind)
+                if kind == .connection {
+                    HTTP1Parsing.listMembers(bytes, field.value, into: &members)
+                    listsNames = true
+                }
+            }
+            for (field, kind) in zip(fields, kinds) {
+                switch kind {
                 case .connection, .keepAlive, .proxyConnection, .te, .upgrade, .proxyAuthenticate, .proxyAuthorization:
                     continue
                 case .node where !settings.configuration.addsNodeHeader:
@@ -660,7 +668,9 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
                     // The body passes through in the framing these describe.
                     break
                 default:
-                    if members.contains(where: { HTTP1Parsing.sameName(bytes, $0, field.name) }) { continue }
+                    if listsNames, members.contains(where: { HTTP1Parsing.sameName(bytes, $0, field.name) }) {
+                        continue
+                    }
                 }
                 lines.keep(field, from: bytes, into: &out)
             }
