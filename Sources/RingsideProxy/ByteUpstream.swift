@@ -78,86 +78,88 @@ final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
-        while buffer.readableBytes > 0 {
-            switch state {
-            case .idle:
-                // Bytes nobody asked for: the connection cannot be trusted with another request.
-                reusable = false
-                context.close(promise: nil)
-                return
-            case .head(let received):
-                var all = buffer
-                if var received {
-                    state = .idle
-                    received.writeBuffer(&buffer)
-                    all = received
-                }
-                guard let rest = readHead(all, context: context) else { return }
-                buffer = rest
-            case .length(let left):
-                let slice = buffer.readSlice(length: min(left, buffer.readableBytes))!
-                state = left == slice.readableBytes ? .idle : .length(left - slice.readableBytes)
-                relay?.upstreamBody(slice)
-                if case .idle = state { finish(extra: buffer.readableBytes) }
-                return
-            case .chunked(var framing):
-                guard let (count, ended) = buffer.withUnsafeReadableBytes({ framing.consume($0) }) else {
-                    return fail(context: context)
-                }
-                state = ended ? .idle : .chunked(framing)
-                relay?.upstreamBody(buffer.readSlice(length: count)!)
-                if ended { finish(extra: buffer.readableBytes) }
-                return
-            case .untilClose:
-                relay?.upstreamBody(buffer)
-                return
+        switch state {
+        case .idle:
+            // Bytes nobody asked for: the connection cannot be trusted with another request.
+            reusable = false
+            context.close(promise: nil)
+        case .head(let received):
+            if var received {
+                state = .idle
+                received.writeBuffer(&buffer)
+                buffer = received
             }
+            readHeads(buffer, context: context)
+        default:
+            guard let (body, ended) = takeBody(from: &buffer) else { return fail(context: context) }
+            if let body { relay?.upstreamBody(body) }
+            if ended { finish(extra: buffer.readableBytes) }
         }
     }
 
-    /// Parses the head in `received`; nil when more is needed or the exchange is over; otherwise the bytes after it.
-    private func readHead(_ received: ByteBuffer, context: ChannelHandlerContext) -> ByteBuffer? {
+    /// Takes the part of `buffer` that belongs to the body by the current framing: that part, and whether the body
+    /// ended with it; nil when the framing is broken.
+    private func takeBody(from buffer: inout ByteBuffer) -> (ByteBuffer?, Bool)? {
+        switch state {
+        case .length(let left):
+            let slice = buffer.readSlice(length: min(left, buffer.readableBytes))!
+            let ended = left == slice.readableBytes
+            state = ended ? .idle : .length(left - slice.readableBytes)
+            return (slice.readableBytes > 0 ? slice : nil, ended)
+        case .chunked(var framing):
+            guard let (count, ended) = buffer.withUnsafeReadableBytes({ framing.consume($0) }) else { return nil }
+            state = ended ? .idle : .chunked(framing)
+            return (count > 0 ? buffer.readSlice(length: count)! : nil, ended)
+        case .untilClose:
+            defer { buffer.moveReaderIndex(to: buffer.writerIndex) }
+            return (buffer.readableBytes > 0 ? buffer : nil, false)
+        case .idle:
+            return (nil, true)
+        case .head:
+            return (nil, false)
+        }
+    }
+
+    /// Parses response heads in `received` (interim ones, then the final one) and hands each to the relay, the final
+    /// one with the body bytes that came with it.
+    private func readHeads(_ received: ByteBuffer, context: ChannelHandlerContext) {
         var received = received
-        let parsed = received.withUnsafeReadableBytes { HTTP1Parsing.parseHead($0, fields: &fields) }
-        switch parsed {
-        case .incomplete:
-            guard received.readableBytes <= Self.maxHeadBytes else {
-                fail(context: context)
-                return nil
+        while true {
+            let parsed = received.withUnsafeReadableBytes { HTTP1Parsing.parseHead($0, fields: &fields) }
+            switch parsed {
+            case .incomplete:
+                guard received.readableBytes <= Self.maxHeadBytes else { return fail(context: context) }
+                state = .head(received.readableBytes > 0 ? received : nil)
+                return
+            case .malformed:
+                return fail(context: context)
+            case .complete(let startLineEnd, let length):
+                let head = received.readSlice(length: length)!
+                guard let facts = head.withUnsafeReadableBytes({ facts(of: $0, startLineEnd: startLineEnd) }) else {
+                    return fail(context: context)
+                }
+                if facts.isInterim {
+                    state = .head(nil)
+                    relay?.upstreamHead(head, facts: facts, fields: fields, body: nil)
+                    guard case .head = state, received.readableBytes > 0 else { return }
+                    continue
+                }
+                let hasBody = expectsBody && facts.status != 204 && facts.status != 304
+                if !hasBody {
+                    state = .idle
+                } else if let length = contentLength {
+                    state = length == 0 ? .idle : .length(length)
+                } else if chunked {
+                    state = .chunked(ChunkedFraming())
+                } else {
+                    state = .untilClose
+                    reusable = false
+                }
+                guard let (body, ended) = takeBody(from: &received) else { return fail(context: context) }
+                relay?.upstreamHead(head, facts: facts, fields: fields, body: body)
+                if ended { finish(extra: received.readableBytes) }
+                return
             }
-            state = .head(received)
-            return nil
-        case .malformed:
-            fail(context: context)
-            return nil
-        case .complete(let startLineEnd, let length):
-            let head = received.readSlice(length: length)!
-            guard let facts = head.withUnsafeReadableBytes({ facts(of: $0, startLineEnd: startLineEnd) }) else {
-                fail(context: context)
-                return nil
-            }
-            if facts.isInterim {
-                state = .head(nil)
-                relay?.upstreamHead(head, facts: facts, fields: fields)
-                return received
-            }
-            let hasBody = expectsBody && facts.status != 204 && facts.status != 304
-            if !hasBody {
-                state = .idle
-            } else if let length = contentLength {
-                state = length == 0 ? .idle : .length(length)
-            } else if chunked {
-                state = .chunked(ChunkedFraming())
-            } else {
-                state = .untilClose
-                reusable = false
-            }
-            relay?.upstreamHead(head, facts: facts, fields: fields)
-            if case .idle = state {
-                finish(extra: received.readableBytes)
-                return nil
-            }
-            return received
         }
     }
 

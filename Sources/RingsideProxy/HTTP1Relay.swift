@@ -617,7 +617,8 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Responses (called by ByteUpstream on this event loop)
 
-    func upstreamHead(_ head: ByteBuffer, facts: ResponseFacts, fields: [HeaderField]) {
+    /// A response head from the upstream, with the body bytes that came with it.
+    func upstreamHead(_ head: ByteBuffer, facts: ResponseFacts, fields: [HeaderField], body: ByteBuffer?) {
         guard let exchange, let context else { return }
         if facts.status == 421, facts.notOwner, !exchange.responseStarted, case .peer = exchange.route {
             settings.metrics.misroutes.increment()
@@ -638,7 +639,9 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
             if case .local = exchange.route { settings.configuration.addsNodeHeader && !facts.hasNodeHeader } else {
                 false
             }
-        var out = context.channel.allocator.buffer(capacity: head.readableBytes + 128)
+        var out = context.channel.allocator.buffer(
+            capacity: head.readableBytes + 128 + min(body?.readableBytes ?? 0, 4096)
+        )
         head.withUnsafeReadableBytes { bytes in
             var lines: LineRuns
             if HTTP1Parsing.has(bytes, at: 0, "HTTP/1.1") {
@@ -679,7 +682,18 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
         out.writeBytes(servedHere && !facts.isInterim ? settings.viaAndNodeLines : settings.viaLine)
         if closing { out.writeStaticString("connection: close\r\n") }
         out.writeStaticString("\r\n")
-        context.write(wrapOutboundOut(out), promise: nil)
+        if var body {
+            // A small body goes out with the head, in one buffer and one write.
+            if body.readableBytes <= 4096 {
+                out.writeBuffer(&body)
+                context.write(wrapOutboundOut(out), promise: nil)
+            } else {
+                context.write(wrapOutboundOut(out), promise: nil)
+                context.write(wrapOutboundOut(body), promise: nil)
+            }
+        } else {
+            context.write(wrapOutboundOut(out), promise: nil)
+        }
     }
 
     func upstreamBody(_ buffer: ByteBuffer) {
