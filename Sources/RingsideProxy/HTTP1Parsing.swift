@@ -1,10 +1,10 @@
+import NIOCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-
-import NIOCore
 
 /// Byte-level HTTP/1.1 parsing for the relay (RFC 9112): heads are located and checked without building strings, and
 /// message bodies are framed without being copied.
