@@ -45,6 +45,7 @@ final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler {
     private var fields: [HeaderField] = []
     private var expectsBody = true
     private var reusable = true
+    private var unflushed = false
 
     init() {}
 
@@ -70,9 +71,15 @@ final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler {
 
     func write(_ buffer: ByteBuffer) {
         context?.write(wrapOutboundOut(buffer), promise: nil)
+        unflushed = true
     }
 
-    func flush() { context?.flush() }
+    /// Flushes what was written since the last flush, if anything.
+    func flush() {
+        guard unflushed else { return }
+        unflushed = false
+        context?.flush()
+    }
 
     // MARK: Responses
 

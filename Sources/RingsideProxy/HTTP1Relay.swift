@@ -91,6 +91,8 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
     private var waitingSince = NIODeadline.now()
     /// Whether bytes of the next head have arrived.
     private var headStarted = false
+    /// Whether response bytes were written to the client since the last flush.
+    private var clientUnflushed = false
     private var closing = false
     private var requestNumber: UInt64 = 0
     private let connectionTag = Array(String(UInt32.random(in: 0 ... .max), radix: 36).utf8)
@@ -135,6 +137,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
             expectsBody: Bool,
             clientKeepAlive: Bool,
             bodyLength: Int,
+            started: NIODeadline,
             deadline: NIODeadline
         ) {
             self.routes = routes
@@ -143,7 +146,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
             self.expectsBody = expectsBody
             self.clientKeepAlive = clientKeepAlive
             self.bodyRemaining = bodyLength
-            self.started = .now()
+            self.started = started
             self.deadline = deadline
         }
 
@@ -465,7 +468,9 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
                 expectsBody: !isHead,
                 clientKeepAlive: !close,
                 bodyLength: bodyLength,
-                deadline: .now() + budget
+                // Timed from the head's first byte, as nginx's request time is.
+                started: waitingSince,
+                deadline: waitingSince + budget
             )
         )
     }
@@ -682,6 +687,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
         out.writeBytes(servedHere && !facts.isInterim ? settings.viaAndNodeLines : settings.viaLine)
         if closing { out.writeStaticString("connection: close\r\n") }
         out.writeStaticString("\r\n")
+        clientUnflushed = true
         if var body {
             // A small body goes out with the head, in one buffer and one write.
             if body.readableBytes <= 4096 {
@@ -699,6 +705,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
     func upstreamBody(_ buffer: ByteBuffer) {
         guard let exchange, exchange.responseStarted, let context else { return }
         context.write(wrapOutboundOut(buffer), promise: nil)
+        clientUnflushed = true
     }
 
     func upstreamEnd(reusable: Bool) {
@@ -708,10 +715,11 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
             upstreamFailed()
             return
         }
+        let now = NIODeadline.now()
         settings.metrics.record(
             path(of: exchange),
             status: HTTPResponseStatus(statusCode: exchange.status),
-            nanoseconds: (NIODeadline.now() - exchange.started).nanoseconds
+            nanoseconds: (now - exchange.started).nanoseconds
         )
         let requestEnded = exchange.requestEnded
         let closes = !requestEnded || !exchange.clientKeepAlive || exchange.closesAfter
@@ -728,14 +736,20 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
             closeAfterWrites(context: context)
             return
         }
-        context.flush()
-        requestDone()
+        flushClient(context)
+        requestDone(at: now)
         resumeReads()
         processInbound(context: context)
     }
 
     func upstreamReadComplete() {
-        context?.flush()
+        if let context { flushClient(context) }
+    }
+
+    private func flushClient(_ context: ChannelHandlerContext) {
+        guard clientUnflushed else { return }
+        clientUnflushed = false
+        context.flush()
     }
 
     func upstreamWritabilityChanged(isWritable: Bool) {
@@ -832,9 +846,9 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// A request is over: the next head's time starts now.
-    private func requestDone() {
+    private func requestDone(at now: NIODeadline = .now()) {
         headStarted = false
-        waitingSince = .now()
+        waitingSince = now
     }
 
     private func releaseSpare() {
