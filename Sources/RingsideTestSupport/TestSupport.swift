@@ -309,11 +309,15 @@ public func eventually(timeout: Duration = .seconds(15), _ condition: () -> Bool
 }
 
 /// A port of 127.0.0.1 that was free a moment ago.
+/// Ports `freePort()` has given out in this process: concurrent tests never get the same one.
+private let givenPorts = NIOLockedValueBox<Set<Int>>([])
+
 public func freePort() -> Int {
     // Below the kernel's ephemeral range (32768 and up by default), so that no outgoing connection of a concurrent
-    // test can take the port between this check and the listener's bind.
+    // test can take the port between this check and the listener's bind; never one given out before.
     while true {
         let port = Int.random(in: 20_000..<32_000)
+        guard givenPorts.withLockedValue({ $0.insert(port).inserted }) else { continue }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = loopbackAddress(port: port)
         let bound = withUnsafeMutablePointer(to: &address) {
