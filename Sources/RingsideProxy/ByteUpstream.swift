@@ -20,7 +20,7 @@ struct ResponseFacts {
 /// port: writes the request bytes the ``HTTP1Relay`` gives it, and finds where the response's head and body end
 /// (length, chunked, or until close; none for HEAD, 204 and 304) without copying or decoding the body. It stays on the
 /// connection between exchanges.
-final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler {
+final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler, ReadGated {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -40,8 +40,8 @@ final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler {
 
     private var state = State.idle
     private var relay: HTTP1Relay?
-    private var context: ChannelHandlerContext?
-    private var gate = ReadGate()
+    private(set) var context: ChannelHandlerContext?
+    var gate = ReadGate()
     private var fields: [HeaderField] = []
     private var expectsBody = true
     private var reusable = true
@@ -267,13 +267,5 @@ final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Backpressure
 
-    func read(context: ChannelHandlerContext) {
-        if gate.allowsRead() { context.read() }
-    }
-
-    func pauseReads() { gate.close() }
-
-    func resumeReads() {
-        if gate.open(), let context { context.read() }
-    }
+    func read(context: ChannelHandlerContext) { gatedRead(context: context) }
 }

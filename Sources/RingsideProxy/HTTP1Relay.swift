@@ -70,14 +70,14 @@ final class RelaySettings: Sendable {
 /// A request this path does not carry (HTTP/1.0, a chunked or `Expect` request body, a protocol upgrade) hands the
 /// connection over to the general pipeline, NIO's HTTP/1.1 codec and ``ProxyHandler``, once nothing is under way:
 /// the relay steps aside and passes the request's bytes on. Pipelined requests wait their turn with reads paused.
-final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
+final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private let settings: RelaySettings
-    private var context: ChannelHandlerContext?
+    private(set) var context: ChannelHandlerContext?
     /// Bytes received and not handled yet: a head arriving, a body's start, pipelined requests.
     private var inbound: ByteBuffer?
     private var fields: [HeaderField] = []
@@ -85,7 +85,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
     private var kinds: [FieldKind] = []
     private var members: [Range<Int>] = []
     private var exchange: Exchange?
-    private var gate = ReadGate()
+    var gate = ReadGate()
     private var timer: RepeatedTask?
     /// When the current wait began: a head's first byte, or the end of the last request.
     private var waitingSince = NIODeadline.now()
@@ -927,13 +927,5 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Backpressure
 
-    func read(context: ChannelHandlerContext) {
-        if gate.allowsRead() { context.read() }
-    }
-
-    private func pauseReads() { gate.close() }
-
-    private func resumeReads() {
-        if gate.open(), let context { context.read() }
-    }
+    func read(context: ChannelHandlerContext) { gatedRead(context: context) }
 }

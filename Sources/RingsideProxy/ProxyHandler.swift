@@ -14,7 +14,7 @@ import NIOHTTP1
 /// 3. The response streams back, cleaned, with `X-Ringside-Node`.
 ///
 /// When the client cannot take more, the upstream's reads pause, and the other way round.
-final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
+final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGated {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
@@ -36,11 +36,11 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let router: any ProxyRouter
     private let upstreams: any UpstreamProvider
     private let scheme: String
-    private var context: ChannelHandlerContext?
+    private(set) var context: ChannelHandlerContext?
     private var exchange: Exchange?
     /// Set while answering a request ourselves; the rest of its body is dropped.
     private var refusing = false
-    private var gate = ReadGate()
+    var gate = ReadGate()
     private var nextRequestNumber: UInt64 = 0
     /// Pipelined request parts waiting for the current exchange to end.
     private var queued = CircularBuffer<HTTPServerRequestPart>()
@@ -538,15 +538,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Backpressure
 
-    func read(context: ChannelHandlerContext) {
-        if gate.allowsRead() { context.read() }
-    }
-
-    private func pauseReads() { gate.close() }
-
-    private func resumeReads() {
-        if gate.open(), let context { context.read() }
-    }
+    func read(context: ChannelHandlerContext) { gatedRead(context: context) }
 }
 
 extension ProxyHandler {

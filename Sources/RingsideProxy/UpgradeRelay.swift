@@ -164,14 +164,14 @@ final class UpgradeAnswer: ChannelInboundHandler, RemovableChannelHandler {
 
 /// One side of an upgraded connection: bytes read here are written to the partner (the other side, on the same event
 /// loop), and reads pause while the partner cannot take more. When either side closes, so does the other.
-final class ByteRelay: ChannelDuplexHandler, RemovableChannelHandler {
+final class ByteRelay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     var partner: NIOLoopBound<ByteRelay>?
-    private var context: ChannelHandlerContext?
-    private var gate = ReadGate()
+    private(set) var context: ChannelHandlerContext?
+    var gate = ReadGate()
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
@@ -203,13 +203,5 @@ final class ByteRelay: ChannelDuplexHandler, RemovableChannelHandler {
         context.close(promise: nil)
     }
 
-    func read(context: ChannelHandlerContext) {
-        if gate.allowsRead() { context.read() }
-    }
-
-    func pauseReads() { gate.close() }
-
-    func resumeReads() {
-        if gate.open(), let context { context.read() }
-    }
+    func read(context: ChannelHandlerContext) { gatedRead(context: context) }
 }

@@ -4,14 +4,14 @@ import NIOHTTP1
 /// The upstream side of an exchange, on a pooled backend connection or an HTTP/2 stream to a peer: hands the response
 /// to the ``ProxyHandler`` it is bound to and holds its reads while the client cannot take more. It stays on a pooled
 /// connection between exchanges, unbound, so that a request does not change the connection's pipeline.
-final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
+final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGated {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = HTTPClientRequestPart
 
     private var proxy: NIOLoopBound<ProxyHandler>?
-    private var context: ChannelHandlerContext?
-    private var gate = ReadGate()
+    private(set) var context: ChannelHandlerContext?
+    var gate = ReadGate()
 
     init() {}
 
@@ -52,15 +52,7 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.close(promise: nil)
     }
 
-    func read(context: ChannelHandlerContext) {
-        if gate.allowsRead() { context.read() }
-    }
-
-    func pauseReads() { gate.close() }
-
-    func resumeReads() {
-        if gate.open(), let context { context.read() }
-    }
+    func read(context: ChannelHandlerContext) { gatedRead(context: context) }
 
     /// Ends this handler's part in the exchange: it stops reporting to the proxy, and reads flow again, so that a
     /// reusable connection goes back to its pool ready for the next.

@@ -146,11 +146,9 @@ final class HTTP2Pool: Sendable {
     }
 
     private func connect(to address: String, on eventLoop: any EventLoop) -> EventLoopFuture<Connection> {
-        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+        guard let (host, port) = ClusterUpstreams.split(address) else {
             return eventLoop.makeFailedFuture(ProxyRefusal(status: .badGateway, message: "bad peer address \(address)"))
         }
-        var host = String(address[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -210,54 +208,45 @@ public final class ClusterUpstreams: UpstreamProvider {
     public var relaysBytes: Bool { !backendSpeaksHTTP2 }
 
     public func leaseBytes(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
-        switch route {
-        case .local:
-            return bytes.lease(host: backendHost, port: backendPort, on: eventLoop)
-        case .peer(_, let address):
-            guard let (host, port) = Self.split(address) else {
-                return eventLoop.makeFailedFuture(
-                    ProxyRefusal(status: .badGateway, message: "bad peer address \(address)")
-                )
-            }
-            return bytes.lease(host: host, port: port, on: eventLoop)
-        }
+        connecting(route, on: eventLoop) { bytes.lease(host: $0, port: $1, on: eventLoop) }
     }
 
     public func lease(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
-        switch route {
-        case .local where backendSpeaksHTTP2:
+        if case .local = route, backendSpeaksHTTP2 {
             return http2.lease(
                 address: backendHost.contains(":")
                     ? "[\(backendHost)]:\(backendPort)" : "\(backendHost):\(backendPort)",
                 on: eventLoop
             )
-        case .local:
-            return http1.lease(host: backendHost, port: backendPort, on: eventLoop)
-        case .peer(_, let address):
-            guard let (host, port) = Self.split(address) else {
-                return eventLoop.makeFailedFuture(
-                    ProxyRefusal(status: .badGateway, message: "bad peer address \(address)")
-                )
-            }
-            return http1.lease(host: host, port: port, on: eventLoop)
         }
+        return connecting(route, on: eventLoop) { http1.lease(host: $0, port: $1, on: eventLoop) }
     }
 
     public func freshConnection(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
-        switch route {
-        case .local where backendSpeaksHTTP2:
+        if case .local = route, backendSpeaksHTTP2 {
             return eventLoop.makeFailedFuture(
                 ProxyRefusal(status: .notImplemented, message: "upgrades are not passed to an HTTP/2 backend")
             )
+        }
+        return connecting(route, on: eventLoop) { http1.freshConnection(host: $0, port: $1, on: eventLoop) }
+    }
+
+    /// `connect(host, port)` for the HTTP/1.1 endpoint of `route`: the backend, or a peer's cluster port.
+    private func connecting<Value>(
+        _ route: ProxyRoute,
+        on eventLoop: any EventLoop,
+        _ connect: (String, Int) -> EventLoopFuture<Value>
+    ) -> EventLoopFuture<Value> {
+        switch route {
         case .local:
-            return http1.freshConnection(host: backendHost, port: backendPort, on: eventLoop)
+            return connect(backendHost, backendPort)
         case .peer(_, let address):
             guard let (host, port) = Self.split(address) else {
                 return eventLoop.makeFailedFuture(
                     ProxyRefusal(status: .badGateway, message: "bad peer address \(address)")
                 )
             }
-            return http1.freshConnection(host: host, port: port, on: eventLoop)
+            return connect(host, port)
         }
     }
 
