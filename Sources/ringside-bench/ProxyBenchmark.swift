@@ -14,7 +14,8 @@ struct ProxyBenchmark: ParsableCommand {
             nginx (`hash $http_x_shard_key consistent`, one worker), nginx_chain (two such nginx in a row, to compare
             with ringside_forward), haproxy (`balance hdr(X-Shard-Key)`, `hash-type consistent`, one thread).
             Fields: rps, p50_ms and p99_ms (wrk's latency distribution), cpu_us_per_req (CPU time of the proxy
-            processes over the run, per request), rss_mb (their resident memory after the run).
+            processes over the run, per request; cpu_user_us_per_req and cpu_system_us_per_req split it), rss_mb
+            (their resident memory after the run).
             Installs nothing: on Debian, apt-get install nginx-light haproxy wrk. Build with -c release.
             """
     )
@@ -244,9 +245,9 @@ final class Bench {
     func measure(_ target: String, url: String, pids: [Int32], duration: Int, connections: Int) throws -> ResultRow {
         // A short warm-up fills connection pools.
         _ = try runWrk(url: url, seconds: 2, connections: connections)
-        let cpuBefore = pids.map(Self.cpuTicks).reduce(0, +)
+        let before = pids.map(Self.cpuTicks).reduce((0, 0)) { ($0.0 + $1.user, $0.1 + $1.system) }
         let output = try runWrk(url: url, seconds: duration, connections: connections)
-        let cpuAfter = pids.map(Self.cpuTicks).reduce(0, +)
+        let after = pids.map(Self.cpuTicks).reduce((0, 0)) { ($0.0 + $1.user, $0.1 + $1.system) }
         let rps = Self.lastNumber(onLineContaining: "Requests/sec:", in: output) ?? 0
         let requests = Self.firstNumber(onLineContaining: " requests in ", in: output) ?? rps * Double(duration)
         var row = ResultRow()
@@ -255,10 +256,15 @@ final class Bench {
         row["p50_ms"] = .number(Self.percentile("50%", in: output) ?? .nan, decimals: 3)
         row["p99_ms"] = .number(Self.percentile("99%", in: output) ?? .nan, decimals: 3)
         let ticksPerSecond = Double(sysconf(Int32(_SC_CLK_TCK)))
-        let cpu = Double(cpuAfter - cpuBefore) / ticksPerSecond * 1e6 / max(1, requests)
-        row["cpu_us_per_req"] = .number(pids.isEmpty ? .nan : cpu, decimals: 1)
+        let perRequest = { (ticks: Int) in Double(ticks) / ticksPerSecond * 1e6 / max(1, requests) }
+        let user = perRequest(after.0 - before.0)
+        let system = perRequest(after.1 - before.1)
+        row["cpu_us_per_req"] = .number(pids.isEmpty ? .nan : user + system, decimals: 1)
         row["rss_mb"] = .number(pids.isEmpty ? .nan : pids.map(Self.residentMegabytes).reduce(0, +), decimals: 1)
         row["errors"] = .integer(Int(Self.lastNumber(onLineContaining: "Non-2xx or 3xx responses:", in: output) ?? 0))
+        // The split of cpu_us_per_req: the proxy's own code, and the kernel's work for it (system calls, TCP).
+        row["cpu_user_us_per_req"] = .number(pids.isEmpty ? .nan : user, decimals: 1)
+        row["cpu_system_us_per_req"] = .number(pids.isEmpty ? .nan : system, decimals: 1)
         return row
     }
 
@@ -303,14 +309,14 @@ final class Bench {
     }
 
     /// User and system CPU time of a process so far, in clock ticks.
-    static func cpuTicks(_ pid: Int32) -> Int {
+    static func cpuTicks(_ pid: Int32) -> (user: Int, system: Int) {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
             let close = stat.lastIndex(of: ")")
-        else { return 0 }
+        else { return (0, 0) }
         let fields = stat[stat.index(after: close)...].split(separator: " ")
         // After the command name: state is field 3, utime 14, stime 15.
-        guard fields.count > 12, let user = Int(fields[11]), let system = Int(fields[12]) else { return 0 }
-        return user + system
+        guard fields.count > 12, let user = Int(fields[11]), let system = Int(fields[12]) else { return (0, 0) }
+        return (user, system)
     }
 
     static func residentMegabytes(_ pid: Int32) -> Double {
