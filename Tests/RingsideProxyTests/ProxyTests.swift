@@ -301,3 +301,66 @@ struct RelayHandOffTests {
         }
     }
 }
+
+@Suite("The relay under mutated requests")
+struct RelayFuzzTests {
+    /// A small seeded generator, so that a failure can be replayed.
+    struct Generator: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    static let valid = Array(
+        "GET /a?b=c HTTP/1.1\r\nHost: app\r\nX-Shard-Key: k1\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nContent-Length: 4\r\n\r\nbody"
+            .utf8
+    )
+
+    static func mutate(_ bytes: [UInt8], using generator: inout Generator) -> [UInt8] {
+        var bytes = bytes
+        let interesting: [UInt8] = [13, 10, 32, 9, 58, 0, 127, 44, 97, 48, 200]
+        for _ in 0..<Int.random(in: 1...4, using: &generator) {
+            let index = Int.random(in: 0..<bytes.count, using: &generator)
+            switch Int.random(in: 0..<4, using: &generator) {
+            case 0: bytes[index] = interesting.randomElement(using: &generator)!
+            case 1: bytes.insert(interesting.randomElement(using: &generator)!, at: index)
+            case 2: if bytes.count > 1 { bytes.remove(at: index) }
+            default: bytes[index] = UInt8.random(in: 0...255, using: &generator)
+            }
+        }
+        return bytes
+    }
+
+    @Test func mutatedRequestsGetAnAnswerOrAClose() async throws {
+        try await withProxy(configuration: proxyConfiguration { $0.headerReadTimeout = .milliseconds(300) }) { port in
+            var generator = Generator(state: 42)
+            let requests = (0..<200).map { _ in Self.mutate(Self.valid, using: &generator) }
+            let answers = await withTaskGroup(of: (Int, [UInt8]).self) { group in
+                for (index, request) in requests.enumerated() {
+                    group.addTask { (index, rawExchange(port: port, request, timeout: .milliseconds(600)).bytes) }
+                }
+                var answers = [[UInt8]](repeating: [], count: requests.count)
+                for await (index, bytes) in group { answers[index] = bytes }
+                return answers
+            }
+            // Both kinds occur: the mutations are not all fatal, nor all harmless.
+            let statuses = answers.compactMap { parseResponse($0)?.status }
+            #expect(statuses.contains(200) && statuses.contains(400))
+            for (index, answer) in answers.enumerated() where !answer.isEmpty {
+                let response = parseResponse(answer)
+                #expect(response != nil, "request \(index) got an unparsable answer")
+                if let status = response?.status {
+                    #expect([200, 400, 408, 413, 431, 502, 505].contains(status), "request \(index): \(status)")
+                }
+            }
+            // The proxy is still healthy.
+            let after = rawExchange(port: port, Self.valid)
+            #expect(parseResponse(after.bytes)?.status == 200)
+        }
+    }
+}
