@@ -398,13 +398,18 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         case .success(let found) where !found.isEmpty:
             routes = found
         case .success:
-            return .refuse(status: 503, message: "no node owns this key", headers: [], closing: bodyLength > 0)
+            return .refuse(
+                status: 503,
+                message: "no node owns this key",
+                headers: [],
+                closing: bodyLength > 0 || close
+            )
         case .failure(let refusal):
             return .refuse(
                 status: Int(refusal.status.code),
                 message: refusal.message,
                 headers: refusal.headers.map { ($0.name, $0.value) },
-                closing: bodyLength > 0
+                closing: bodyLength > 0 || close
             )
         }
 
@@ -808,8 +813,8 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             context?.close(promise: nil)
             return
         }
-        answer(status, message, closing: !exchange.requestEnded)
-        if exchange.requestEnded, !closing {
+        answer(status, message, closing: !exchange.requestEnded || !exchange.clientKeepAlive)
+        if !closing {
             requestDone()
             resumeReads()
             if let context { processInbound(context: context) }

@@ -202,11 +202,16 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
             routes = found
         case .success:
             recordRefusal(.serviceUnavailable)
-            refuse(.serviceUnavailable, "no node owns this key", closing: hasBody)
+            refuse(.serviceUnavailable, "no node owns this key", closing: hasBody || !head.isKeepAlive)
             return
         case .failure(let refusal):
             recordRefusal(refusal.status)
-            refuse(refusal.status, refusal.message, closing: hasBody, headers: refusal.headers)
+            refuse(
+                refusal.status,
+                refusal.message,
+                closing: hasBody || !head.isKeepAlive,
+                headers: refusal.headers
+            )
             return
         }
         if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
@@ -473,7 +478,12 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
         if exchange.responseStarted {
             context.close(promise: nil)
         } else {
-            refuse(status, message, closing: !exchange.requestEnded, awaitingEnd: !exchange.requestEnded)
+            refuse(
+                status,
+                message,
+                closing: !exchange.requestEnded || !exchange.clientKeepAlive,
+                awaitingEnd: !exchange.requestEnded
+            )
             if exchange.requestEnded { drainQueued() }
         }
     }

@@ -364,3 +364,103 @@ struct RelayFuzzTests {
         }
     }
 }
+
+/// A backend that answers every request head with fixed bytes, then closes if asked to.
+final class CannedBackend: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let answer: [UInt8]
+    let closes: Bool
+
+    init(answer: String, closes: Bool) {
+        self.answer = Array(answer.utf8)
+        self.closes = closes
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let bytes = Array(unwrapInboundIn(data).readableBytesView)
+        guard headEnd(bytes) != nil else { return }
+        let done = context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: answer)))
+        if closes { done.assumeIsolated().whenComplete { _ in context.close(promise: nil) } }
+    }
+
+    static func start(answer: String, closes: Bool = false) async throws -> (channel: any Channel, port: Int) {
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(CannedBackend(answer: answer, closes: closes))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return (channel, channel.localAddress!.port!)
+    }
+}
+
+@Suite("The relay frames what backends send")
+struct RelayResponseTests {
+    func exchange(backend answer: String, closes: Bool = false, request text: String) async throws -> [UInt8] {
+        try await exchangeClosing(backend: answer, closes: closes, request: text).bytes
+    }
+
+    /// The client's bytes, and whether the proxy closed the connection (within 5 s).
+    func exchangeClosing(
+        backend answer: String,
+        closes: Bool = false,
+        request text: String
+    ) async throws -> (bytes: [UInt8], closed: Bool) {
+        let backend = try await CannedBackend.start(answer: answer, closes: closes)
+        defer { backend.channel.close(promise: nil) }
+        var result: (bytes: [UInt8], closed: Bool) = ([], false)
+        try await withProxy(backendPort: backend.port) { port in
+            result = rawExchange(port: port, request(text), timeout: .seconds(5), untilClosed: true)
+        }
+        return result
+    }
+
+    @Test func aGarbledResponseIs502AndAClientThatAskedToCloseIsClosed() async throws {
+        let (bytes, closed) = try await exchangeClosing(
+            backend: "NOT HTTP\r\n\r\n",
+            request: "GET / HTTP/1.1\nHost: app\nConnection: close\n\n"
+        )
+        #expect(parseResponse(bytes)?.status == 502)
+        #expect(closed)
+    }
+
+    @Test func aBodyUntilCloseReachesTheClientWhichIsThenClosed() async throws {
+        let bytes = try await exchange(
+            backend: "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it",
+            closes: true,
+            request: "GET / HTTP/1.1\nHost: app\n\n"
+        )
+        let text = String(decoding: bytes, as: UTF8.self)
+        #expect(text.hasPrefix("HTTP/1.1 200 OK\r\n"))
+        #expect(text.lowercased().contains("connection: close\r\n"))
+        #expect(text.hasSuffix("\r\n\r\nall of it"))
+    }
+
+    @Test func chunkedTrailersAndInterimResponsesPassThroughVerbatim() async throws {
+        let chunked = "4\r\nwiki\r\n5;x=y\r\npedia\r\n0\r\nGrpc-Status: 0\r\n\r\n"
+        let bytes = try await exchange(
+            backend: "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+                + "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Grpc-Status\r\n\r\n" + chunked,
+            request: "GET / HTTP/1.1\nHost: app\nConnection: close\n\n"
+        )
+        let text = String(decoding: bytes, as: UTF8.self)
+        #expect(text.hasPrefix("HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n"))
+        #expect(text.contains("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Grpc-Status\r\n"))
+        #expect(text.contains("x-ringside-node: node-a\r\n"))
+        #expect(text.hasSuffix("\r\n\r\n" + chunked))
+    }
+
+    @Test func anHTTP10ResponseIsSpokenAs11AndItsConnectionNotReused() async throws {
+        let bytes = try await exchange(
+            backend: "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            request: "GET / HTTP/1.1\nHost: app\nConnection: close\n\n"
+        )
+        let response = try #require(parseResponse(bytes))
+        #expect(response.status == 200)
+        #expect(response.body == Array("ok".utf8))
+        #expect(String(decoding: bytes, as: UTF8.self).hasPrefix("HTTP/1.1 200 OK"))
+    }
+}
