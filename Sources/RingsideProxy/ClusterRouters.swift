@@ -11,6 +11,8 @@ public struct ClusterRouter: ProxyRouter {
     /// How many owners a request may be tried on, the first included.
     public var candidates = 3
 
+    private static let localOnly: [ProxyRoute] = [.local]
+
     /// A router over `node`'s view.
     public init(node: ClusterNode, configuration: ProxyConfiguration) {
         self.node = node
@@ -35,6 +37,11 @@ public struct ClusterRouter: ProxyRouter {
             )
         }
         do {
+            if count == 1 {
+                // One candidate (a single participant): no arrays to build for the common local answer.
+                let owner = try sharder.owner(of: key, op: .readWrite)
+                return .success(owner.isSelf ? Self.localOnly : [.peer(name: owner.name, address: owner.address)])
+            }
             let owners = try sharder.lookup(key, replicas: count, op: .readWrite)
             return .success(owners.map { $0.isSelf ? .local : .peer(name: $0.name, address: $0.address) })
         } catch {
