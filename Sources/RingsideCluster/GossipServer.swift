@@ -46,23 +46,13 @@ enum GossipServer {
                                 try forwardedConnections(channel)
                             },
                             http2: { channel in
-                                _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-                                    mode: .server,
-                                    connectionConfiguration: .init(),
-                                    streamConfiguration: .init(),
-                                    inboundStreamInitializer: { stream in
-                                        stream.eventLoop.makeCompletedFuture {
-                                            try stream.pipeline.syncOperations.addHandlers([
-                                                HTTP2FramePayloadToHTTP1ServerCodec(),
-                                                ClusterStreamDispatcher(
-                                                    maxBodyBytes: maxBodyBytes,
-                                                    forwarded: forwarded,
-                                                    receive: receive
-                                                ),
-                                            ])
-                                        }
-                                    }
-                                )
+                                try ProtocolSniffer.configureHTTP2Streams(channel) {
+                                    ClusterStreamDispatcher(
+                                        maxBodyBytes: maxBodyBytes,
+                                        forwarded: forwarded,
+                                        receive: receive
+                                    )
+                                }
                             }
                         )
                     )

@@ -1,10 +1,12 @@
 /// A `host:port` pair as written in configuration: `10.0.0.1:7401`, `[::1]:7401`, `ringside-0.ringside:7401`.
-struct HostAndPort: Hashable, Sendable, CustomStringConvertible {
-    var host: String
-    var port: Int
+public struct HostAndPort: Hashable, Sendable, CustomStringConvertible {
+    /// The host name or address, without brackets.
+    public var host: String
+    /// The port.
+    public var port: Int
 
     /// Parses `text`, or returns nil when it is not `host:port` with a port from 0 to 65535.
-    init?(_ text: String) {
+    public init?(_ text: String) {
         let hostPart: Substring
         let portPart: Substring
         if text.hasPrefix("[") {
@@ -23,10 +25,11 @@ struct HostAndPort: Hashable, Sendable, CustomStringConvertible {
         self.port = port
     }
 
-    init(host: String, port: Int) {
+    /// A pair from its parts.
+    public init(host: String, port: Int) {
         self.host = host
         self.port = port
     }
 
-    var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }

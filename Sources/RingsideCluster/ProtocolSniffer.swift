@@ -1,4 +1,6 @@
 import NIOCore
+import NIOHTTP1
+import NIOHTTP2
 
 /// Tells an HTTP/2 connection with prior knowledge (it opens with the 24-byte preface, RFC 9113 §3.4) from an HTTP/1.1
 /// one by its first bytes, sets the pipeline up for it, and steps aside. Both the app plane and the cluster port use it.
@@ -40,6 +42,26 @@ public final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandl
         self.buffered = nil
         context.fireChannelRead(wrapInboundOut(bytes))
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
+    /// Sets `channel` up as an HTTP/2 server connection (h2c) whose every stream speaks HTTP/1-style parts to a handler
+    /// that `makeHandler` makes for it.
+    public static func configureHTTP2Streams(
+        _ channel: any Channel,
+        handler makeHandler: @escaping @Sendable () -> any ChannelHandler
+    ) throws {
+        _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+            mode: .server,
+            connectionConfiguration: .init(),
+            streamConfiguration: .init(),
+            inboundStreamInitializer: { stream in
+                stream.eventLoop.makeCompletedFuture {
+                    try stream.pipeline.syncOperations.addHandlers([
+                        HTTP2FramePayloadToHTTP1ServerCodec(), makeHandler(),
+                    ])
+                }
+            }
+        )
     }
 
     public func channelInactive(context: ChannelHandlerContext) {

@@ -34,26 +34,16 @@ public enum AppServer {
                         ProtocolSniffer(
                             http1: http1,
                             http2: { channel in
-                                _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-                                    mode: .server,
-                                    connectionConfiguration: .init(),
-                                    streamConfiguration: .init(),
-                                    inboundStreamInitializer: { stream in
-                                        stream.eventLoop.makeCompletedFuture {
-                                            try stream.pipeline.syncOperations.addHandlers([
-                                                HTTP2FramePayloadToHTTP1ServerCodec(),
-                                                ProxyHandler(
-                                                    configuration: configuration,
-                                                    plane: .app,
-                                                    metrics: metrics,
-                                                    router: router,
-                                                    upstreams: upstreams,
-                                                    scheme: "http"
-                                                ),
-                                            ])
-                                        }
-                                    }
-                                )
+                                try ProtocolSniffer.configureHTTP2Streams(channel) {
+                                    ProxyHandler(
+                                        configuration: configuration,
+                                        plane: .app,
+                                        metrics: metrics,
+                                        router: router,
+                                        upstreams: upstreams,
+                                        scheme: "http"
+                                    )
+                                }
                             }
                         )
                     )

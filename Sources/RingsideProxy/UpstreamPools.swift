@@ -3,6 +3,7 @@ import NIOCore
 import NIOHTTP1
 import NIOHTTP2
 import NIOPosix
+import RingsideCluster
 
 /// Keep-alive HTTP/1.1 connections, pooled per address and event loop, so that a request never leaves the event loop
 /// of the connection it arrived on: to the backend, and to peers' cluster ports for forwarded requests.
@@ -146,13 +147,13 @@ final class HTTP2Pool: Sendable {
     }
 
     private func connect(to address: String, on eventLoop: any EventLoop) -> EventLoopFuture<Connection> {
-        guard let (host, port) = ClusterUpstreams.split(address) else {
+        guard let target = HostAndPort(address) else {
             return eventLoop.makeFailedFuture(ProxyRefusal(status: .badGateway, message: "bad peer address \(address)"))
         }
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .connect(host: host, port: port)
+            .connect(host: target.host, port: target.port)
             .flatMap { channel in
                 channel.configureHTTP2Pipeline(mode: .client, inboundStreamInitializer: { $0.close() })
                     .map { Connection(channel: channel, multiplexer: NIOLoopBound($0, eventLoop: channel.eventLoop)) }
@@ -213,11 +214,7 @@ public final class ClusterUpstreams: UpstreamProvider {
 
     public func lease(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
         if case .local = route, backendSpeaksHTTP2 {
-            return http2.lease(
-                address: backendHost.contains(":")
-                    ? "[\(backendHost)]:\(backendPort)" : "\(backendHost):\(backendPort)",
-                on: eventLoop
-            )
+            return http2.lease(address: HostAndPort(host: backendHost, port: backendPort).description, on: eventLoop)
         }
         return connecting(route, on: eventLoop) { http1.lease(host: $0, port: $1, on: eventLoop) }
     }
@@ -241,23 +238,13 @@ public final class ClusterUpstreams: UpstreamProvider {
         case .local:
             return connect(backendHost, backendPort)
         case .peer(_, let address):
-            guard let (host, port) = Self.split(address) else {
+            guard let target = HostAndPort(address) else {
                 return eventLoop.makeFailedFuture(
                     ProxyRefusal(status: .badGateway, message: "bad peer address \(address)")
                 )
             }
-            return connect(host, port)
+            return connect(target.host, target.port)
         }
-    }
-
-    /// `host:port` or `[v6]:port` into its parts.
-    static func split(_ address: String) -> (String, Int)? {
-        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
-            return nil
-        }
-        var host = String(address[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        return (host, port)
     }
 
     /// Closes every pooled connection.

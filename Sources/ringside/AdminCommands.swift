@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import RingsideCluster
 
 /// Options shared by the commands that ask a running node.
 struct AdminOptions: ParsableArguments {
@@ -13,7 +14,7 @@ struct AdminOptions: ParsableArguments {
 
     /// GETs `path` from the admin plane and prints the body; a non-2xx answer goes to stderr with exit status 1.
     func printAnswer(to path: String) async throws {
-        guard let target = RingsideSettings.parseAddress(address) else {
+        guard let target = HostAndPort(address) else {
             FileHandle.standardError.write(Data("ringside: --admin \"\(address)\" is not host:port\n".utf8))
             throw ExitCode(2)
         }

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import RingsideCluster
 import RingsideProxy
 import RingsideSharding
 import Yams
@@ -38,11 +39,7 @@ struct RingsideSettings {
     var eventLoops: Int
 
     /// A `host:port` pair.
-    struct Address: Equatable, CustomStringConvertible {
-        var host: String
-        var port: Int
-        var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
-    }
+    typealias Address = HostAndPort
 
     /// Every key, with its default (nil: none, or computed) and what it means, for `--help` and the README.
     static let keys: [(name: String, defaultValue: String?, help: String)] = [
@@ -157,7 +154,7 @@ struct RingsideSettings {
         }
         func address(_ key: String) throws(ConfigurationError) -> Address {
             let (text, _) = value(key)
-            guard let parsed = Self.parseAddress(text) else {
+            guard let parsed = Address(text) else {
                 throw fail(key, "is not host:port with a port from 0 to 65535")
             }
             return parsed
@@ -187,12 +184,12 @@ struct RingsideSettings {
         if advertiseText.isEmpty {
             advertise = nil
         } else {
-            guard Self.parseAddress(advertiseText) != nil else { throw fail("advertise", "is not host:port") }
+            guard Address(advertiseText) != nil else { throw fail("advertise", "is not host:port") }
             advertise = advertiseText
         }
         join = value("join").0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
             .filter { !$0.isEmpty }
-        for seed in join where !seed.hasPrefix("dnssrv+") && Self.parseAddress(seed) == nil {
+        for seed in join where !seed.hasPrefix("dnssrv+") && Address(seed) == nil {
             throw ConfigurationError(
                 key: "join",
                 source: value("join").1,
@@ -206,7 +203,7 @@ struct RingsideSettings {
         let backendText = value("backend").0
         let scheme = backendText.prefix { $0 != ":" }
         guard scheme == "http" || scheme == "h2c", backendText.dropFirst(scheme.count).hasPrefix("://"),
-            let backendAddress = Self.parseAddress(String(backendText.dropFirst(scheme.count + 3).prefix { $0 != "/" }))
+            let backendAddress = Address(String(backendText.dropFirst(scheme.count + 3).prefix { $0 != "/" }))
         else {
             throw fail("backend", "is not an http://host:port or h2c://host:port URL")
         }
@@ -261,24 +258,6 @@ struct RingsideSettings {
             throw fail("log-level", "is not trace, debug, info, notice, warning, error or critical")
         }
         logLevel = level
-    }
-
-    static func parseAddress(_ text: String) -> Address? {
-        let host: Substring
-        let port: Substring
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
-                return nil
-            }
-            host = text[text.index(after: text.startIndex)..<close]
-            port = text[text.index(close, offsetBy: 2)...]
-        } else {
-            guard let colon = text.lastIndex(of: ":"), !text[..<colon].contains(":") else { return nil }
-            host = text[..<colon]
-            port = text[text.index(after: colon)...]
-        }
-        guard !host.isEmpty, let number = Int(port), (0...65_535).contains(number) else { return nil }
-        return Address(host: String(host), port: number)
     }
 
     /// `500ms`, `30s`, `2m`, `1h`, or a plain number of seconds.
