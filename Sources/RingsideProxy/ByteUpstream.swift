@@ -8,12 +8,63 @@ struct ResponseFacts {
     var startLineEnd: Int
     /// A 1xx response other than 101: a final response follows.
     var isInterim: Bool
-    /// The body runs until the connection closes (no length, not chunked).
-    var bodyUntilClose: Bool
+    /// The body's declared length (ignored when a transfer encoding is present).
+    var contentLength: Int?
+    /// The body is chunked.
+    var chunked: Bool
+    /// The connection may carry another request after this response.
+    var keepsConnection: Bool
     /// A peer's 421 saying it does not own the key.
     var notOwner: Bool
     /// It already names the node that served it.
     var hasNodeHeader: Bool
+
+    /// The body runs until the connection closes (no length, not chunked).
+    var bodyUntilClose: Bool { contentLength == nil && !chunked }
+
+    /// Reads the status line and the fields that frame the body from a response head; nil when they make no sense.
+    init?(head bytes: UnsafeRawBufferPointer, startLineEnd: Int, fields: [HeaderField]) {
+        // "HTTP/1.x NNN reason"
+        guard startLineEnd >= 12, HTTP1Parsing.has(bytes, at: 0, "HTTP/1."), bytes[8] == 32,
+            let status = HTTP1Parsing.decimal(bytes, 9..<12), status >= 100,
+            startLineEnd == 12 || bytes[12] == 32
+        else { return nil }
+        self.status = status
+        self.startLineEnd = startLineEnd
+        isInterim = status < 200 && status != 101
+        contentLength = nil
+        chunked = false
+        // HTTP/1.0 connections are not kept.
+        keepsConnection = bytes[7] != UInt8(ascii: "0")
+        notOwner = false
+        hasNodeHeader = false
+        var transferEncoding = false
+        for field in fields {
+            switch HTTP1Parsing.kind(of: bytes, name: field.name, key: []) {
+            case .contentLength:
+                guard let length = HTTP1Parsing.decimal(bytes, field.value), contentLength ?? length == length else {
+                    return nil
+                }
+                contentLength = length
+            case .transferEncoding:
+                transferEncoding = true
+                chunked = HTTP1Parsing.listEnds(bytes, field.value, with: "chunked")
+            case .connection:
+                if HTTP1Parsing.listContains(bytes, field.value, "close") { keepsConnection = false }
+            case .notOwner:
+                notOwner = true
+            case .node:
+                hasNodeHeader = true
+            default:
+                break
+            }
+        }
+        // A length with a transfer encoding: the encoding wins, and the connection is not reused (RFC 9112 §6.3).
+        if transferEncoding, contentLength != nil {
+            contentLength = nil
+            keepsConnection = false
+        }
+    }
 }
 
 /// The upstream side of the byte-level relay, on a pooled HTTP/1.1 connection to the backend or to a peer's cluster
@@ -142,21 +193,24 @@ final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
                 return fail(context: context)
             case .complete(let startLineEnd, let length):
                 let head = received.readSlice(length: length)!
-                guard let facts = head.withUnsafeReadableBytes({ facts(of: $0, startLineEnd: startLineEnd) }) else {
-                    return fail(context: context)
-                }
+                guard
+                    let facts = head.withUnsafeReadableBytes({
+                        ResponseFacts(head: $0, startLineEnd: startLineEnd, fields: fields)
+                    })
+                else { return fail(context: context) }
                 if facts.isInterim {
                     state = .head(nil)
                     relay?.upstreamHead(head, facts: facts, fields: fields, body: nil)
                     guard case .head = state, received.readableBytes > 0 else { return }
                     continue
                 }
+                if !facts.keepsConnection { reusable = false }
                 let hasBody = expectsBody && facts.status != 204 && facts.status != 304
                 if !hasBody {
                     state = .idle
-                } else if let length = contentLength {
+                } else if let length = facts.contentLength {
                     state = length == 0 ? .idle : .length(length)
-                } else if chunked {
+                } else if facts.chunked {
                     state = .chunked(ChunkedFraming())
                 } else {
                     state = .untilClose
@@ -168,58 +222,6 @@ final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
                 return
             }
         }
-    }
-
-    // Set by `facts(of:startLineEnd:)` for the head just parsed.
-    private var contentLength: Int?
-    private var chunked = false
-
-    /// Reads the status line and the fields that frame the body; nil when they make no sense.
-    private func facts(of bytes: UnsafeRawBufferPointer, startLineEnd: Int) -> ResponseFacts? {
-        // "HTTP/1.x NNN reason"
-        guard startLineEnd >= 12, HTTP1Parsing.has(bytes, at: 0, "HTTP/1."), bytes[8] == 32,
-            let status = HTTP1Parsing.decimal(bytes, 9..<12), status >= 100,
-            startLineEnd == 12 || bytes[12] == 32
-        else { return nil }
-        contentLength = nil
-        chunked = false
-        var transferEncoding = false
-        var notOwner = false
-        var hasNodeHeader = false
-        for field in fields {
-            switch HTTP1Parsing.kind(of: bytes, name: field.name, key: []) {
-            case .contentLength:
-                guard let length = HTTP1Parsing.decimal(bytes, field.value), contentLength ?? length == length else {
-                    return nil
-                }
-                contentLength = length
-            case .transferEncoding:
-                transferEncoding = true
-                chunked = HTTP1Parsing.listEnds(bytes, field.value, with: "chunked")
-            case .connection:
-                if HTTP1Parsing.listContains(bytes, field.value, "close") { reusable = false }
-            case .notOwner:
-                notOwner = true
-            case .node:
-                hasNodeHeader = true
-            default:
-                break
-            }
-        }
-        if bytes[7] == UInt8(ascii: "0") { reusable = false }
-        // A length with a transfer encoding: the encoding wins, and the connection is not reused (RFC 9112 §6.3).
-        if transferEncoding {
-            contentLength = nil
-            reusable = false
-        }
-        return ResponseFacts(
-            status: status,
-            startLineEnd: startLineEnd,
-            isInterim: status < 200 && status != 101,
-            bodyUntilClose: contentLength == nil && !chunked,
-            notOwner: notOwner,
-            hasNodeHeader: hasNodeHeader
-        )
     }
 
     /// The response is complete; `extra` bytes after it mean the connection cannot be reused.

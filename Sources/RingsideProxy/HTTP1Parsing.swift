@@ -47,8 +47,6 @@ struct HeaderField {
 
     var name: Range<Int> { Int(nameStart)..<Int(nameEnd) }
     var value: Range<Int> { Int(valueStart)..<Int(valueEnd) }
-    /// The whole line without its CRLF: `Name: value` as it came.
-    var line: Range<Int> { Int(nameStart)..<Int(valueEnd) }
 }
 
 /// What the parser found at the start of a buffer.
@@ -86,6 +84,25 @@ enum FieldKind {
     case deadline
     case node
     case notOwner
+}
+
+extension FieldKind {
+    /// Describes one connection and never crosses a proxy as it came (``HeaderHygiene/hopByHop``).
+    var isHopByHop: Bool {
+        switch self {
+        case .connection, .keepAlive, .proxyConnection, .te, .transferEncoding, .upgrade, .trailer, .proxyAuthenticate,
+            .proxyAuthorization:
+            true
+        default:
+            false
+        }
+    }
+
+    /// Describes the body's framing, which the relay passes through unchanged.
+    var describesFraming: Bool { self == .transferEncoding || self == .trailer || self == .contentLength }
+
+    /// Set by a forwarding node for the receiving node only.
+    var isInternal: Bool { self == .hop || self == .final || self == .deadline }
 }
 
 enum HTTP1Parsing {

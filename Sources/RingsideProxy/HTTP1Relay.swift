@@ -16,6 +16,8 @@ final class RelaySettings: Sendable {
     let nodeLine: [UInt8]
     let viaAndNodeLines: [UInt8]
     let hopLine: [UInt8]
+    let deadlinePrefix: [UInt8]
+    let finalLine: [UInt8]
     let requestIDPrefix: [UInt8]
     let headerTimeout: TimeAmount
     let idleTimeout: TimeAmount
@@ -44,6 +46,8 @@ final class RelaySettings: Sendable {
         protoAndViaLines = Array("x-forwarded-proto: http\r\n".utf8) + viaLine
         viaAndNodeLines = viaLine + nodeLine
         hopLine = Array("\(HeaderHygiene.hopHeader): \(name)\r\n".utf8)
+        deadlinePrefix = Array("\(HeaderHygiene.deadlineHeader): ".utf8)
+        finalLine = Array("\(HeaderHygiene.finalHeader): 1\r\n".utf8)
         requestIDPrefix = Array("x-request-id: \(name)-".utf8)
         headerTimeout = TimeAmount(configuration.headerReadTimeout)
         idleTimeout = TimeAmount(configuration.idleTimeout)
@@ -124,7 +128,6 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         var pending: [ByteBuffer] = []
         /// The body kept for a replay, while small enough; nil once it is not.
         var replay: [ByteBuffer]? = []
-        var replayBytes = 0
         var responseStarted = false
         var status = 200
         /// The response runs until the upstream closes: the client's connection closes after it.
@@ -355,9 +358,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
                     }
                 }
             case .te:
-                var list: [Range<Int>] = []
-                HTTP1Parsing.listMembers(bytes, field.value, into: &list)
-                if list.contains(where: { HTTP1Parsing.equals(bytes, $0, "trailers") }) { keepsTrailers = true }
+                if HTTP1Parsing.listContains(bytes, field.value, "trailers") { keepsTrailers = true }
             case .hop: forwarded = true
             case .final: final = true
             case .deadline: deadlineMilliseconds = HTTP1Parsing.decimal(bytes, field.value)
@@ -419,8 +420,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         var previousForwardedFor: [Range<Int>] = []
         for (field, kind) in zip(fields, kinds) {
             switch kind {
-            case .connection, .keepAlive, .proxyConnection, .te, .trailer, .proxyAuthenticate, .proxyAuthorization,
-                .hop, .final, .deadline:
+            case _ where kind.isHopByHop || kind.isInternal:
                 continue
             case .xForwardedFor:
                 previousForwardedFor.append(field.value)
@@ -469,7 +469,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             Exchange(
                 routes: routes,
                 head: head,
-                idempotent: Self.isIdempotent(method),
+                idempotent: ProxyHandler.isIdempotent(method),
                 expectsBody: !isHead,
                 clientKeepAlive: !close,
                 bodyLength: bodyLength,
@@ -495,18 +495,6 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         return address
     }
 
-    /// Methods that can be sent twice with the effect of once (RFC 9110 §9.2.2).
-    private static func isIdempotent(_ method: UnsafeRawBufferPointer) -> Bool {
-        switch method.count {
-        case 3: HTTP1Parsing.has(method, at: 0, "GET") || HTTP1Parsing.has(method, at: 0, "PUT")
-        case 4: HTTP1Parsing.has(method, at: 0, "HEAD")
-        case 5: HTTP1Parsing.has(method, at: 0, "TRACE")
-        case 6: HTTP1Parsing.has(method, at: 0, "DELETE")
-        case 7: HTTP1Parsing.has(method, at: 0, "OPTIONS")
-        default: false
-        }
-    }
-
     /// Passes the body bytes waiting in `inbound` on, up to the end of the current request's body.
     private func feedBody(_ exchange: Exchange) {
         guard var buffer = inbound else { return }
@@ -516,8 +504,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         exchange.bodyRemaining -= take
         exchange.bodyBytes += take
         if exchange.replay != nil {
-            exchange.replayBytes += take
-            if exchange.replayBytes <= ProxyHandler.replayableBodyBytes {
+            if exchange.bodyBytes <= ProxyHandler.replayableBodyBytes {
                 exchange.replay!.append(slice)
             } else {
                 exchange.replay = nil
@@ -585,10 +572,10 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         if case .peer = exchange.route {
             head.writeBytes(settings.hopLine)
             let remaining = max(0, (exchange.deadline - .now()).nanoseconds / 1_000_000)
-            head.writeStaticString("x-ringside-deadline-ms: ")
+            head.writeBytes(settings.deadlinePrefix)
             head.writeString(String(remaining))
             head.writeStaticString("\r\n")
-            if exchange.attempt == exchange.routes.count - 1 { head.writeStaticString("x-ringside-final: 1\r\n") }
+            if exchange.attempt == exchange.routes.count - 1 { head.writeBytes(settings.finalLine) }
         }
         head.writeStaticString("\r\n")
         if exchange.attempt == 0 {
@@ -673,13 +660,13 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             }
             for (field, kind) in zip(fields, kinds) {
                 switch kind {
-                case .connection, .keepAlive, .proxyConnection, .te, .upgrade, .proxyAuthenticate, .proxyAuthorization:
+                case _ where kind.describesFraming:
+                    // The body passes through in the framing these describe.
+                    break
+                case _ where kind.isHopByHop:
                     continue
                 case .node where !settings.configuration.addsNodeHeader:
                     continue
-                case .transferEncoding, .contentLength, .trailer:
-                    // The body passes through in the framing these describe.
-                    break
                 default:
                     if listsNames, members.contains(where: { HTTP1Parsing.sameName(bytes, $0, field.name) }) {
                         continue

@@ -554,8 +554,18 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
 extension ProxyHandler {
     /// Methods that can be sent twice with the effect of once (RFC 9110 §9.2.2).
     static func isIdempotent(_ method: HTTPMethod) -> Bool {
-        switch method {
-        case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: true
+        var name = method.rawValue
+        return name.withUTF8 { isIdempotent(UnsafeRawBufferPointer($0)) }
+    }
+
+    /// The same, for a method's name as it came on the wire.
+    static func isIdempotent(_ method: UnsafeRawBufferPointer) -> Bool {
+        switch method.count {
+        case 3: HTTP1Parsing.has(method, at: 0, "GET") || HTTP1Parsing.has(method, at: 0, "PUT")
+        case 4: HTTP1Parsing.has(method, at: 0, "HEAD")
+        case 5: HTTP1Parsing.has(method, at: 0, "TRACE")
+        case 6: HTTP1Parsing.has(method, at: 0, "DELETE")
+        case 7: HTTP1Parsing.has(method, at: 0, "OPTIONS")
         default: false
         }
     }

@@ -27,6 +27,23 @@ struct HTTP1ParsingTests {
         }
     }
 
+    @Test func fieldKindsFollowTheProxyRules() {
+        func kind(_ name: String) -> FieldKind {
+            let bytes = Array(name.utf8)
+            return bytes.withUnsafeBytes { HTTP1Parsing.kind(of: $0, name: 0..<bytes.count, key: []) }
+        }
+        for name in HeaderHygiene.hopByHop {
+            #expect(kind(name).isHopByHop, "\(name)")
+            #expect(kind(name.uppercased()).isHopByHop, "\(name)")
+        }
+        for name in [HeaderHygiene.hopHeader, HeaderHygiene.finalHeader, HeaderHygiene.deadlineHeader] {
+            #expect(kind(name).isInternal, "\(name)")
+        }
+        #expect(kind(HeaderHygiene.nodeHeader) == .node)
+        #expect(kind(HeaderHygiene.notOwnerHeader) == .notOwner)
+        #expect(!kind("x-custom").isHopByHop && !kind("x-custom").isInternal)
+    }
+
     @Test func aPartialHeadIsIncomplete() {
         #expect(parse("GET / HTTP/1.1\r\nHost: x\r\n").0 == .incomplete)
         #expect(parse("GET / HTTP/1.1\r\nHo").0 == .incomplete)

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -247,6 +248,32 @@ struct ProxyTests {
 
 @Suite("The byte-level relay hands over what it does not carry")
 struct RelayHandOffTests {
+    @Test func aRefusalOnTheGeneralPathClosesAConnectionThatAskedToClose() async throws {
+        try await withProxy(router: LocalRouter(rejectMissingKey: true)) { port in
+            let raw = rawExchange(port: port, request("GET / HTTP/1.0\nHost: app\n\n"), untilClosed: true)
+            #expect(parseResponse(raw.bytes)?.status == 400)
+            #expect(raw.closed)
+        }
+    }
+
+    @Test func aKeptUpstreamConnectionIsNotUsedForAnotherRoute() async throws {
+        try await withProxy(router: PartlyDownRouter()) { port in
+            let raw = rawExchange(
+                port: port,
+                request(
+                    "GET /one HTTP/1.1\nHost: app\nX-Shard-Key: up\n\n"
+                        + "GET /two HTTP/1.1\nHost: app\nX-Shard-Key: down\n\n"
+                        + "GET /three HTTP/1.1\nHost: app\nX-Shard-Key: up\nConnection: close\n\n"
+                ),
+                untilClosed: true
+            )
+            // The status codes in order (bodies need not end in a newline, so no line splitting).
+            let statuses = String(decoding: raw.bytes, as: UTF8.self).components(separatedBy: "HTTP/1.1 ").dropFirst()
+                .map { String($0.prefix(3)) }
+            #expect(statuses == ["200", "502", "200"])
+        }
+    }
+
     @Test func anHTTP10RequestTakesTheGeneralPath() async throws {
         try await withProxy { port in
             let raw = rawExchange(port: port, request("GET /old HTTP/1.0\nHost: app\n\n"), untilClosed: true)
@@ -378,6 +405,14 @@ final class CannedBackend: ChannelInboundHandler, Sendable {
         self.closes = closes
     }
 
+    /// Connections accepted by every canned backend so far, by port.
+    static let accepted = NIOLockedValueBox<[Int: Int]>([:])
+
+    func channelActive(context: ChannelHandlerContext) {
+        if let port = context.channel.localAddress?.port { Self.accepted.withLockedValue { $0[port, default: 0] += 1 } }
+        context.fireChannelActive()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = Array(unwrapInboundIn(data).readableBytesView)
         guard headEnd(bytes) != nil else { return }
@@ -451,6 +486,24 @@ struct RelayResponseTests {
         #expect(text.contains("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Grpc-Status\r\n"))
         #expect(text.contains("x-ringside-node: node-a\r\n"))
         #expect(text.hasSuffix("\r\n\r\n" + chunked))
+    }
+
+    @Test func aChunkedResponseLeavesItsUpstreamConnectionReusable() async throws {
+        let backend = try await CannedBackend.start(
+            answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        )
+        defer { backend.channel.close(promise: nil) }
+        try await withProxy(backendPort: backend.port) { port in
+            let one = "GET / HTTP/1.1\nHost: app\n\n"
+            let raw = rawExchange(
+                port: port,
+                request(one + one + "GET / HTTP/1.1\nHost: app\nConnection: close\n\n"),
+                untilClosed: true
+            )
+            let text = String(decoding: raw.bytes, as: UTF8.self)
+            #expect(text.split(separator: "HTTP/1.1 200 OK", omittingEmptySubsequences: false).count == 4)
+        }
+        #expect(CannedBackend.accepted.withLockedValue { $0[backend.port] } == 1)
     }
 
     @Test func anHTTP10ResponseIsSpokenAs11AndItsConnectionNotReused() async throws {
