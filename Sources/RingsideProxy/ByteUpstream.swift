@@ -18,6 +18,8 @@ struct ResponseFacts {
     var notOwner: Bool
     /// It already names the node that served it.
     var hasNodeHeader: Bool
+    /// It has a `Connection` field that may name other fields (anything but a lone `close` or `keep-alive`).
+    var listsConnectionOptions: Bool
 
     /// The body runs until the connection closes (no length, not chunked).
     var bodyUntilClose: Bool { contentLength == nil && !chunked }
@@ -38,9 +40,10 @@ struct ResponseFacts {
         keepsConnection = bytes[7] != UInt8(ascii: "0")
         notOwner = false
         hasNodeHeader = false
+        listsConnectionOptions = false
         var transferEncoding = false
         for field in fields {
-            switch HTTP1Parsing.kind(of: bytes, name: field.name, key: []) {
+            switch field.kind {
             case .contentLength:
                 guard let length = HTTP1Parsing.decimal(bytes, field.value), contentLength ?? length == length else {
                     return nil
@@ -50,7 +53,12 @@ struct ResponseFacts {
                 transferEncoding = true
                 chunked = HTTP1Parsing.listEnds(bytes, field.value, with: "chunked")
             case .connection:
-                if HTTP1Parsing.listContains(bytes, field.value, "close") { keepsConnection = false }
+                if HTTP1Parsing.equals(bytes, field.value, "close") {
+                    keepsConnection = false
+                } else if !HTTP1Parsing.equals(bytes, field.value, "keep-alive") {
+                    listsConnectionOptions = true
+                    if HTTP1Parsing.listContains(bytes, field.value, "close") { keepsConnection = false }
+                }
             case .notOwner:
                 notOwner = true
             case .node:

@@ -44,6 +44,8 @@ struct HeaderField {
     var valueEnd: Int32
     /// Where the next line starts: the line with its CRLF is `nameStart..<next`.
     var next: Int32
+    /// What the name says, found while parsing.
+    var kind: FieldKind
 
     var name: Range<Int> { Int(nameStart)..<Int(nameEnd) }
     var value: Range<Int> { Int(valueStart)..<Int(valueEnd) }
@@ -109,11 +111,16 @@ enum HTTP1Parsing {
     static let cr: UInt8 = 13
     static let lf: UInt8 = 10
 
-    /// Parses a head (start line and header fields) at the start of `bytes`, recording the fields in `fields`.
+    /// Parses a head (start line and header fields) at the start of `bytes`, recording the fields in `fields` with
+    /// their kinds (`key` is the key header's name in lowercase; empty for a response).
     ///
     /// Lines must end in CRLF; field names must be tokens directly followed by a colon; values may not hold control
     /// characters; obsolete line folding is refused. The start line is left to the caller.
-    static func parseHead(_ bytes: UnsafeRawBufferPointer, fields: inout [HeaderField]) -> HeadParse {
+    static func parseHead(
+        _ bytes: UnsafeRawBufferPointer,
+        fields: inout [HeaderField],
+        key: [UInt8] = []
+    ) -> HeadParse {
         fields.removeAll(keepingCapacity: true)
         let count = bytes.count
         var lineStart = 0
@@ -161,7 +168,8 @@ enum HTTP1Parsing {
                     nameEnd: Int32(nameEnd),
                     valueStart: Int32(valueStart),
                     valueEnd: Int32(valueEnd),
-                    next: Int32(newline + 1)
+                    next: Int32(newline + 1),
+                    kind: kind(of: bytes, name: lineStart..<nameEnd, key: key)
                 )
             )
         }
@@ -263,6 +271,21 @@ enum HTTP1Parsing {
         case 20: return equals(bytes, name, "x-ringside-not-owner") ? .notOwner : .other
         case 22: return equals(bytes, name, "x-ringside-deadline-ms") ? .deadline : .other
         default: return .other
+        }
+    }
+
+    /// Writes `value` in decimal digits.
+    static func writeDecimal(_ value: UInt64, into out: inout ByteBuffer) {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        withUnsafeMutableBytes(of: &digits) { digits in
+            var index = digits.count
+            var rest = value
+            repeat {
+                index -= 1
+                digits[index] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+            } while rest > 0
+            out.writeBytes(UnsafeRawBufferPointer(rebasing: digits[index...]))
         }
     }
 

@@ -82,11 +82,11 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
 
     private let settings: RelaySettings
     private(set) var context: ChannelHandlerContext?
+    /// The channel's allocator, read once.
+    private var allocator = ByteBufferAllocator()
     /// Bytes received and not handled yet: a head arriving, a body's start, pipelined requests.
     private var inbound: ByteBuffer?
     private var fields: [HeaderField] = []
-    /// The kinds of `fields`, found once a request.
-    private var kinds: [FieldKind] = []
     private var members: [Range<Int>] = []
     private var exchange: Exchange?
     var gate = ReadGate()
@@ -99,11 +99,11 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
     private var clientUnflushed = false
     private var closing = false
     private var requestNumber: UInt64 = 0
-    private let connectionTag = Array(String(UInt32.random(in: 0 ... .max), radix: 36).utf8)
-    private var clientAddress: [UInt8]?
-    private var cachedForwardedFor: [UInt8]?
     /// `x-request-id: NODE-CONNECTION-`, to which each request adds its number.
-    private lazy var requestIDPrefix = settings.requestIDPrefix + connectionTag + [UInt8(ascii: "-")]
+    private let requestIDPrefix: [UInt8]
+    /// The client's address, and `x-forwarded-for` with only that address: read once a connection.
+    private var clientAddress: [UInt8] = []
+    private var forwardedForLine: [UInt8] = []
     /// The upstream connection of the last request, kept for the next one to the same route: back-to-back requests
     /// skip the pool. It goes back to the pool when the client connection idles, closes, or needs another route.
     private var spare: (route: ProxyRoute, lease: UpstreamLease, upstream: ByteUpstream)?
@@ -159,10 +159,17 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
 
     init(settings: RelaySettings) {
         self.settings = settings
+        let connectionTag = String(UInt32.random(in: 0 ... .max), radix: 36)
+        requestIDPrefix = settings.requestIDPrefix + Array(connectionTag.utf8) + [UInt8(ascii: "-")]
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        allocator = context.channel.allocator
+        clientAddress = Array((context.channel.remoteAddress?.ipAddress ?? "").utf8)
+        if !clientAddress.isEmpty {
+            forwardedForLine = Array("x-forwarded-for: ".utf8) + clientAddress + [HTTP1Parsing.cr, HTTP1Parsing.lf]
+        }
         // Added once the first bytes have told HTTP/1.1 from HTTP/2: the channel is usually active already.
         if context.channel.isActive { startTimer(context: context) }
     }
@@ -228,7 +235,9 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
                 headStarted = true
                 waitingSince = .now()
             }
-            let parsed = buffer.withUnsafeReadableBytes { HTTP1Parsing.parseHead($0, fields: &fields) }
+            let parsed = buffer.withUnsafeReadableBytes {
+                HTTP1Parsing.parseHead($0, fields: &fields, key: settings.keyName)
+            }
             switch parsed {
             case .incomplete:
                 inbound = buffer
@@ -330,12 +339,9 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         var keepsTrailers = false
         var forwardedFor = false
         var listsNames = false
-        members.removeAll(keepingCapacity: true)
-        kinds.removeAll(keepingCapacity: true)
+        var connectionSeen = false
         for field in fields {
-            let kind = HTTP1Parsing.kind(of: bytes, name: field.name, key: settings.keyName)
-            kinds.append(kind)
-            switch kind {
+            switch field.kind {
             case .key: if key == nil { key = field.value }
             case .contentLength:
                 guard let length = HTTP1Parsing.decimal(bytes, field.value), contentLength ?? length == length else {
@@ -346,6 +352,10 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             case .upgrade: upgrade = true
             case .expect: expect = true
             case .connection:
+                if !connectionSeen {
+                    connectionSeen = true
+                    members.removeAll(keepingCapacity: true)
+                }
                 let before = members.count
                 HTTP1Parsing.listMembers(bytes, field.value, into: &members)
                 for member in members[before...] {
@@ -415,12 +425,12 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         }
 
         // The upstream's head: the request line and the fields that cross, then this proxy's.
-        var head = context.channel.allocator.buffer(capacity: length + 256)
+        var head = allocator.buffer(capacity: length + 256)
         var lines = LineRuns(0, startLineEnd + 2)
         var previousForwardedFor: [Range<Int>] = []
-        for (field, kind) in zip(fields, kinds) {
-            switch kind {
-            case _ where kind.isHopByHop || kind.isInternal:
+        for field in fields {
+            switch field.kind {
+            case let kind where kind.isHopByHop || kind.isInternal:
                 continue
             case .xForwardedFor:
                 previousForwardedFor.append(field.value)
@@ -432,10 +442,10 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         }
         lines.write(bytes, into: &head)
         if keepsTrailers { head.writeStaticString("te: trailers\r\n") }
-        let address = clientAddress(context: context)
-        if !forwardedFor && !address.isEmpty {
-            head.writeBytes(forwardedForLine(address))
-        } else if forwardedFor {
+        let address = clientAddress
+        if !forwardedFor {
+            head.writeBytes(forwardedForLine)
+        } else {
             head.writeStaticString("x-forwarded-for: ")
             for (offset, value) in previousForwardedFor.enumerated() {
                 if offset > 0 { head.writeStaticString(", ") }
@@ -451,7 +461,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         requestNumber += 1
         if !hasRequestID {
             head.writeBytes(requestIDPrefix)
-            head.writeString(String(requestNumber))
+            HTTP1Parsing.writeDecimal(requestNumber, into: &head)
             head.writeStaticString("\r\n")
         }
         if !hasHost {
@@ -478,21 +488,6 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
                 deadline: waitingSince + budget
             )
         )
-    }
-
-    /// `x-forwarded-for` with only this connection's client, made once a connection.
-    private func forwardedForLine(_ address: [UInt8]) -> [UInt8] {
-        if let line = cachedForwardedFor { return line }
-        let line = Array("x-forwarded-for: ".utf8) + address + [HTTP1Parsing.cr, HTTP1Parsing.lf]
-        cachedForwardedFor = line
-        return line
-    }
-
-    private func clientAddress(context: ChannelHandlerContext) -> [UInt8] {
-        if let clientAddress { return clientAddress }
-        let address = Array((context.channel.remoteAddress?.ipAddress ?? "").utf8)
-        clientAddress = address
-        return address
     }
 
     /// Passes the body bytes waiting in `inbound` on, up to the end of the current request's body.
@@ -573,7 +568,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             head.writeBytes(settings.hopLine)
             let remaining = max(0, (exchange.deadline - .now()).nanoseconds / 1_000_000)
             head.writeBytes(settings.deadlinePrefix)
-            head.writeString(String(remaining))
+            HTTP1Parsing.writeDecimal(UInt64(remaining), into: &head)
             head.writeStaticString("\r\n")
             if exchange.attempt == exchange.routes.count - 1 { head.writeBytes(settings.finalLine) }
         }
@@ -636,7 +631,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             if case .local = exchange.route { settings.configuration.addsNodeHeader && !facts.hasNodeHeader } else {
                 false
             }
-        var out = context.channel.allocator.buffer(
+        var out = allocator.buffer(
             capacity: head.readableBytes + 128 + min(body?.readableBytes ?? 0, 4096)
         )
         head.withUnsafeReadableBytes { bytes in
@@ -647,23 +642,20 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
                 out.writeStaticString("HTTP/1.1")
                 lines = LineRuns(8, facts.startLineEnd + 2)
             }
-            members.removeAll(keepingCapacity: true)
-            kinds.removeAll(keepingCapacity: true)
             var listsNames = false
-            for field in fields {
-                let kind = HTTP1Parsing.kind(of: bytes, name: field.name, key: [])
-                kinds.append(kind)
-                if kind == .connection {
+            if facts.listsConnectionOptions {
+                members.removeAll(keepingCapacity: true)
+                for field in fields where field.kind == .connection {
                     HTTP1Parsing.listMembers(bytes, field.value, into: &members)
                     listsNames = true
                 }
             }
-            for (field, kind) in zip(fields, kinds) {
-                switch kind {
-                case _ where kind.describesFraming:
+            for field in fields {
+                switch field.kind {
+                case let kind where kind.describesFraming:
                     // The body passes through in the framing these describe.
                     break
-                case _ where kind.isHopByHop:
+                case let kind where kind.isHopByHop:
                     continue
                 case .node where !settings.configuration.addsNodeHeader:
                     continue
