@@ -15,7 +15,10 @@ struct ProxyBenchmark: ParsableCommand {
             with ringside_forward), haproxy (`balance hdr(X-Shard-Key)`, `hash-type consistent`, one thread).
             Fields: rps, p50_ms and p99_ms (wrk's latency distribution), cpu_us_per_req (CPU time of the proxy
             processes over the run, per request; cpu_user_us_per_req and cpu_system_us_per_req split it), rss_mb
-            (their resident memory after the run).
+            (their resident memory after the run). Where the machine's time went, to read the others by: \
+            backend_cpu_us_per_req (the backend nginx), client_cpu_us_per_req (wrk) and machine_busy_pct (all CPUs' \
+            busy share over the run). With --rounds, the targets are measured in turn that many times and each line \
+            says its round.
             Installs nothing: on Debian, apt-get install nginx-light haproxy wrk. Build with -c release.
             """
     )
@@ -32,6 +35,9 @@ struct ProxyBenchmark: ParsableCommand {
     @Option(help: "Distinct keys.")
     var keys = 10_000
 
+    @Option(help: "Times the whole list of targets is measured, in turn (runs drift on a shared machine).")
+    var rounds = 1
+
     @Option(parsing: .upToNextOption, help: "Targets to measure.")
     var targets = ["backend", "ringside_local", "ringside_forward", "nginx", "nginx_chain", "haproxy"]
 
@@ -44,57 +50,78 @@ struct ProxyBenchmark: ParsableCommand {
         let bench = try Bench(keys: keys)
         defer { bench.stopAll() }
         let backend = try bench.startNginx(name: "backend", config: bench.nginxBackendConfig())
+        let backendPIDs = Bench.withChildren(backend.process.processIdentifier)
         var rows: [ResultRow] = []
-        for target in targets {
-            let (url, processes): (String, [Process])
-            var pids: [Int32] = []
-            switch target {
-            case "backend":
-                (url, processes) = ("http://127.0.0.1:\(backend.port)/", [])
-            case "ringside_local":
-                let node = try bench.startRingside(name: "solo", backendPort: backend.port)
-                (url, processes) = ("http://127.0.0.1:\(node.app)/", [node.process])
-            case "ringside_forward":
-                let owner = try bench.startRingside(name: "owner", backendPort: backend.port)
-                let entry = try bench.startRingside(
-                    name: "entry",
-                    backendPort: backend.port,
-                    extra: ["--role", "viewer", "--join", "127.0.0.1:\(owner.cluster)"]
-                )
-                try bench.waitForParticipants(1, admin: entry.admin)
-                (url, processes) = ("http://127.0.0.1:\(entry.app)/", [entry.process, owner.process])
-            case "nginx":
-                let proxy = try bench.startNginx(
-                    name: "nginx",
-                    config: bench.nginxProxyConfig(upstreamPort: backend.port)
-                )
-                (url, processes) = ("http://127.0.0.1:\(proxy.port)/", [proxy.process])
-                pids = Bench.withChildren(proxy.process.processIdentifier)
-            case "nginx_chain":
-                let second = try bench.startNginx(
-                    name: "nginx2",
-                    config: bench.nginxProxyConfig(upstreamPort: backend.port)
-                )
-                let first = try bench.startNginx(
-                    name: "nginx1",
-                    config: bench.nginxProxyConfig(upstreamPort: second.port)
-                )
-                (url, processes) = ("http://127.0.0.1:\(first.port)/", [first.process, second.process])
-                pids =
-                    Bench.withChildren(first.process.processIdentifier)
-                    + Bench.withChildren(second.process.processIdentifier)
-            case "haproxy":
-                let proxy = try bench.startHAProxy(upstreamPort: backend.port)
-                (url, processes) = ("http://127.0.0.1:\(proxy.port)/", [proxy.process])
-            default:
-                throw ValidationError("unknown target \(target)")
+        for round in 1...max(1, rounds) {
+            for target in targets {
+                var row = try measure(target, bench: bench, backend: backend, backendPIDs: backendPIDs)
+                if rounds > 1 { row["round"] = .integer(round) }
+                if json { print(row.json) } else { rows.append(row) }
             }
-            if pids.isEmpty { pids = processes.map(\.processIdentifier) }
-            let row = try bench.measure(target, url: url, pids: pids, duration: duration, connections: connections)
-            if json { print(row.json) } else { rows.append(row) }
-            bench.stop(processes.filter { $0 !== backend.process })
         }
         if !json { printTable(rows) }
+    }
+
+    /// Starts `target` in front of `backend`, measures it, and stops it.
+    private func measure(
+        _ target: String,
+        bench: Bench,
+        backend: (process: Process, port: Int),
+        backendPIDs: [Int32]
+    ) throws -> ResultRow {
+        let (url, processes): (String, [Process])
+        var pids: [Int32] = []
+        switch target {
+        case "backend":
+            (url, processes) = ("http://127.0.0.1:\(backend.port)/", [])
+        case "ringside_local":
+            let node = try bench.startRingside(name: "solo", backendPort: backend.port)
+            (url, processes) = ("http://127.0.0.1:\(node.app)/", [node.process])
+        case "ringside_forward":
+            let owner = try bench.startRingside(name: "owner", backendPort: backend.port)
+            let entry = try bench.startRingside(
+                name: "entry",
+                backendPort: backend.port,
+                extra: ["--role", "viewer", "--join", "127.0.0.1:\(owner.cluster)"]
+            )
+            try bench.waitForParticipants(1, admin: entry.admin)
+            (url, processes) = ("http://127.0.0.1:\(entry.app)/", [entry.process, owner.process])
+        case "nginx":
+            let proxy = try bench.startNginx(
+                name: "nginx",
+                config: bench.nginxProxyConfig(upstreamPort: backend.port)
+            )
+            (url, processes) = ("http://127.0.0.1:\(proxy.port)/", [proxy.process])
+            pids = Bench.withChildren(proxy.process.processIdentifier)
+        case "nginx_chain":
+            let second = try bench.startNginx(
+                name: "nginx2",
+                config: bench.nginxProxyConfig(upstreamPort: backend.port)
+            )
+            let first = try bench.startNginx(
+                name: "nginx1",
+                config: bench.nginxProxyConfig(upstreamPort: second.port)
+            )
+            (url, processes) = ("http://127.0.0.1:\(first.port)/", [first.process, second.process])
+            pids =
+                Bench.withChildren(first.process.processIdentifier)
+                + Bench.withChildren(second.process.processIdentifier)
+        case "haproxy":
+            let proxy = try bench.startHAProxy(upstreamPort: backend.port)
+            (url, processes) = ("http://127.0.0.1:\(proxy.port)/", [proxy.process])
+        default:
+            throw ValidationError("unknown target \(target)")
+        }
+        if pids.isEmpty { pids = processes.map(\.processIdentifier) }
+        defer { bench.stop(processes.filter { $0 !== backend.process }) }
+        return try bench.measure(
+            target,
+            url: url,
+            pids: pids,
+            backendPIDs: backendPIDs,
+            duration: duration,
+            connections: connections
+        )
     }
 
     static func which(_ tool: String) -> String? {
@@ -242,11 +269,24 @@ final class Bench {
 
     // MARK: Measuring
 
-    func measure(_ target: String, url: String, pids: [Int32], duration: Int, connections: Int) throws -> ResultRow {
+    func measure(
+        _ target: String,
+        url: String,
+        pids: [Int32],
+        backendPIDs: [Int32],
+        duration: Int,
+        connections: Int
+    ) throws -> ResultRow {
         // A short warm-up fills connection pools.
         _ = try runWrk(url: url, seconds: 2, connections: connections)
         let before = pids.map(Self.cpuTicks).reduce((0, 0)) { ($0.0 + $1.user, $0.1 + $1.system) }
+        let backendBefore = backendPIDs.map(Self.cpuTicks).reduce(0) { $0 + $1.user + $1.system }
+        let clientBefore = Self.childrenCPUMicroseconds()
+        let machineBefore = Self.machineTicks()
         let output = try runWrk(url: url, seconds: duration, connections: connections)
+        let machineAfter = Self.machineTicks()
+        let clientAfter = Self.childrenCPUMicroseconds()
+        let backendAfter = backendPIDs.map(Self.cpuTicks).reduce(0) { $0 + $1.user + $1.system }
         let after = pids.map(Self.cpuTicks).reduce((0, 0)) { ($0.0 + $1.user, $0.1 + $1.system) }
         let rps = Self.lastNumber(onLineContaining: "Requests/sec:", in: output) ?? 0
         let requests = Self.firstNumber(onLineContaining: " requests in ", in: output) ?? rps * Double(duration)
@@ -265,7 +305,35 @@ final class Bench {
         // The split of cpu_us_per_req: the proxy's own code, and the kernel's work for it (system calls, TCP).
         row["cpu_user_us_per_req"] = .number(pids.isEmpty ? .nan : user, decimals: 1)
         row["cpu_system_us_per_req"] = .number(pids.isEmpty ? .nan : system, decimals: 1)
+        // The rest of the machine's work: the backend, the load generator, and how busy all CPUs were.
+        row["backend_cpu_us_per_req"] = .number(perRequest(backendAfter - backendBefore), decimals: 1)
+        row["client_cpu_us_per_req"] = .number(Double(clientAfter - clientBefore) / max(1, requests), decimals: 1)
+        let total = machineAfter.total - machineBefore.total
+        row["machine_busy_pct"] = .number(
+            total > 0 ? 100 * Double(machineAfter.busy - machineBefore.busy) / Double(total) : .nan,
+            decimals: 1
+        )
         return row
+    }
+
+    /// CPU time of this process's finished and reaped children (the wrk runs), in microseconds.
+    static func childrenCPUMicroseconds() -> Int {
+        var usage = rusage()
+        getrusage(RUSAGE_CHILDREN.rawValue, &usage)
+        let micros = { (time: timeval) in Int(time.tv_sec) * 1_000_000 + Int(time.tv_usec) }
+        return micros(usage.ru_utime) + micros(usage.ru_stime)
+    }
+
+    /// All CPUs' busy and total time so far, in clock ticks (`/proc/stat`).
+    static func machineTicks() -> (busy: Int, total: Int) {
+        guard let stat = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
+            let line = stat.split(separator: "\n").first(where: { $0.hasPrefix("cpu ") })
+        else { return (0, 0) }
+        // user nice system idle iowait irq softirq steal …
+        let ticks = line.split(separator: " ").dropFirst().compactMap { Int($0) }
+        guard ticks.count >= 8 else { return (0, 0) }
+        let total = ticks.prefix(8).reduce(0, +)
+        return (total - ticks[3] - ticks[4], total)
     }
 
     func runWrk(url: String, seconds: Int, connections: Int) throws -> String {
