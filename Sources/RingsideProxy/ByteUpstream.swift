@@ -75,35 +75,170 @@ struct ResponseFacts {
     }
 }
 
-/// The upstream side of the byte-level relay, on a pooled HTTP/1.1 connection to the backend or to a peer's cluster
-/// port: writes the request bytes the ``HTTP1Relay`` gives it, and finds where the response's head and body end
-/// (length, chunked, or until close; none for HEAD, 204 and 304) without copying or decoding the body. It stays on the
-/// connection between exchanges.
-final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler, ReadGated {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+/// Finds where an upstream's responses begin and end in its bytes as they come: interim heads, the final head, and a
+/// body framed by length, by chunks or by the connection's close (none for HEAD, 204 and 304), without copying or
+/// decoding the body.
+struct ResponseFramer {
+    /// What the bytes held.
+    enum Event {
+        /// A 1xx head other than 101: the final response follows.
+        case interim(ByteBuffer, ResponseFacts)
+        /// The final head, with the body bytes that came with it.
+        case head(ByteBuffer, ResponseFacts, body: ByteBuffer?)
+        case body(ByteBuffer)
+        /// The response is complete; whether the connection may carry another request.
+        case end(reusable: Bool)
+        /// The response makes no sense: the connection cannot be used any more.
+        case failed
+    }
 
     private enum State {
         /// Between exchanges: nothing may arrive.
         case idle
-        /// Waiting for the response head; what came of it so far.
+        /// Waiting for a head; what came of it so far.
         case head(ByteBuffer?)
         case length(Int)
         case chunked(ChunkedFraming)
         case untilClose
+        /// The body ended; `.end` is still to be reported.
+        case ending
     }
 
     /// The largest response head accepted.
     static let maxHeadBytes = 64 << 10
 
     private var state = State.idle
+    /// The fields of the head reported last.
+    private(set) var fields: [HeaderField] = []
+    private var expectsBody = true
+    private var reusable = true
+
+    /// Waits for a response; `expectsBody` is false for a HEAD request.
+    mutating func begin(expectsBody: Bool) {
+        self.expectsBody = expectsBody
+        state = .head(nil)
+        reusable = true
+    }
+
+    /// Stops waiting (the exchange was given up).
+    mutating func reset() { state = .idle }
+
+    /// Between exchanges.
+    var isIdle: Bool {
+        if case .idle = state { return true }
+        return false
+    }
+
+    /// The next event in `buffer`, consuming what it covers; nil when more bytes are needed (what was read of a head
+    /// is kept). Bytes after a complete response are left in `buffer`.
+    mutating func next(_ buffer: inout ByteBuffer) -> Event? {
+        switch state {
+        case .idle:
+            return nil
+        case .ending:
+            state = .idle
+            return .end(reusable: reusable && buffer.readableBytes == 0)
+        case .head(let received):
+            if var received {
+                received.writeBuffer(&buffer)
+                buffer = received
+                state = .head(nil)
+            }
+            return nextHead(&buffer)
+        case .length, .chunked, .untilClose:
+            guard buffer.readableBytes > 0 else { return nil }
+            guard let body = takeBody(from: &buffer) else { return failed() }
+            return body.map { .body($0) } ?? next(&buffer)
+        }
+    }
+
+    /// The connection closed: the end of a body that runs until the close, otherwise a failure (nil between
+    /// exchanges).
+    mutating func closed() -> Event? {
+        defer { state = .idle }
+        switch state {
+        case .idle: return nil
+        case .untilClose: return .end(reusable: false)
+        case .ending: return .end(reusable: false)
+        default: return .failed
+        }
+    }
+
+    private mutating func failed() -> Event {
+        state = .idle
+        return .failed
+    }
+
+    private mutating func nextHead(_ buffer: inout ByteBuffer) -> Event? {
+        let parsed = buffer.withUnsafeReadableBytes { HTTP1Parsing.parseHead($0, fields: &fields) }
+        switch parsed {
+        case .incomplete:
+            guard buffer.readableBytes <= Self.maxHeadBytes else { return failed() }
+            if buffer.readableBytes > 0 {
+                state = .head(buffer)
+                buffer.moveReaderIndex(to: buffer.writerIndex)
+            }
+            return nil
+        case .malformed:
+            return failed()
+        case .complete(let startLineEnd, let length):
+            let head = buffer.readSlice(length: length)!
+            guard
+                let facts = head.withUnsafeReadableBytes({
+                    ResponseFacts(head: $0, startLineEnd: startLineEnd, fields: fields)
+                })
+            else { return failed() }
+            if facts.isInterim { return .interim(head, facts) }
+            if !facts.keepsConnection { reusable = false }
+            let hasBody = expectsBody && facts.status != 204 && facts.status != 304
+            if !hasBody {
+                state = .ending
+            } else if let length = facts.contentLength {
+                state = length == 0 ? .ending : .length(length)
+            } else if facts.chunked {
+                state = .chunked(ChunkedFraming())
+            } else {
+                state = .untilClose
+                reusable = false
+            }
+            guard let body = takeBody(from: &buffer) else { return failed() }
+            return .head(head, facts, body: body)
+        }
+    }
+
+    /// Takes the part of `buffer` that belongs to the body by the current framing (nil if none), moving to `.ending`
+    /// when the body ends with it; nil (outer) when the framing is broken.
+    private mutating func takeBody(from buffer: inout ByteBuffer) -> ByteBuffer?? {
+        switch state {
+        case .length(let left):
+            let slice = buffer.readSlice(length: min(left, buffer.readableBytes))!
+            state = left == slice.readableBytes ? .ending : .length(left - slice.readableBytes)
+            return .some(slice.readableBytes > 0 ? slice : nil)
+        case .chunked(var framing):
+            guard let (count, ended) = buffer.withUnsafeReadableBytes({ framing.consume($0) }) else { return nil }
+            state = ended ? .ending : .chunked(framing)
+            return .some(count > 0 ? buffer.readSlice(length: count)! : nil)
+        case .untilClose:
+            defer { buffer.moveReaderIndex(to: buffer.writerIndex) }
+            return .some(buffer.readableBytes > 0 ? buffer : nil)
+        case .idle, .head, .ending:
+            return .some(nil)
+        }
+    }
+}
+
+/// The upstream side of the byte-level relay, on a pooled HTTP/1.1 connection to the backend or to a peer's cluster
+/// port: writes the request bytes the ``HTTP1Relay`` gives it, and passes the response on as ``ResponseFramer`` finds
+/// it. It stays on the connection between exchanges.
+final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler, ReadGated {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var framer = ResponseFramer()
     private var relay: HTTP1Relay?
     private(set) var context: ChannelHandlerContext?
     var gate = ReadGate()
-    private var fields: [HeaderField] = []
-    private var expectsBody = true
-    private var reusable = true
     private var unflushed = false
 
     init() {}
@@ -115,15 +250,13 @@ final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
     /// Starts an exchange for `relay`; `expectsBody` is false for a HEAD request.
     func bind(_ relay: HTTP1Relay, expectsBody: Bool) {
         self.relay = relay
-        self.expectsBody = expectsBody
-        state = .head(nil)
-        reusable = true
+        framer.begin(expectsBody: expectsBody)
     }
 
     /// Ends this handler's part in the exchange early (the client went away, or the relay gave up on it).
     func detach() {
         relay = nil
-        state = .idle
+        framer.reset()
     }
 
     var isWritable: Bool { context?.channel.isWritable ?? false }
@@ -144,108 +277,28 @@ final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
-        switch state {
-        case .idle:
+        guard !framer.isIdle else {
             // Bytes nobody asked for: the connection cannot be trusted with another request.
-            reusable = false
             context.close(promise: nil)
-        case .head(let received):
-            if var received {
-                state = .idle
-                received.writeBuffer(&buffer)
-                buffer = received
-            }
-            readHeads(buffer, context: context)
-        default:
-            guard let (body, ended) = takeBody(from: &buffer) else { return fail(context: context) }
-            if let body { relay?.upstreamBody(body) }
-            if ended { finish(extra: buffer.readableBytes) }
+            return
         }
-    }
-
-    /// Takes the part of `buffer` that belongs to the body by the current framing: that part, and whether the body
-    /// ended with it; nil when the framing is broken.
-    private func takeBody(from buffer: inout ByteBuffer) -> (ByteBuffer?, Bool)? {
-        switch state {
-        case .length(let left):
-            let slice = buffer.readSlice(length: min(left, buffer.readableBytes))!
-            let ended = left == slice.readableBytes
-            state = ended ? .idle : .length(left - slice.readableBytes)
-            return (slice.readableBytes > 0 ? slice : nil, ended)
-        case .chunked(var framing):
-            guard let (count, ended) = buffer.withUnsafeReadableBytes({ framing.consume($0) }) else { return nil }
-            state = ended ? .idle : .chunked(framing)
-            return (count > 0 ? buffer.readSlice(length: count)! : nil, ended)
-        case .untilClose:
-            defer { buffer.moveReaderIndex(to: buffer.writerIndex) }
-            return (buffer.readableBytes > 0 ? buffer : nil, false)
-        case .idle:
-            return (nil, true)
-        case .head:
-            return (nil, false)
-        }
-    }
-
-    /// Parses response heads in `received` (interim ones, then the final one) and hands each to the relay, the final
-    /// one with the body bytes that came with it.
-    private func readHeads(_ received: ByteBuffer, context: ChannelHandlerContext) {
-        var received = received
-        while true {
-            let parsed = received.withUnsafeReadableBytes { HTTP1Parsing.parseHead($0, fields: &fields) }
-            switch parsed {
-            case .incomplete:
-                guard received.readableBytes <= Self.maxHeadBytes else { return fail(context: context) }
-                state = .head(received.readableBytes > 0 ? received : nil)
-                return
-            case .malformed:
-                return fail(context: context)
-            case .complete(let startLineEnd, let length):
-                let head = received.readSlice(length: length)!
-                guard
-                    let facts = head.withUnsafeReadableBytes({
-                        ResponseFacts(head: $0, startLineEnd: startLineEnd, fields: fields)
-                    })
-                else { return fail(context: context) }
-                if facts.isInterim {
-                    state = .head(nil)
-                    relay?.upstreamHead(head, facts: facts, fields: fields, body: nil)
-                    guard case .head = state, received.readableBytes > 0 else { return }
-                    continue
-                }
-                if !facts.keepsConnection { reusable = false }
-                let hasBody = expectsBody && facts.status != 204 && facts.status != 304
-                if !hasBody {
-                    state = .idle
-                } else if let length = facts.contentLength {
-                    state = length == 0 ? .idle : .length(length)
-                } else if facts.chunked {
-                    state = .chunked(ChunkedFraming())
-                } else {
-                    state = .untilClose
-                    reusable = false
-                }
-                guard let (body, ended) = takeBody(from: &received) else { return fail(context: context) }
-                relay?.upstreamHead(head, facts: facts, fields: fields, body: body)
-                if ended { finish(extra: received.readableBytes) }
-                return
+        while let relay, let event = framer.next(&buffer) {
+            switch event {
+            case .interim(let head, let facts):
+                relay.upstreamHead(head, facts: facts, fields: framer.fields, body: nil)
+            case .head(let head, let facts, let body):
+                relay.upstreamHead(head, facts: facts, fields: framer.fields, body: body)
+            case .body(let body):
+                relay.upstreamBody(body)
+            case .end(let reusable):
+                self.relay = nil
+                relay.upstreamEnd(reusable: reusable)
+            case .failed:
+                self.relay = nil
+                context.close(promise: nil)
+                relay.upstreamFailed()
             }
         }
-    }
-
-    /// The response is complete; `extra` bytes after it mean the connection cannot be reused.
-    private func finish(extra: Int) {
-        state = .idle
-        let relay = self.relay
-        self.relay = nil
-        relay?.upstreamEnd(reusable: reusable && extra == 0)
-    }
-
-    private func fail(context: ChannelHandlerContext) {
-        let relay = self.relay
-        self.relay = nil
-        state = .idle
-        context.close(promise: nil)
-        relay?.upstreamFailed()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -261,12 +314,10 @@ final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
     func channelInactive(context: ChannelHandlerContext) {
         let relay = self.relay
         self.relay = nil
-        if case .untilClose = state {
-            state = .idle
-            relay?.upstreamEnd(reusable: false)
-        } else {
-            state = .idle
-            relay?.upstreamFailed()
+        switch framer.closed() {
+        case .end: relay?.upstreamEnd(reusable: false)
+        case nil: break
+        default: relay?.upstreamFailed()
         }
         context.fireChannelInactive()
     }

@@ -82,12 +82,10 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
 
     private let settings: RelaySettings
     private(set) var context: ChannelHandlerContext?
-    /// The channel's allocator, read once.
-    private var allocator = ByteBufferAllocator()
+    /// Reads, routes and rewrites heads; made again with the connection's addresses once in a pipeline.
+    private var rewriter: HeadRewriter
     /// Bytes received and not handled yet: a head arriving, a body's start, pipelined requests.
     private var inbound: ByteBuffer?
-    private var fields: [HeaderField] = []
-    private var members: [Range<Int>] = []
     private var exchange: Exchange?
     var gate = ReadGate()
     private var timer: RepeatedTask?
@@ -98,12 +96,6 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
     /// Whether response bytes were written to the client since the last flush.
     private var clientUnflushed = false
     private var closing = false
-    private var requestNumber: UInt64 = 0
-    /// `x-request-id: NODE-CONNECTION-`, to which each request adds its number.
-    private let requestIDPrefix: [UInt8]
-    /// The client's address, and `x-forwarded-for` with only that address: read once a connection.
-    private var clientAddress: [UInt8] = []
-    private var forwardedForLine: [UInt8] = []
     /// The upstream connection of the last request, kept for the next one to the same route: back-to-back requests
     /// skip the pool. It goes back to the pool when the client connection idles, closes, or needs another route.
     private var spare: (route: ProxyRoute, lease: UpstreamLease, upstream: ByteUpstream)?
@@ -133,24 +125,15 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         /// The response runs until the upstream closes: the client's connection closes after it.
         var closesAfter = false
 
-        init(
-            routes: [ProxyRoute],
-            head: ByteBuffer,
-            idempotent: Bool,
-            expectsBody: Bool,
-            clientKeepAlive: Bool,
-            bodyLength: Int,
-            started: NIODeadline,
-            deadline: NIODeadline
-        ) {
-            self.routes = routes
-            self.head = head
-            self.idempotent = idempotent
-            self.expectsBody = expectsBody
-            self.clientKeepAlive = clientKeepAlive
-            self.bodyRemaining = bodyLength
+        init(_ plan: RequestPlan, started: NIODeadline) {
+            routes = plan.routes
+            head = plan.head
+            idempotent = plan.idempotent
+            expectsBody = plan.expectsBody
+            clientKeepAlive = plan.clientKeepAlive
+            bodyRemaining = plan.bodyLength
             self.started = started
-            self.deadline = deadline
+            deadline = started + plan.budget
         }
 
         var route: ProxyRoute { routes[attempt] }
@@ -159,17 +142,17 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
 
     init(settings: RelaySettings) {
         self.settings = settings
-        let connectionTag = String(UInt32.random(in: 0 ... .max), radix: 36)
-        requestIDPrefix = settings.requestIDPrefix + Array(connectionTag.utf8) + [UInt8(ascii: "-")]
+        rewriter = HeadRewriter(settings: settings, client: nil, local: nil, allocator: ByteBufferAllocator())
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        allocator = context.channel.allocator
-        clientAddress = Array((context.channel.remoteAddress?.ipAddress ?? "").utf8)
-        if !clientAddress.isEmpty {
-            forwardedForLine = Array("x-forwarded-for: ".utf8) + clientAddress + [HTTP1Parsing.cr, HTTP1Parsing.lf]
-        }
+        rewriter = HeadRewriter(
+            settings: settings,
+            client: context.channel.remoteAddress,
+            local: context.channel.localAddress,
+            allocator: context.channel.allocator
+        )
         // Added once the first bytes have told HTTP/1.1 from HTTP/2: the channel is usually active already.
         if context.channel.isActive { startTimer(context: context) }
     }
@@ -235,9 +218,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
                 headStarted = true
                 waitingSince = .now()
             }
-            let parsed = buffer.withUnsafeReadableBytes {
-                HTTP1Parsing.parseHead($0, fields: &fields, key: settings.keyName)
-            }
+            let parsed = buffer.withUnsafeReadableBytes { rewriter.parseRequest($0) }
             switch parsed {
             case .incomplete:
                 inbound = buffer
@@ -263,10 +244,10 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
 
     /// Acts on the complete head at the start of `inbound`.
     private func begin(startLineEnd: Int, length: Int, context: ChannelHandlerContext) {
-        let outcome = inbound!.withUnsafeReadableBytes { bytes in
-            examine(bytes, startLineEnd: startLineEnd, length: length, context: context)
+        let decision = inbound!.withUnsafeReadableBytes { bytes in
+            rewriter.request(bytes, startLineEnd: startLineEnd, length: length)
         }
-        switch outcome {
+        switch decision {
         case .handOff:
             handOff(context: context)
         case .refuse(let status, let message, let headers, let closing):
@@ -279,7 +260,9 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             )
             answer(status, message, headers: headers, closing: closing)
             requestDone()
-        case .start(let exchange):
+        case .forward(let plan):
+            // Timed from the head's first byte, as nginx's request time is.
+            let exchange = Exchange(plan, started: waitingSince)
             inbound!.moveReaderIndex(forwardBy: length)
             if inbound!.readableBytes == 0 { inbound = nil }
             self.exchange = exchange
@@ -287,207 +270,6 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             if exchange.bodyRemaining > 0 { feedBody(exchange) }
             connect(exchange)
         }
-    }
-
-    private enum Outcome {
-        case handOff
-        case refuse(status: Int, message: String, headers: [(String, String)], closing: Bool)
-        case start(Exchange)
-    }
-
-    /// Reads the request head in `bytes` (fields already parsed), routes it, and writes the upstream's head.
-    private func examine(
-        _ bytes: UnsafeRawBufferPointer,
-        startLineEnd: Int,
-        length: Int,
-        context: ChannelHandlerContext
-    ) -> Outcome {
-        // Request line: method SP target SP HTTP/1.1
-        var index = 0
-        while index < startLineEnd && HTTP1Parsing.isToken(bytes[index]) { index += 1 }
-        let methodEnd = index
-        guard methodEnd > 0, index < startLineEnd, bytes[index] == 32 else {
-            return .refuse(status: 400, message: "malformed request line", headers: [], closing: true)
-        }
-        index += 1
-        let targetStart = index
-        while index < startLineEnd && bytes[index] > 32 && bytes[index] != 127 { index += 1 }
-        guard index > targetStart, index + 9 == startLineEnd, bytes[index] == 32,
-            HTTP1Parsing.has(bytes, at: index + 1, "HTTP/1.")
-        else {
-            return .refuse(status: 400, message: "malformed request line", headers: [], closing: true)
-        }
-        switch bytes[startLineEnd - 1] {
-        case UInt8(ascii: "1"): break
-        case UInt8(ascii: "0"): return .handOff  // HTTP/1.0 takes the general path.
-        default: return .refuse(status: 505, message: "only HTTP/1.x is served here", headers: [], closing: true)
-        }
-
-        // The fields that decide what happens.
-        var key: Range<Int>?
-        var contentLength: Int?
-        var transferEncoding = false
-        var upgrade = false
-        var expect = false
-        var close = false
-        var forwarded = false
-        var final = false
-        var deadlineMilliseconds: Int?
-        var hasHost = false
-        var hasProto = false
-        var hasRequestID = false
-        var keepsTrailers = false
-        var forwardedFor = false
-        var listsNames = false
-        var connectionSeen = false
-        for field in fields {
-            switch field.kind {
-            case .key: if key == nil { key = field.value }
-            case .contentLength:
-                guard let length = HTTP1Parsing.decimal(bytes, field.value), contentLength ?? length == length else {
-                    return .refuse(status: 400, message: "an invalid Content-Length", headers: [], closing: true)
-                }
-                contentLength = length
-            case .transferEncoding: transferEncoding = true
-            case .upgrade: upgrade = true
-            case .expect: expect = true
-            case .connection:
-                if !connectionSeen {
-                    connectionSeen = true
-                    members.removeAll(keepingCapacity: true)
-                }
-                let before = members.count
-                HTTP1Parsing.listMembers(bytes, field.value, into: &members)
-                for member in members[before...] {
-                    if HTTP1Parsing.equals(bytes, member, "close") {
-                        close = true
-                    } else if HTTP1Parsing.equals(bytes, member, "upgrade") {
-                        upgrade = true
-                    } else if !HTTP1Parsing.equals(bytes, member, "keep-alive") {
-                        listsNames = true
-                    }
-                }
-            case .te:
-                if HTTP1Parsing.listContains(bytes, field.value, "trailers") { keepsTrailers = true }
-            case .hop: forwarded = true
-            case .final: final = true
-            case .deadline: deadlineMilliseconds = HTTP1Parsing.decimal(bytes, field.value)
-            case .host: hasHost = true
-            case .xForwardedProto: hasProto = true
-            case .xRequestID: hasRequestID = true
-            case .xForwardedFor: forwardedFor = true
-            default: break
-            }
-        }
-        if contentLength != nil && transferEncoding {
-            return .refuse(
-                status: 400,
-                message: "a request may not carry both Content-Length and Transfer-Encoding",
-                headers: [],
-                closing: true
-            )
-        }
-        if transferEncoding || upgrade || expect { return .handOff }
-        let bodyLength = contentLength ?? 0
-        if bodyLength > settings.configuration.maxBodyBytes {
-            return .refuse(
-                status: 413,
-                message: "the request body is larger than \(settings.configuration.maxBodyBytes) bytes",
-                headers: [],
-                closing: true
-            )
-        }
-
-        // Routing.
-        let request = RoutingRequest(
-            key: key.map { String(decoding: UnsafeRawBufferPointer(rebasing: bytes[$0]), as: UTF8.self) },
-            isForwarded: forwarded,
-            isFinalCandidate: final
-        )
-        let routes: [ProxyRoute]
-        switch settings.router.routes(for: request) {
-        case .success(let found) where !found.isEmpty:
-            routes = found
-        case .success:
-            return .refuse(
-                status: 503,
-                message: "no node owns this key",
-                headers: [],
-                closing: bodyLength > 0 || close
-            )
-        case .failure(let refusal):
-            return .refuse(
-                status: Int(refusal.status.code),
-                message: refusal.message,
-                headers: refusal.headers.map { ($0.name, $0.value) },
-                closing: bodyLength > 0 || close
-            )
-        }
-
-        // The upstream's head: the request line and the fields that cross, then this proxy's.
-        var head = allocator.buffer(capacity: length + 256)
-        var lines = LineRuns(0, startLineEnd + 2)
-        var previousForwardedFor: [Range<Int>] = []
-        for field in fields {
-            switch field.kind {
-            case let kind where kind.isHopByHop || kind.isInternal:
-                continue
-            case .xForwardedFor:
-                previousForwardedFor.append(field.value)
-                continue
-            default:
-                if listsNames, members.contains(where: { HTTP1Parsing.sameName(bytes, $0, field.name) }) { continue }
-                lines.keep(field, from: bytes, into: &head)
-            }
-        }
-        lines.write(bytes, into: &head)
-        if keepsTrailers { head.writeStaticString("te: trailers\r\n") }
-        let address = clientAddress
-        if !forwardedFor {
-            head.writeBytes(forwardedForLine)
-        } else {
-            head.writeStaticString("x-forwarded-for: ")
-            for (offset, value) in previousForwardedFor.enumerated() {
-                if offset > 0 { head.writeStaticString(", ") }
-                head.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[value]))
-            }
-            if !address.isEmpty {
-                if !previousForwardedFor.isEmpty { head.writeStaticString(", ") }
-                head.writeBytes(address)
-            }
-            head.writeStaticString("\r\n")
-        }
-        head.writeBytes(hasProto ? settings.viaLine : settings.protoAndViaLines)
-        requestNumber += 1
-        if !hasRequestID {
-            head.writeBytes(requestIDPrefix)
-            HTTP1Parsing.writeDecimal(requestNumber, into: &head)
-            head.writeStaticString("\r\n")
-        }
-        if !hasHost {
-            head.writeStaticString("host: ")
-            head.writeString(context.channel.localAddress?.description ?? "ringside")
-            head.writeStaticString("\r\n")
-        }
-
-        // The request's time: this node's limit, or less if the node that forwarded it has less left.
-        var budget = settings.requestTimeout
-        if let remaining = deadlineMilliseconds { budget = min(budget, .milliseconds(Int64(remaining))) }
-        let method = UnsafeRawBufferPointer(rebasing: bytes[0..<methodEnd])
-        let isHead = methodEnd == 4 && HTTP1Parsing.has(bytes, at: 0, "HEAD")
-        return .start(
-            Exchange(
-                routes: routes,
-                head: head,
-                idempotent: ProxyHandler.isIdempotent(method),
-                expectsBody: !isHead,
-                clientKeepAlive: !close,
-                bodyLength: bodyLength,
-                // Timed from the head's first byte, as nginx's request time is.
-                started: waitingSince,
-                deadline: waitingSince + budget
-            )
-        )
     }
 
     /// Passes the body bytes waiting in `inbound` on, up to the end of the current request's body.
@@ -564,15 +346,12 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         } else {
             head = exchange.head
         }
-        if case .peer = exchange.route {
-            head.writeBytes(settings.hopLine)
-            let remaining = max(0, (exchange.deadline - .now()).nanoseconds / 1_000_000)
-            head.writeBytes(settings.deadlinePrefix)
-            HTTP1Parsing.writeDecimal(UInt64(remaining), into: &head)
-            head.writeStaticString("\r\n")
-            if exchange.attempt == exchange.routes.count - 1 { head.writeBytes(settings.finalLine) }
-        }
-        head.writeStaticString("\r\n")
+        rewriter.routeLines(
+            exchange.route,
+            isLast: exchange.attempt == exchange.routes.count - 1,
+            deadline: exchange.deadline,
+            into: &head
+        )
         if exchange.attempt == 0 {
             // Kept for a retry: the part without the route's headers.
             exchange.head = head.getSlice(at: head.readerIndex, length: base)!
@@ -631,46 +410,14 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             if case .local = exchange.route { settings.configuration.addsNodeHeader && !facts.hasNodeHeader } else {
                 false
             }
-        var out = allocator.buffer(
-            capacity: head.readableBytes + 128 + min(body?.readableBytes ?? 0, 4096)
+        var out = rewriter.response(
+            head,
+            facts: facts,
+            fields: fields,
+            servedHere: servedHere,
+            closing: closing,
+            bodyBytes: min(body?.readableBytes ?? 0, 4096)
         )
-        head.withUnsafeReadableBytes { bytes in
-            var lines: LineRuns
-            if HTTP1Parsing.has(bytes, at: 0, "HTTP/1.1") {
-                lines = LineRuns(0, facts.startLineEnd + 2)
-            } else {
-                out.writeStaticString("HTTP/1.1")
-                lines = LineRuns(8, facts.startLineEnd + 2)
-            }
-            var listsNames = false
-            if facts.listsConnectionOptions {
-                members.removeAll(keepingCapacity: true)
-                for field in fields where field.kind == .connection {
-                    HTTP1Parsing.listMembers(bytes, field.value, into: &members)
-                    listsNames = true
-                }
-            }
-            for field in fields {
-                switch field.kind {
-                case let kind where kind.describesFraming:
-                    // The body passes through in the framing these describe.
-                    break
-                case let kind where kind.isHopByHop:
-                    continue
-                case .node where !settings.configuration.addsNodeHeader:
-                    continue
-                default:
-                    if listsNames, members.contains(where: { HTTP1Parsing.sameName(bytes, $0, field.name) }) {
-                        continue
-                    }
-                }
-                lines.keep(field, from: bytes, into: &out)
-            }
-            lines.write(bytes, into: &out)
-        }
-        out.writeBytes(servedHere && !facts.isInterim ? settings.viaAndNodeLines : settings.viaLine)
-        if closing { out.writeStaticString("connection: close\r\n") }
-        out.writeStaticString("\r\n")
         clientUnflushed = true
         if var body {
             // A small body goes out with the head, in one buffer and one write.
@@ -803,16 +550,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
     /// Answers with `status` and `message` as plain text; `closing` closes the connection once it is written.
     private func answer(_ status: Int, _ message: String, headers: [(String, String)] = [], closing: Bool = true) {
         guard let context, !self.closing else { return }
-        let reason = HTTPResponseStatus(statusCode: status).reasonPhrase
-        let body = message + "\n"
-        var out = context.channel.allocator.buffer(capacity: 256 + body.utf8.count)
-        out.writeString("HTTP/1.1 \(status) \(reason)\r\n")
-        for (name, value) in headers { out.writeString("\(name): \(value)\r\n") }
-        out.writeString("content-type: text/plain; charset=utf-8\r\ncontent-length: \(body.utf8.count)\r\n")
-        out.writeBytes(settings.nodeLine)
-        if closing { out.writeStaticString("connection: close\r\n") }
-        out.writeStaticString("\r\n")
-        out.writeString(body)
+        let out = rewriter.answer(status, message, headers: headers, closing: closing)
         context.write(wrapOutboundOut(out), promise: nil)
         if closing {
             closeAfterWrites(context: context)
