@@ -57,6 +57,43 @@ final class RelaySettings: Sendable {
     }
 }
 
+extension RelaySettings {
+    /// The lines a route adds to a request head, then the blank line that ends it: towards a peer, the hop headers
+    /// (`x-ringside-hop`, the time left, and `x-ringside-final` on the last candidate).
+    func routeLines(_ route: ProxyRoute, isLast: Bool, deadline: NIODeadline, into head: inout ByteBuffer) {
+        if case .peer = route {
+            head.writeBytes(hopLine)
+            let remaining = max(0, (deadline - .now()).nanoseconds / 1_000_000)
+            head.writeBytes(deadlinePrefix)
+            HTTP1Parsing.writeDecimal(UInt64(remaining), into: &head)
+            head.writeStaticString("\r\n")
+            if isLast { head.writeBytes(finalLine) }
+        }
+        head.writeStaticString("\r\n")
+    }
+
+    /// The relay's own answer: `status` with `message` as plain text.
+    func answer(
+        _ status: Int,
+        _ message: String,
+        headers: [(String, String)],
+        closing: Bool,
+        allocator: ByteBufferAllocator
+    ) -> ByteBuffer {
+        let reason = HTTPResponseStatus(statusCode: status).reasonPhrase
+        let body = message + "\n"
+        var out = allocator.buffer(capacity: 256 + body.utf8.count)
+        out.writeString("HTTP/1.1 \(status) \(reason)\r\n")
+        for (name, value) in headers { out.writeString("\(name): \(value)\r\n") }
+        out.writeString("content-type: text/plain; charset=utf-8\r\ncontent-length: \(body.utf8.count)\r\n")
+        out.writeBytes(nodeLine)
+        if closing { out.writeStaticString("connection: close\r\n") }
+        out.writeStaticString("\r\n")
+        out.writeString(body)
+        return out
+    }
+}
+
 /// The HTTP/1.1 data plane's hot path: relays requests and responses as bytes, the way nginx and HAProxy do, instead
 /// of decoding them into header objects and encoding them again.
 ///
@@ -308,9 +345,11 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             }
             spare.lease.release(true)
         }
+        // The callback holds the relay strongly (until the lease or the connect timeout), never weakly: a weak
+        // reference would move the relay's reference count to a side table and slow every retain of it.
         settings.upstreams.leaseBytes(route, on: context.eventLoop).hop(to: context.eventLoop).assumeIsolated()
-            .whenComplete { [weak self] result in
-                guard let self, self.exchange === exchange else {
+            .whenComplete { result in
+                guard self.exchange === exchange else {
                     if case .success(let lease) = result { lease.release(false) }
                     return
                 }
@@ -346,7 +385,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         } else {
             head = exchange.head
         }
-        rewriter.routeLines(
+        settings.routeLines(
             exchange.route,
             isLast: exchange.attempt == exchange.routes.count - 1,
             deadline: exchange.deadline,
@@ -550,7 +589,13 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
     /// Answers with `status` and `message` as plain text; `closing` closes the connection once it is written.
     private func answer(_ status: Int, _ message: String, headers: [(String, String)] = [], closing: Bool = true) {
         guard let context, !self.closing else { return }
-        let out = rewriter.answer(status, message, headers: headers, closing: closing)
+        let out = settings.answer(
+            status,
+            message,
+            headers: headers,
+            closing: closing,
+            allocator: context.channel.allocator
+        )
         context.write(wrapOutboundOut(out), promise: nil)
         if closing {
             closeAfterWrites(context: context)

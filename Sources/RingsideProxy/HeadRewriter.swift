@@ -254,20 +254,6 @@ struct HeadRewriter {
         )
     }
 
-    /// The lines a route adds to a request head, then the blank line that ends it: towards a peer, the hop headers
-    /// (`x-ringside-hop`, the time left, and `x-ringside-final` on the last candidate).
-    func routeLines(_ route: ProxyRoute, isLast: Bool, deadline: NIODeadline, into head: inout ByteBuffer) {
-        if case .peer = route {
-            head.writeBytes(settings.hopLine)
-            let remaining = max(0, (deadline - .now()).nanoseconds / 1_000_000)
-            head.writeBytes(settings.deadlinePrefix)
-            HTTP1Parsing.writeDecimal(UInt64(remaining), into: &head)
-            head.writeStaticString("\r\n")
-            if isLast { head.writeBytes(settings.finalLine) }
-        }
-        head.writeStaticString("\r\n")
-    }
-
     /// The client's response head for an upstream's `head` (its fields in `fields`): `servedHere` adds
     /// `X-Ringside-Node`, `closing` adds `Connection: close`; room is left for `bodyBytes` more.
     mutating func response(
@@ -316,21 +302,6 @@ struct HeadRewriter {
         out.writeBytes(servedHere && !facts.isInterim ? settings.viaAndNodeLines : settings.viaLine)
         if closing { out.writeStaticString("connection: close\r\n") }
         out.writeStaticString("\r\n")
-        return out
-    }
-
-    /// The relay's own answer: `status` with `message` as plain text.
-    func answer(_ status: Int, _ message: String, headers: [(String, String)], closing: Bool) -> ByteBuffer {
-        let reason = HTTPResponseStatus(statusCode: status).reasonPhrase
-        let body = message + "\n"
-        var out = allocator.buffer(capacity: 256 + body.utf8.count)
-        out.writeString("HTTP/1.1 \(status) \(reason)\r\n")
-        for (name, value) in headers { out.writeString("\(name): \(value)\r\n") }
-        out.writeString("content-type: text/plain; charset=utf-8\r\ncontent-length: \(body.utf8.count)\r\n")
-        out.writeBytes(settings.nodeLine)
-        if closing { out.writeStaticString("connection: close\r\n") }
-        out.writeStaticString("\r\n")
-        out.writeString(body)
         return out
     }
 }
