@@ -5,7 +5,7 @@ import NIOHTTP1
 ///
 /// `path` is `local` (served by this node's backend for its own app), `forwarded_out` (sent to the owner) or
 /// `forwarded_in` (served here for another node); `code` is the status class.
-public struct ProxyMetrics: Sendable {
+public final class ProxyMetrics: Sendable {
     /// Where a request went.
     public enum Path: String, Sendable, CaseIterable {
         case local

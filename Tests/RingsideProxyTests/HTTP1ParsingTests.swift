@@ -26,6 +26,17 @@ struct HTTP1ParsingTests {
         #expect(fields.map(\.kind) == [.host, .key, .other])
     }
 
+    @Test func tokenCharactersAreRFC9110s() {
+        let symbols = Set("!#$%&'*+-.^_`|~".utf8)
+        for byte in UInt8.min...UInt8.max {
+            let expected =
+                (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte)
+                || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || symbols.contains(byte)
+            #expect(HTTP1Parsing.isToken(byte) == expected, "\(byte)")
+        }
+    }
+
     @Test func decimalsAreWrittenAsDigits() {
         for value: UInt64 in [0, 7, 10, 4096, 18_446_744_073_709_551_615] {
             var out = ByteBuffer()
