@@ -303,8 +303,10 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             inbound!.moveReaderIndex(forwardBy: length)
             if inbound!.readableBytes == 0 { inbound = nil }
             self.exchange = exchange
-            pauseReads()
             if exchange.bodyRemaining > 0 { feedBody(exchange) }
+            // Reads wait while a body has nowhere to go yet, or while the next request is here already; a request
+            // without a body leaves them running (one read fewer to pass down the pipeline a request).
+            if exchange.bodyRemaining > 0 || inbound != nil { pauseReads() }
             connect(exchange)
         }
     }
