@@ -88,7 +88,9 @@ public enum AppServer {
             upstreams: upstreams,
             handOff: general
         )
-        return { channel in try channel.pipeline.syncOperations.addHandler(HTTP1Relay(settings: settings)) }
+        return { channel in
+            try channel.pipeline.syncOperations.addHandler(HTTP1Relay(settings: settings, channel: channel))
+        }
     }
 
     /// Sets an HTTP/1.1 connection up for the general path: the byte-level guard, NIO's HTTP/1.1 server handlers

@@ -158,9 +158,8 @@ struct ResponseFramer {
         defer { state = .idle }
         switch state {
         case .idle: return nil
-        case .untilClose: return .end(reusable: false)
-        case .ending: return .end(reusable: false)
-        default: return .failed
+        case .untilClose, .ending: return .end(reusable: false)
+        case .head, .length, .chunked: return .failed
         }
     }
 

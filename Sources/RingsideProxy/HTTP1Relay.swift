@@ -119,7 +119,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
 
     private let settings: RelaySettings
     private(set) var context: ChannelHandlerContext?
-    /// Reads, routes and rewrites heads; made again with the connection's addresses once in a pipeline.
+    /// Reads, routes and rewrites heads, for this connection's addresses.
     private var rewriter: HeadRewriter
     /// Bytes received and not handled yet: a head arriving, a body's start, pipelined requests.
     private var inbound: ByteBuffer?
@@ -177,19 +177,19 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         var requestEnded: Bool { bodyRemaining == 0 }
     }
 
-    init(settings: RelaySettings) {
+    /// A relay for `channel`, whose first bytes have told it is HTTP/1.1.
+    init(settings: RelaySettings, channel: any Channel) {
         self.settings = settings
-        rewriter = HeadRewriter(settings: settings, client: nil, local: nil, allocator: ByteBufferAllocator())
+        rewriter = HeadRewriter(
+            settings: settings,
+            client: channel.remoteAddress,
+            local: channel.localAddress,
+            allocator: channel.allocator
+        )
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        rewriter = HeadRewriter(
-            settings: settings,
-            client: context.channel.remoteAddress,
-            local: context.channel.localAddress,
-            allocator: context.channel.allocator
-        )
         // Added once the first bytes have told HTTP/1.1 from HTTP/2: the channel is usually active already.
         if context.channel.isActive { startTimer(context: context) }
     }

@@ -506,6 +506,19 @@ struct RelayResponseTests {
         #expect(CannedBackend.accepted.withLockedValue { $0[backend.port] } == 1)
     }
 
+    @Test func fieldsAResponseNamesInConnectionStayBehind() async throws {
+        let bytes = try await exchange(
+            backend: "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Backend-Only\r\nX-Backend-Only: 1\r\n"
+                + "X-Kept: 2\r\nContent-Length: 2\r\n\r\nok",
+            request: "GET / HTTP/1.1\nHost: app\nConnection: close\n\n"
+        )
+        let text = String(decoding: bytes, as: UTF8.self).lowercased()
+        #expect(text.hasPrefix("http/1.1 200 ok\r\n"))
+        #expect(!text.contains("x-backend-only"))
+        #expect(text.contains("x-kept: 2\r\n"))
+        #expect(text.hasSuffix("\r\n\r\nok"))
+    }
+
     @Test func anHTTP10ResponseIsSpokenAs11AndItsConnectionNotReused() async throws {
         let bytes = try await exchange(
             backend: "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
