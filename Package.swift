@@ -66,10 +66,12 @@ let package = Package(
         ),
 
         // Layer 4: the data plane: keyed routing, forwarding between peers, proxy hygiene.
+        .systemLibrary(name: "CEpoll", path: "Sources/CEpoll"),
         .target(
             name: "RingsideProxy",
             dependencies: [
                 "RingsideCluster",
+                .target(name: "CEpoll", condition: .when(platforms: [.linux])),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

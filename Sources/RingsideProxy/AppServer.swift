@@ -1,3 +1,6 @@
+#if os(Linux)
+import Glibc
+#endif
 import NIOCore
 import NIOHTTP1
 import NIOHTTP2
@@ -8,6 +11,10 @@ import RingsideCluster
 /// knowledge (h2c; gRPC clients do this), told apart by the first bytes.
 public enum AppServer {
     /// Binds the app listener at `host:port`; each connection routes its requests through `router` to `upstreams`.
+    ///
+    /// On Linux, with an HTTP/1.1 backend and ``ProxyConfiguration/appIO`` `.epoll`, HTTP/1.1 connections are served by
+    /// relay loops of Ringside's own (``EpollLoop``, as many as `group` has threads), which hand what they do not
+    /// carry over to this pipeline; otherwise every connection is a NIO channel from the start.
     public static func bind(
         host: String,
         port: Int,
@@ -16,7 +23,7 @@ public enum AppServer {
         router: any ProxyRouter,
         upstreams: any UpstreamProvider,
         metrics: ProxyMetrics = ProxyMetrics()
-    ) async throws -> any Channel {
+    ) async throws -> any AppListener {
         let http1 = http1Setup(
             configuration: configuration,
             plane: .app,
@@ -24,33 +31,65 @@ public enum AppServer {
             router: router,
             upstreams: upstreams
         )
-        return try await ServerBootstrap(group: group)
+        let pipeline: @Sendable (any Channel) throws -> Void = { channel in
+            try channel.pipeline.syncOperations.addHandler(
+                ProtocolSniffer(
+                    http1: http1,
+                    http2: { channel in
+                        try ProtocolSniffer.configureHTTP2Streams(channel) {
+                            ProxyHandler(
+                                configuration: configuration,
+                                plane: .app,
+                                metrics: metrics,
+                                router: router,
+                                upstreams: upstreams,
+                                scheme: "http"
+                            )
+                        }
+                    }
+                )
+            )
+        }
+        #if os(Linux)
+        if configuration.appIO == .epoll, upstreams.relaysBytes {
+            let settings = RelaySettings(
+                configuration: configuration,
+                plane: .app,
+                metrics: metrics,
+                router: router,
+                upstreams: upstreams,
+                handOff: { _ in }
+            )
+            return try EpollAppListener(
+                host: host,
+                port: port,
+                loops: Array(group.makeIterator()).count,
+                settings: settings,
+                backend: upstreams.backendAddress,
+                handOff: { fd, bytes in
+                    ClientBootstrap(group: group)
+                        .channelInitializer { channel in
+                            channel.eventLoop.makeCompletedFuture {
+                                try channel.pipeline.syncOperations.addHandler(AdoptedBytes(bytes))
+                                try pipeline(channel)
+                            }
+                        }
+                        .withConnectedSocket(fd)
+                        .whenFailure { _ in _ = Glibc.close(fd) }
+                }
+            )
+        }
+        #endif
+        let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        ProtocolSniffer(
-                            http1: http1,
-                            http2: { channel in
-                                try ProtocolSniffer.configureHTTP2Streams(channel) {
-                                    ProxyHandler(
-                                        configuration: configuration,
-                                        plane: .app,
-                                        metrics: metrics,
-                                        router: router,
-                                        upstreams: upstreams,
-                                        scheme: "http"
-                                    )
-                                }
-                            }
-                        )
-                    )
-                }
+                channel.eventLoop.makeCompletedFuture { try pipeline(channel) }
             }
             .bind(host: host, port: port)
             .get()
+        return ChannelAppListener(channel: channel)
     }
 
     /// How an HTTP/1.1 connection is set up to be proxied, made once a listener: the byte-level ``HTTP1Relay`` when
@@ -126,5 +165,41 @@ public enum AppServer {
             withErrorHandling: true
         )
         try pipeline.addHandler(proxy)
+    }
+}
+
+/// A listener of the app plane, whichever way it serves its connections.
+public protocol AppListener: Sendable {
+    /// The address it is bound to.
+    var localAddress: SocketAddress? { get }
+    /// Stops accepting connections.
+    func close() async throws
+}
+
+/// The app listener as a NIO server channel.
+struct ChannelAppListener: AppListener {
+    let channel: any Channel
+    var localAddress: SocketAddress? { channel.localAddress }
+    func close() async throws { try await channel.close() }
+}
+
+/// Gives a connection that a relay loop handed over the bytes the loop read of it, before anything read from the
+/// socket, and steps aside.
+final class AdoptedBytes: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private var bytes: ByteBuffer?
+
+    init(_ bytes: ByteBuffer?) { self.bytes = bytes }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.fireChannelActive()
+        if let bytes {
+            self.bytes = nil
+            context.fireChannelRead(wrapInboundOut(bytes))
+            context.fireChannelReadComplete()
+        }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 }

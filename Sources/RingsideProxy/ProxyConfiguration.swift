@@ -8,6 +8,14 @@ public struct ProxyConfiguration: Sendable {
         case reject
     }
 
+    /// How the app plane serves HTTP/1.1 connections.
+    public enum AppIO: String, Sendable, CaseIterable {
+        /// Relay loops of Ringside's own on epoll (Linux only), which hand what they do not carry over to NIO.
+        case epoll
+        /// NIO channels throughout.
+        case nio
+    }
+
     /// The header that carries the shard key.
     public var keyHeader = "X-Shard-Key"
     /// What to do without a key.
@@ -30,6 +38,12 @@ public struct ProxyConfiguration: Sendable {
     public var connectTimeout: Duration = .seconds(2)
     /// Idle keep-alive connections kept per event loop and upstream.
     public var maxIdleConnectionsPerUpstream = 64
+    /// How the app plane serves HTTP/1.1 connections: relay loops on epoll where there is epoll, NIO elsewhere.
+    #if os(Linux)
+    public var appIO = AppIO.epoll
+    #else
+    public var appIO = AppIO.nio
+    #endif
 
     /// A configuration for the node named `nodeName`, defaults elsewhere.
     public init(nodeName: String) { self.nodeName = nodeName }

@@ -80,10 +80,16 @@ public protocol UpstreamProvider: Sendable {
     /// A pooled HTTP/1.1 connection for `route` carrying only a ``ByteUpstream``, on `eventLoop`: the relay writes
     /// requests as bytes and the handler frames the responses.
     func leaseBytes(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease>
+
+    /// The backend's address when it is numeric (no name lookup to make), for the app plane's relay loops; nil sends
+    /// local requests the general way.
+    var backendAddress: SocketAddress? { get }
 }
 
 extension UpstreamProvider {
     public var relaysBytes: Bool { false }
+
+    public var backendAddress: SocketAddress? { nil }
 
     public func leaseBytes(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
         eventLoop.makeFailedFuture(

@@ -93,7 +93,12 @@ public final class RingsideServer: Service, Sendable {
             metrics: metrics
         )
         appAddress.withLockedValue { $0 = app.localAddress }
-        logger.info("app listener started", metadata: ["ringside.address": "\(app.localAddress?.description ?? "")"])
+        logger.info(
+            "app listener started",
+            metadata: [
+                "ringside.address": "\(app.localAddress?.description ?? "")", "ringside.io": "\(proxy.appIO.rawValue)",
+            ]
+        )
         do {
             try await node.run()
         } catch {

@@ -208,6 +208,8 @@ public final class ClusterUpstreams: UpstreamProvider {
 
     public var relaysBytes: Bool { !backendSpeaksHTTP2 }
 
+    public var backendAddress: SocketAddress? { try? SocketAddress(ipAddress: backendHost, port: backendPort) }
+
     public func leaseBytes(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
         connecting(route, on: eventLoop) { bytes.lease(host: $0, port: $1, on: eventLoop) }
     }

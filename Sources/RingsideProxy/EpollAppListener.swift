@@ -1,0 +1,70 @@
+#if os(Linux)
+import Glibc
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// The app listener on relay loops: one listening socket that every ``EpollLoop`` watches (the kernel wakes one of
+/// them for each connection), a loop per event-loop thread of the node's group.
+final class EpollAppListener: AppListener {
+    let localAddress: SocketAddress?
+    private let listener: CInt
+    private let threads: NIOThreadPool
+    private let controls: [EpollLoopControl]
+    private let closed = Atomic<Bool>(false)
+
+    /// A loop made on the caller's thread and given to the thread that runs it, which alone touches it from then on.
+    private struct Handover: @unchecked Sendable {
+        let loop: EpollLoop
+    }
+
+    init(
+        host: String,
+        port: Int,
+        loops: Int,
+        settings: RelaySettings,
+        backend: SocketAddress?,
+        handOff: @escaping @Sendable (CInt, ByteBuffer?) -> Void
+    ) throws {
+        let address = try SocketAddress.makeAddressResolvingHost(host, port: port)
+        listener = try LinuxSocket.listen(on: address, backlog: 1024)
+        localAddress = LinuxSocket.localAddress(listener)
+        var controls: [EpollLoopControl] = []
+        var handovers: [Handover] = []
+        do {
+            for _ in 0..<max(1, loops) {
+                let control = EpollLoopControl()
+                let loop = try EpollLoop(
+                    settings: settings,
+                    listener: listener,
+                    backend: backend,
+                    control: control,
+                    handOff: handOff
+                )
+                controls.append(control)
+                handovers.append(Handover(loop: loop))
+            }
+        } catch {
+            Glibc.close(listener)
+            throw error
+        }
+        self.controls = controls
+        threads = NIOThreadPool(numberOfThreads: handovers.count)
+        threads.start()
+        for handover in handovers {
+            threads.submit { state in
+                guard case .active = state else { return }
+                handover.loop.run()
+            }
+        }
+    }
+
+    /// Stops accepting, lets the requests under way finish (each within its own time limit), and ends the loops.
+    func close() async throws {
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        for control in controls { control.stop() }
+        try await threads.shutdownGracefully()
+        Glibc.close(listener)
+    }
+}
+#endif

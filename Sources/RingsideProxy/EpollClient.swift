@@ -1,0 +1,610 @@
+#if os(Linux)
+import CEpoll
+import Glibc
+import NIOCore
+import NIOHTTP1
+
+/// A client connection on a relay loop: the app plane's hot path for HTTP/1.1, the same relay as ``HTTP1Relay``
+/// (``HeadRewriter`` reads and rewrites heads, ``ResponseFramer`` finds where responses end) on the loop's own
+/// sockets instead of NIO channels.
+///
+/// What it does not carry it hands over to the general pipeline, with the bytes read so far, once nothing of its own
+/// is under way: HTTP/2 with prior knowledge, HTTP/1.0, chunked or `Expect` request bodies, protocol upgrades, and
+/// routes whose address takes a name lookup.
+final class EpollClient: EpollSocket {
+    private var rewriter: HeadRewriter
+    private var settings: RelaySettings { loop.settings }
+    /// Bytes received and not handled yet: a head arriving, a body's start, pipelined requests.
+    private var inbound: ByteBuffer?
+    private var exchange: Exchange?
+    private var out = OutboundQueue()
+    private var readable = false
+    private var writable = true
+    /// Reads wait for the current exchange to end (the next request is here already).
+    private var holdForTurn = false
+    /// Reads wait for the upstream to take the body bytes queued for it.
+    private var holdForUpstream = false
+    /// The upstream's reads wait for the client to take the response bytes queued for it.
+    private var upstreamHeld = false
+    /// Closing once what is queued is written.
+    private var closing = false
+    /// Handing over to the general pipeline once what is queued is written.
+    private var handingOff = false
+    /// Whether the first bytes have told HTTP/1.1 from HTTP/2's preface.
+    private var sniffed = false
+    /// When the current wait began: a head's first byte, or the end of the last request.
+    private var waitingSince: NIODeadline
+    /// Whether bytes of the next head have arrived.
+    private var headStarted = false
+    /// The upstream connection of the last request, kept for the next one to the same route.
+    private var spare: EpollUpstream?
+
+    /// How many response bytes may wait for the client before the upstream stops being read, and request bytes for
+    /// the upstream before the client stops being read.
+    static let highWater = 256 << 10
+
+    /// One request and its response.
+    private final class Exchange {
+        let routes: [ProxyRoute]
+        var attempt = 0
+        /// The upstream head without the route's headers and the final blank line.
+        var head: ByteBuffer
+        let idempotent: Bool
+        let expectsBody: Bool
+        let clientKeepAlive: Bool
+        let started: NIODeadline
+        let deadline: NIODeadline
+        /// Body bytes still to come from the client.
+        var bodyRemaining: Int
+        var bodyBytes = 0
+        var upstream: EpollUpstream?
+        /// Body parts that arrived while no upstream was attached.
+        var pending: [ByteBuffer] = []
+        /// The body kept for a replay, while small enough; nil once it is not.
+        var replay: [ByteBuffer]? = []
+        var responseStarted = false
+        var status = 200
+        /// The response runs until the upstream closes: the client's connection closes after it.
+        var closesAfter = false
+
+        init(_ plan: RequestPlan, started: NIODeadline) {
+            routes = plan.routes
+            head = plan.head
+            idempotent = plan.idempotent
+            expectsBody = plan.expectsBody
+            clientKeepAlive = plan.clientKeepAlive
+            bodyRemaining = plan.bodyLength
+            self.started = started
+            deadline = started + plan.budget
+        }
+
+        var route: ProxyRoute { routes[attempt] }
+        var requestEnded: Bool { bodyRemaining == 0 }
+    }
+
+    init(fd: CInt, peer: SocketAddress?, local: SocketAddress?, loop: EpollLoop) {
+        rewriter = HeadRewriter(settings: loop.settings, client: peer, local: local, allocator: ByteBufferAllocator())
+        waitingSince = loop.now
+        super.init(fd: fd, loop: loop)
+    }
+
+    // MARK: Events
+
+    override func ready(_ events: UInt32) {
+        if events & (ringside_epollin | ringside_epollrdhup | ringside_epollhup | ringside_epollerr) != 0 {
+            readable = true
+        }
+        if events & ringside_epollout != 0 {
+            writable = true
+            flushOut()
+        }
+        pumpReads()
+    }
+
+    override func resumed() { pumpReads() }
+
+    private func pumpReads() {
+        while readable, !holdForTurn, !holdForUpstream, !closing, !handingOff, fd >= 0 {
+            let (result, buffer) = loop.read(fd)
+            switch result {
+            case .bytes(let count):
+                if count < EpollLoop.readSize { readable = false }
+                received(buffer)
+            case .wouldBlock:
+                readable = false
+            case .closed, .failed:
+                close()
+                return
+            }
+        }
+        guard let upstream = exchange?.upstream else { return }
+        upstream.flush()
+        if upstream.queuedBytes > Self.highWater {
+            holdForUpstream = true
+            upstream.notifyWhenDrained()
+        }
+    }
+
+    /// The upstream took the request bytes queued for it.
+    func upstreamDrained() {
+        guard holdForUpstream else { return }
+        holdForUpstream = false
+        loop.later(self)
+    }
+
+    // MARK: Requests
+
+    private func received(_ bytes: ByteBuffer) {
+        var buffer = bytes
+        if inbound == nil {
+            inbound = buffer
+        } else {
+            inbound!.writeBuffer(&buffer)
+        }
+        if let exchange {
+            if exchange.bodyRemaining > 0 { feedBody(exchange) }
+            // What follows the body is the next request: it waits.
+            if exchange.bodyRemaining == 0, inbound != nil { holdForTurn = true }
+        } else {
+            processInbound()
+        }
+    }
+
+    /// Handles the heads waiting in `inbound` until one of them is under way, or more bytes are needed.
+    private func processInbound() {
+        while exchange == nil, !closing, !handingOff, var buffer = inbound {
+            // Empty lines before a request line are ignored (RFC 9112 §2.2).
+            while buffer.readableBytes >= 2, buffer.getInteger(at: buffer.readerIndex, as: UInt16.self) == 0x0D0A {
+                buffer.moveReaderIndex(forwardBy: 2)
+            }
+            guard buffer.readableBytes > 0 else {
+                inbound = nil
+                return
+            }
+            if !headStarted {
+                headStarted = true
+                waitingSince = loop.now
+            }
+            if !sniffed {
+                // HTTP/2 with prior knowledge opens with "PRI * HTTP/2.0": the general pipeline speaks it.
+                let seen = buffer.readableBytesView.prefix(3)
+                if seen.elementsEqual("PRI".utf8.prefix(seen.count)) {
+                    inbound = buffer
+                    if seen.count == 3 { startHandOff() }
+                    return
+                }
+                sniffed = true
+            }
+            let parsed = buffer.withUnsafeReadableBytes { rewriter.parseRequest($0) }
+            switch parsed {
+            case .incomplete:
+                inbound = buffer
+                if buffer.readableBytes > settings.configuration.maxHeaderBytes {
+                    answer(431, "the request head is larger than \(settings.configuration.maxHeaderBytes) bytes")
+                }
+                return
+            case .malformed(let reason):
+                inbound = nil
+                answer(400, "malformed request: \(reason)")
+                return
+            case .complete(let startLineEnd, let length):
+                guard length <= settings.configuration.maxHeaderBytes else {
+                    inbound = nil
+                    answer(431, "the request head is larger than \(settings.configuration.maxHeaderBytes) bytes")
+                    return
+                }
+                inbound = buffer
+                begin(startLineEnd: startLineEnd, length: length)
+            }
+        }
+    }
+
+    /// Acts on the complete head at the start of `inbound`.
+    private func begin(startLineEnd: Int, length: Int) {
+        let decision = inbound!.withUnsafeReadableBytes { bytes in
+            rewriter.request(bytes, startLineEnd: startLineEnd, length: length)
+        }
+        switch decision {
+        case .handOff:
+            startHandOff()
+        case .refuse(let status, let message, let headers, let closing):
+            inbound!.moveReaderIndex(forwardBy: length)
+            if inbound!.readableBytes == 0 { inbound = nil }
+            settings.metrics.record(.local, status: HTTPResponseStatus(statusCode: status), nanoseconds: 0)
+            answer(status, message, headers: headers, closing: closing)
+            requestDone()
+        case .forward(let plan):
+            // A route whose address takes a name lookup goes the general way, which makes it.
+            guard plan.routes.allSatisfy({ loop.address(of: $0) != nil }) else {
+                startHandOff()
+                return
+            }
+            // Timed from the head's first byte, as nginx's request time is.
+            let exchange = Exchange(plan, started: waitingSince)
+            inbound!.moveReaderIndex(forwardBy: length)
+            if inbound!.readableBytes == 0 { inbound = nil }
+            self.exchange = exchange
+            if exchange.bodyRemaining > 0 { feedBody(exchange) }
+            if exchange.bodyRemaining == 0, inbound != nil { holdForTurn = true }
+            connect(exchange)
+        }
+    }
+
+    /// Passes the body bytes waiting in `inbound` on, up to the end of the current request's body.
+    private func feedBody(_ exchange: Exchange) {
+        guard var buffer = inbound else { return }
+        let take = min(exchange.bodyRemaining, buffer.readableBytes)
+        let slice = buffer.readSlice(length: take)!
+        inbound = buffer.readableBytes > 0 ? buffer : nil
+        exchange.bodyRemaining -= take
+        exchange.bodyBytes += take
+        if exchange.replay != nil {
+            if exchange.bodyBytes <= ProxyHandler.replayableBodyBytes {
+                exchange.replay!.append(slice)
+            } else {
+                exchange.replay = nil
+            }
+        }
+        if let upstream = exchange.upstream {
+            upstream.write(slice)
+        } else {
+            exchange.pending.append(slice)
+        }
+    }
+
+    // MARK: Upstreams
+
+    private func connect(_ exchange: Exchange) {
+        let route = exchange.route
+        if let spare {
+            self.spare = nil
+            if spare.route == route && spare.isOpen {
+                attach(spare, to: exchange)
+                return
+            }
+            loop.release(spare, reusable: true)
+        }
+        do {
+            guard let address = loop.address(of: route) else {
+                throw ProxyRefusal(status: .badGateway, message: "\(route) needs a name lookup")
+            }
+            attach(try loop.upstream(for: route, at: address), to: exchange)
+        } catch {
+            settings.router.upstreamFailed(route, error: error)
+            tryNextRoute(exchange, reason: "cannot reach \(route): \(error)")
+        }
+    }
+
+    private func attach(_ upstream: EpollUpstream, to exchange: Exchange) {
+        upstream.bind(self, expectsBody: exchange.expectsBody)
+        exchange.upstream = upstream
+        // The head, with the route's headers: in place the first time, on a copy for a retry.
+        var head: ByteBuffer
+        let base = exchange.head.readableBytes
+        if exchange.attempt == 0 {
+            head = exchange.head
+            exchange.head = ByteBuffer()
+        } else {
+            head = exchange.head
+        }
+        settings.routeLines(
+            exchange.route,
+            isLast: exchange.attempt == exchange.routes.count - 1,
+            deadline: exchange.deadline,
+            into: &head
+        )
+        if exchange.attempt == 0 {
+            // Kept for a retry: the part without the route's headers.
+            exchange.head = head.getSlice(at: head.readerIndex, length: base)!
+        }
+        upstream.write(head)
+        if exchange.attempt > 0, let replay = exchange.replay {
+            for buffer in replay { upstream.write(buffer) }
+        } else {
+            for buffer in exchange.pending { upstream.write(buffer) }
+        }
+        exchange.pending = []
+        upstream.flush()
+    }
+
+    /// The upstream could not be connected to.
+    func upstreamConnectFailed(_ error: any Error) {
+        guard let exchange else { return }
+        exchange.upstream = nil
+        settings.router.upstreamFailed(exchange.route, error: error)
+        tryNextRoute(exchange, reason: "cannot reach \(exchange.route): \(error)")
+    }
+
+    /// Moves to the next owner if the request provably never reached a backend and can be sent again; otherwise
+    /// answers 502.
+    private func tryNextRoute(_ exchange: Exchange, reason: String) {
+        if let upstream = exchange.upstream {
+            exchange.upstream = nil
+            upstream.detach()
+            loop.release(upstream, reusable: false)
+        }
+        let canReplay = exchange.replay != nil || (exchange.bodyBytes == 0 && exchange.pending.isEmpty)
+        guard exchange.attempt + 1 < exchange.routes.count, canReplay else {
+            fail(exchange, status: 502, message: reason)
+            return
+        }
+        exchange.attempt += 1
+        settings.metrics.retries.increment()
+        connect(exchange)
+    }
+
+    // MARK: Responses (called by EpollUpstream)
+
+    /// A response head from the upstream, with the body bytes that came with it.
+    func upstreamHead(_ head: ByteBuffer, facts: ResponseFacts, fields: [HeaderField], body: ByteBuffer?) {
+        guard let exchange else { return }
+        if facts.status == 421, facts.notOwner, !exchange.responseStarted, case .peer = exchange.route {
+            settings.metrics.misroutes.increment()
+            tryNextRoute(exchange, reason: "no owner accepted the request")
+            return
+        }
+        if !facts.isInterim {
+            exchange.responseStarted = true
+            exchange.status = facts.status
+            exchange.closesAfter =
+                facts.bodyUntilClose && exchange.expectsBody && facts.status != 204
+                && facts.status != 304
+        }
+        let closing = !facts.isInterim && (!exchange.clientKeepAlive || exchange.closesAfter)
+        let servedHere: Bool =
+            if case .local = exchange.route { settings.configuration.addsNodeHeader && !facts.hasNodeHeader } else {
+                false
+            }
+        var head = rewriter.response(
+            head,
+            facts: facts,
+            fields: fields,
+            servedHere: servedHere,
+            closing: closing,
+            bodyBytes: min(body?.readableBytes ?? 0, 4096)
+        )
+        if var body {
+            // A small body goes out with the head, in one buffer and one write.
+            if body.readableBytes <= 4096 {
+                head.writeBuffer(&body)
+                out.append(head)
+            } else {
+                out.append(head)
+                out.append(body)
+            }
+        } else {
+            out.append(head)
+        }
+    }
+
+    func upstreamBody(_ buffer: ByteBuffer) {
+        guard let exchange, exchange.responseStarted else { return }
+        out.append(buffer)
+    }
+
+    func upstreamEnd(reusable: Bool) {
+        guard let exchange else { return }
+        guard exchange.responseStarted else {
+            // Only interim responses, then the end: nothing the client can use.
+            upstreamFailed()
+            return
+        }
+        let now = NIODeadline.now()
+        settings.metrics.record(
+            path(of: exchange),
+            status: HTTPResponseStatus(statusCode: exchange.status),
+            nanoseconds: (now - exchange.started).nanoseconds
+        )
+        let requestEnded = exchange.requestEnded
+        let closes = !requestEnded || !exchange.clientKeepAlive || exchange.closesAfter
+        if let upstream = exchange.upstream {
+            upstream.detach()
+            if reusable, !closes {
+                spare = upstream
+            } else {
+                loop.release(upstream, reusable: reusable && requestEnded)
+            }
+        }
+        exchange.upstream = nil
+        self.exchange = nil
+        if upstreamHeld { upstreamHeld = false }
+        if closes {
+            // The client is still sending a body nobody will read, asked to close, or reads the body to the close.
+            closeAfterWrites()
+            return
+        }
+        flushOut()
+        requestDone(at: now)
+        if holdForTurn {
+            holdForTurn = false
+            loop.later(self)
+        }
+        processInbound()
+    }
+
+    func upstreamReadComplete() { flushOut() }
+
+    /// The upstream closed or failed before the response was complete.
+    func upstreamFailed() {
+        guard let exchange else { return }
+        if let upstream = exchange.upstream {
+            exchange.upstream = nil
+            upstream.detach()
+            loop.release(upstream, reusable: false)
+        }
+        if exchange.responseStarted {
+            // Mid-response there is no way to tell the client but to close.
+            self.exchange = nil
+            settings.metrics.record(path(of: exchange), status: .badGateway, nanoseconds: 0)
+            close()
+            return
+        }
+        settings.router.upstreamFailed(exchange.route, error: nil)
+        // Idempotent requests may go to the next owner even though the first may have seen them.
+        if exchange.idempotent {
+            tryNextRoute(exchange, reason: "the upstream closed before answering")
+        } else {
+            fail(exchange, status: 502, message: "the upstream closed before answering")
+        }
+    }
+
+    private func path(of exchange: Exchange) -> ProxyMetrics.Path {
+        if case .local = exchange.route { return .local }
+        return .forwardedOut
+    }
+
+    // MARK: Writing to the client
+
+    /// Writes what is queued for the client; once it is all out, closes or hands over when that is pending.
+    private func flushOut() {
+        guard fd >= 0, writable else { return }
+        switch out.flush(to: fd, vectors: loop.vectors) {
+        case .done:
+            if closing {
+                close()
+            } else if handingOff {
+                completeHandOff()
+            } else if upstreamHeld {
+                upstreamHeld = false
+                exchange?.upstream?.resumeReads()
+            }
+        case .wouldBlock:
+            writable = false
+            if out.bytes > Self.highWater, !upstreamHeld, let upstream = exchange?.upstream {
+                upstreamHeld = true
+                upstream.pauseReads()
+            }
+        case .failed:
+            close()
+        }
+    }
+
+    // MARK: Answering ourselves
+
+    private func fail(_ exchange: Exchange, status: Int, message: String) {
+        guard self.exchange === exchange else { return }
+        if let upstream = exchange.upstream {
+            exchange.upstream = nil
+            upstream.detach()
+            loop.release(upstream, reusable: false)
+        }
+        self.exchange = nil
+        settings.metrics.record(
+            path(of: exchange),
+            status: HTTPResponseStatus(statusCode: exchange.responseStarted ? exchange.status : status),
+            nanoseconds: (NIODeadline.now() - exchange.started).nanoseconds
+        )
+        if exchange.responseStarted {
+            close()
+            return
+        }
+        answer(status, message, closing: !exchange.requestEnded || !exchange.clientKeepAlive)
+        if !closing {
+            requestDone()
+            if holdForTurn {
+                holdForTurn = false
+                loop.later(self)
+            }
+            processInbound()
+        }
+    }
+
+    /// Answers with `status` and `message` as plain text; `closing` closes the connection once it is written.
+    private func answer(_ status: Int, _ message: String, headers: [(String, String)] = [], closing: Bool = true) {
+        guard fd >= 0, !self.closing else { return }
+        out.append(
+            settings.answer(status, message, headers: headers, closing: closing, allocator: ByteBufferAllocator())
+        )
+        if closing {
+            closeAfterWrites()
+        } else {
+            flushOut()
+        }
+    }
+
+    private func closeAfterWrites() {
+        closing = true
+        inbound = nil
+        flushOut()
+    }
+
+    /// A request is over: the next head's time starts now. A stopping loop closes the connection here.
+    private func requestDone(at now: NIODeadline? = nil) {
+        headStarted = false
+        waitingSince = now ?? loop.now
+        if loop.isStopping { closeAfterWrites() }
+    }
+
+    private func releaseSpare() {
+        guard let spare else { return }
+        self.spare = nil
+        loop.release(spare, reusable: true)
+    }
+
+    /// Checks the connection's deadlines, as its loop does every check interval.
+    func checkDeadlines(_ now: NIODeadline) {
+        guard !closing, !handingOff, fd >= 0 else { return }
+        if exchange == nil, now - waitingSince >= settings.checkInterval { releaseSpare() }
+        if let exchange {
+            if let upstream = exchange.upstream, upstream.isConnecting, now >= upstream.connectDeadline {
+                let failure = upstream.connectTimedOut()
+                upstreamConnectFailed(failure)
+            } else if now >= exchange.deadline {
+                fail(exchange, status: 504, message: "no answer from the upstream in time")
+            }
+        } else if headStarted {
+            if now - waitingSince >= settings.headerTimeout {
+                answer(408, "the request head did not arrive in time")
+            }
+        } else if now - waitingSince >= settings.idleTimeout {
+            close()
+        }
+    }
+
+    /// The loop stops: an idle connection closes now, a busy one after its exchange.
+    func stopWhenIdle() {
+        if exchange == nil, out.isEmpty, !handingOff { close() }
+    }
+
+    // MARK: Handing over to the general pipeline
+
+    private func startHandOff() {
+        releaseSpare()
+        handingOff = true
+        flushOut()
+    }
+
+    private func completeHandOff() {
+        let descriptor = fd
+        let bytes = inbound
+        inbound = nil
+        loop.deregister(self)
+        fd = -1
+        loop.clientEnded(self)
+        loop.handOff(descriptor, bytes)
+    }
+
+    // MARK: Closing
+
+    /// Closes the connection and gives up whatever is under way.
+    func close() {
+        guard fd >= 0 else { return }
+        releaseSpare()
+        if let exchange {
+            self.exchange = nil
+            if let upstream = exchange.upstream {
+                exchange.upstream = nil
+                upstream.detach()
+                loop.release(upstream, reusable: false)
+            }
+        }
+        loop.deregister(self)
+        Glibc.close(fd)
+        fd = -1
+        closing = true
+        inbound = nil
+        out.removeAll()
+        loop.clientEnded(self)
+    }
+}
+#endif

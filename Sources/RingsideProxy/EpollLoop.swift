@@ -1,0 +1,303 @@
+#if os(Linux)
+import CEpoll
+import Glibc
+import NIOCore
+import RingsideCluster
+import Synchronization
+
+/// A socket a relay loop watches: a client connection or an upstream connection. It lives on its loop's thread only.
+class EpollSocket {
+    /// The descriptor, -1 once closed or handed over.
+    var fd: CInt
+    /// Its place in the loop's table (the token epoll reports it by), -1 while not registered.
+    var token = -1
+    /// The loop outlives every socket it holds: it closes them all before it ends.
+    unowned(unsafe) let loop: EpollLoop
+
+    init(fd: CInt, loop: EpollLoop) {
+        self.fd = fd
+        self.loop = loop
+    }
+
+    /// What epoll reported for this socket.
+    func ready(_ events: UInt32) {}
+
+    /// Called after the event that asked for it with ``EpollLoop/later(_:)``: reads that were held may go on.
+    func resumed() {}
+}
+
+/// How a relay loop is told to stop, from any thread.
+final class EpollLoopControl: Sendable {
+    private let stopping = Atomic<Bool>(false)
+    /// The loop's wake-up descriptor (an eventfd), -1 until it runs.
+    private let wakeFD = Atomic<CInt>(-1)
+
+    var stopRequested: Bool { stopping.load(ordering: .acquiring) }
+
+    func started(wakeFD fd: CInt) { wakeFD.store(fd, ordering: .releasing) }
+
+    /// Asks the loop to stop accepting, finish what is under way, and end.
+    func stop() {
+        stopping.store(true, ordering: .releasing)
+        let fd = wakeFD.load(ordering: .acquiring)
+        if fd >= 0 { _ = eventfd_write(fd, 1) }
+    }
+}
+
+/// One thread of the app plane's relay: an epoll set with the shared listener, the client connections it accepted
+/// and its own upstream connections, pooled per route. Everything here runs on the loop's thread, so nothing here is
+/// locked; the only way in from outside is ``EpollLoopControl``.
+///
+/// The sockets are registered once, edge-triggered, for both reading and writing: a socket remembers that it may have
+/// bytes to read or room to write, and the loop makes no system call to change what it watches.
+final class EpollLoop {
+    let settings: RelaySettings
+    private let epoll: CInt
+    private let wakeFD: CInt
+    private let listener: CInt
+    private let control: EpollLoopControl
+    /// Gives a client connection's socket, and what was read of it, to the general pipeline.
+    let handOff: @Sendable (CInt, ByteBuffer?) -> Void
+    /// Where `.local` goes.
+    private let backend: SocketAddress?
+    private var peerAddresses: [String: SocketAddress?] = [:]
+
+    private static let listenerToken: UInt64 = 0
+    private static let wakeToken: UInt64 = 1
+    private var sockets: [EpollSocket?] = [nil, nil]
+    private var freeTokens: [Int] = []
+    /// Tokens freed while handling a batch of events: reused only after it, so that an event still in the batch
+    /// never reaches a newer socket.
+    private var releasedTokens: [Int] = []
+    private var clients: [ObjectIdentifier: EpollClient] = [:]
+    private var idle: [ProxyRoute: [EpollUpstream]] = [:]
+    /// Sockets to call ``EpollSocket/resumed()`` on once the current event is handled.
+    private var deferred: [EpollSocket] = []
+
+    /// Read space: one buffer reused while nothing else holds its bytes.
+    private var readBuffer: ByteBuffer
+    static let readSize = 16 << 10
+    /// Scratch for gathering writes.
+    let vectors: UnsafeMutableBufferPointer<iovec>
+    /// The time, read once an iteration.
+    private(set) var now = NIODeadline.now()
+    private var stopping = false
+
+    init(
+        settings: RelaySettings,
+        listener: CInt,
+        backend: SocketAddress?,
+        control: EpollLoopControl,
+        handOff: @escaping @Sendable (CInt, ByteBuffer?) -> Void
+    ) throws {
+        self.settings = settings
+        self.listener = listener
+        self.backend = backend
+        self.control = control
+        self.handOff = handOff
+        epoll = epoll_create1(CInt(EPOLL_CLOEXEC))
+        guard epoll >= 0 else { throw LinuxSocket.Failure(call: "epoll_create1", code: errno) }
+        wakeFD = eventfd(0, CInt(EFD_NONBLOCK) | CInt(EFD_CLOEXEC))
+        guard wakeFD >= 0 else {
+            Glibc.close(epoll)
+            throw LinuxSocket.Failure(call: "eventfd", code: errno)
+        }
+        readBuffer = ByteBufferAllocator().buffer(capacity: Self.readSize)
+        vectors = .allocate(capacity: OutboundQueue.gather)
+        watch(listener, token: Self.listenerToken, events: ringside_epollin | ringside_epollexclusive)
+        watch(wakeFD, token: Self.wakeToken, events: ringside_epollin)
+    }
+
+    deinit {
+        vectors.deallocate()
+        Glibc.close(wakeFD)
+        Glibc.close(epoll)
+    }
+
+    /// Runs until stopped and every client connection is done (or the longest a request may take has passed).
+    func run() {
+        control.started(wakeFD: wakeFD)
+        let capacity = 256
+        let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: capacity)
+        defer { events.deallocate() }
+        let interval = settings.checkInterval
+        var nextCheck = NIODeadline.now() + interval
+        var stopDeadline: NIODeadline?
+        while true {
+            let wait = max(0, (nextCheck - now).nanoseconds / 1_000_000 + 1)
+            let count = epoll_wait(epoll, events, CInt(capacity), CInt(min(wait, 1_000)))
+            now = .now()
+            for index in 0..<max(0, Int(count)) {
+                let event = events[index]
+                switch event.data.u64 {
+                case Self.listenerToken: acceptAll()
+                case Self.wakeToken:
+                    var value: eventfd_t = 0
+                    _ = eventfd_read(wakeFD, &value)
+                default: sockets[Int(event.data.u64)]?.ready(event.events)
+                }
+                runDeferred()
+            }
+            if !releasedTokens.isEmpty {
+                freeTokens.append(contentsOf: releasedTokens)
+                releasedTokens.removeAll(keepingCapacity: true)
+            }
+            if now >= nextCheck {
+                nextCheck = now + interval
+                for client in Array(clients.values) {
+                    client.checkDeadlines(now)
+                    runDeferred()
+                }
+            }
+            if !stopping, control.stopRequested {
+                beginStopping()
+                stopDeadline = now + settings.requestTimeout
+            }
+            if stopping {
+                if clients.isEmpty { break }
+                if let stopDeadline, now >= stopDeadline { break }
+            }
+        }
+        for client in Array(clients.values) { client.close() }
+        for (_, upstreams) in idle { for upstream in upstreams { upstream.close() } }
+        idle = [:]
+    }
+
+    /// Calls `socket`'s ``EpollSocket/resumed()`` once the current event is handled: a socket that lets another one
+    /// read again does it this way, never from inside its own handling.
+    func later(_ socket: EpollSocket) { deferred.append(socket) }
+
+    private func runDeferred() {
+        var index = 0
+        while index < deferred.count {
+            let socket = deferred[index]
+            index += 1
+            if socket.fd >= 0 { socket.resumed() }
+        }
+        deferred.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: Client connections
+
+    private func acceptAll() {
+        while !stopping, let (fd, peer) = LinuxSocket.accept(listener) {
+            let client = EpollClient(fd: fd, peer: peer, local: LinuxSocket.localAddress(fd), loop: self)
+            clients[ObjectIdentifier(client)] = client
+            register(client)
+        }
+    }
+
+    /// Stops accepting; connections close once their current exchange is over.
+    private func beginStopping() {
+        stopping = true
+        _ = epoll_ctl(epoll, EPOLL_CTL_DEL, listener, nil)
+        for client in Array(clients.values) { client.stopWhenIdle() }
+    }
+
+    var isStopping: Bool { stopping }
+
+    /// A client connection is over: closed, or handed over to the general pipeline.
+    func clientEnded(_ client: EpollClient) {
+        clients[ObjectIdentifier(client)] = nil
+    }
+
+    // MARK: Upstream connections
+
+    /// Where `route` is, as an address to connect to without a name lookup; nil when it takes one.
+    func address(of route: ProxyRoute) -> SocketAddress? {
+        switch route {
+        case .local:
+            return backend
+        case .peer(_, let address):
+            if let known = peerAddresses[address] { return known }
+            let parsed = DirectAddress.parse(address)
+            if peerAddresses.count > 4096 { peerAddresses = [:] }
+            peerAddresses[address] = parsed
+            return parsed
+        }
+    }
+
+    /// An idle connection to `route`, or a new one on its way.
+    func upstream(for route: ProxyRoute, at address: SocketAddress) throws -> EpollUpstream {
+        while let upstream = idle[route]?.popLast() {
+            if upstream.fd >= 0 { return upstream }
+        }
+        let (fd, connected) = try LinuxSocket.connect(to: address)
+        let upstream = EpollUpstream(
+            fd: fd,
+            route: route,
+            connected: connected,
+            connectDeadline: now + TimeAmount(settings.configuration.connectTimeout),
+            loop: self
+        )
+        register(upstream)
+        return upstream
+    }
+
+    /// Takes back an upstream connection after an exchange: kept for the next request to its route when it is
+    /// `reusable` and there is room, closed otherwise.
+    func release(_ upstream: EpollUpstream, reusable: Bool) {
+        guard reusable, !stopping, upstream.fd >= 0,
+            idle[upstream.route, default: []].count < settings.configuration.maxIdleConnectionsPerUpstream
+        else {
+            upstream.close()
+            return
+        }
+        upstream.isPooled = true
+        idle[upstream.route, default: []].append(upstream)
+    }
+
+    /// An idle upstream connection closed, or sent what nobody asked for.
+    func forgetIdle(_ upstream: EpollUpstream) {
+        idle[upstream.route]?.removeAll { $0 === upstream }
+    }
+
+    // MARK: Buffers
+
+    /// Reads from `fd` into the loop's read buffer: the bytes come back in a buffer that shares its storage, which
+    /// the next read reuses when nothing holds on to it, and replaces when something does.
+    func read(_ fd: CInt) -> (LinuxSocket.IOResult, ByteBuffer) {
+        readBuffer.clear()
+        let result = LinuxSocket.read(fd, into: &readBuffer)
+        return (result, readBuffer)
+    }
+
+    // MARK: Registration
+
+    func register(_ socket: EpollSocket) {
+        let token = freeTokens.popLast() ?? sockets.count
+        if token == sockets.count { sockets.append(socket) } else { sockets[token] = socket }
+        socket.token = token
+        watch(
+            socket.fd,
+            token: UInt64(token),
+            events: ringside_epollin | ringside_epollout | ringside_epollrdhup | ringside_epollet
+        )
+    }
+
+    /// Stops watching `socket` (its descriptor stays open).
+    func deregister(_ socket: EpollSocket) {
+        guard socket.token >= 0 else { return }
+        _ = epoll_ctl(epoll, EPOLL_CTL_DEL, socket.fd, nil)
+        sockets[socket.token] = nil
+        releasedTokens.append(socket.token)
+        socket.token = -1
+    }
+
+    private func watch(_ fd: CInt, token: UInt64, events: UInt32) {
+        var event = epoll_event()
+        event.events = events
+        event.data.u64 = token
+        _ = epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event)
+    }
+}
+
+/// Addresses the relay connects to without a name lookup.
+enum DirectAddress {
+    /// `host:port` with a numeric host, as an address; nil for anything else.
+    static func parse(_ text: String) -> SocketAddress? {
+        guard let target = HostAndPort(text) else { return nil }
+        return try? SocketAddress(ipAddress: target.host, port: target.port)
+    }
+}
+#endif
