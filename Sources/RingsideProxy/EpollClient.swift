@@ -12,32 +12,32 @@ import NIOHTTP1
 /// is under way: HTTP/2 with prior knowledge, HTTP/1.0, chunked or `Expect` request bodies, protocol upgrades, and
 /// routes whose address takes a name lookup.
 final class EpollClient: EpollSocket {
-    private var rewriter: HeadRewriter
-    private var settings: RelaySettings { loop.settings }
+    @exclusivity(unchecked) private var rewriter: HeadRewriter
+    private let settings: RelaySettings
     /// Bytes received and not handled yet: a head arriving, a body's start, pipelined requests.
-    private var inbound: ByteBuffer?
-    private var exchange: Exchange?
-    private var out = OutboundQueue()
-    private var readable = false
-    private var writable = true
+    @exclusivity(unchecked) private var inbound: ByteBuffer?
+    @exclusivity(unchecked) private var exchange: Exchange?
+    @exclusivity(unchecked) private var out = OutboundQueue()
+    @exclusivity(unchecked) private var readable = false
+    @exclusivity(unchecked) private var writable = true
     /// Reads wait for the current exchange to end (the next request is here already).
-    private var holdForTurn = false
+    @exclusivity(unchecked) private var holdForTurn = false
     /// Reads wait for the upstream to take the body bytes queued for it.
-    private var holdForUpstream = false
+    @exclusivity(unchecked) private var holdForUpstream = false
     /// The upstream's reads wait for the client to take the response bytes queued for it.
-    private var upstreamHeld = false
+    @exclusivity(unchecked) private var upstreamHeld = false
     /// Closing once what is queued is written.
-    private var closing = false
+    @exclusivity(unchecked) private var closing = false
     /// Handing over to the general pipeline once what is queued is written.
-    private var handingOff = false
+    @exclusivity(unchecked) private var handingOff = false
     /// Whether the first bytes have told HTTP/1.1 from HTTP/2's preface.
-    private var sniffed = false
+    @exclusivity(unchecked) private var sniffed = false
     /// When the current wait began: a head's first byte, or the end of the last request.
-    private var waitingSince: NIODeadline
+    @exclusivity(unchecked) private var waitingSince: NIODeadline
     /// Whether bytes of the next head have arrived.
-    private var headStarted = false
+    @exclusivity(unchecked) private var headStarted = false
     /// The upstream connection of the last request, kept for the next one to the same route.
-    private var spare: EpollUpstream?
+    @exclusivity(unchecked) private var spare: EpollUpstream?
 
     /// How many response bytes may wait for the client before the upstream stops being read, and request bytes for
     /// the upstream before the client stops being read.
@@ -46,26 +46,26 @@ final class EpollClient: EpollSocket {
     /// One request and its response.
     private final class Exchange {
         let routes: [ProxyRoute]
-        var attempt = 0
+        @exclusivity(unchecked) var attempt = 0
         /// The upstream head without the route's headers and the final blank line.
-        var head: ByteBuffer
+        @exclusivity(unchecked) var head: ByteBuffer
         let idempotent: Bool
         let expectsBody: Bool
         let clientKeepAlive: Bool
         let started: NIODeadline
         let deadline: NIODeadline
         /// Body bytes still to come from the client.
-        var bodyRemaining: Int
-        var bodyBytes = 0
-        var upstream: EpollUpstream?
+        @exclusivity(unchecked) var bodyRemaining: Int
+        @exclusivity(unchecked) var bodyBytes = 0
+        @exclusivity(unchecked) var upstream: EpollUpstream?
         /// Body parts that arrived while no upstream was attached.
-        var pending: [ByteBuffer] = []
+        @exclusivity(unchecked) var pending: [ByteBuffer] = []
         /// The body kept for a replay, while small enough; nil once it is not.
-        var replay: [ByteBuffer]? = []
-        var responseStarted = false
-        var status = 200
+        @exclusivity(unchecked) var replay: [ByteBuffer]? = []
+        @exclusivity(unchecked) var responseStarted = false
+        @exclusivity(unchecked) var status = 200
         /// The response runs until the upstream closes: the client's connection closes after it.
-        var closesAfter = false
+        @exclusivity(unchecked) var closesAfter = false
 
         init(_ plan: RequestPlan, started: NIODeadline) {
             routes = plan.routes
@@ -83,6 +83,7 @@ final class EpollClient: EpollSocket {
     }
 
     init(fd: CInt, peer: SocketAddress?, local: SocketAddress?, loop: EpollLoop) {
+        settings = loop.settings
         rewriter = HeadRewriter(settings: loop.settings, client: peer, local: local, allocator: ByteBufferAllocator())
         waitingSince = loop.now
         super.init(fd: fd, loop: loop)
@@ -104,7 +105,13 @@ final class EpollClient: EpollSocket {
     override func resumed() { pumpReads() }
 
     private func pumpReads() {
+        var reads = 0
         while readable, !holdForTurn, !holdForUpstream, !closing, !handingOff, fd >= 0 {
+            guard reads < EpollLoop.readsPerTurn else {
+                loop.again(self)
+                return
+            }
+            reads += 1
             let (result, buffer) = loop.read(fd)
             switch result {
             case .bytes(let count):
@@ -116,12 +123,13 @@ final class EpollClient: EpollSocket {
                 close()
                 return
             }
-        }
-        guard let upstream = exchange?.upstream else { return }
-        upstream.flush()
-        if upstream.queuedBytes > Self.highWater {
-            holdForUpstream = true
-            upstream.notifyWhenDrained()
+            // Body bytes go on as they come; reads wait while too many of them wait for the upstream.
+            guard let upstream = exchange?.upstream, upstream.queuedBytes > 0 else { continue }
+            upstream.flush()
+            if upstream.queuedBytes > Self.highWater {
+                holdForUpstream = true
+                upstream.notifyWhenDrained()
+            }
         }
     }
 

@@ -9,18 +9,18 @@ import NIOCore
 final class EpollUpstream: EpollSocket {
     let route: ProxyRoute
     /// Connecting until the socket says otherwise; the connection is given up at `connectDeadline`.
-    private(set) var isConnecting: Bool
+    @exclusivity(unchecked) private(set) var isConnecting: Bool
     let connectDeadline: NIODeadline
     /// In its loop's pool of idle connections.
-    var isPooled = false
-    private var framer = ResponseFramer()
-    private var client: EpollClient?
-    private var out = OutboundQueue()
-    private var readable = false
-    private var writable: Bool
-    private var readsPaused = false
+    @exclusivity(unchecked) var isPooled = false
+    @exclusivity(unchecked) private var framer = ResponseFramer()
+    @exclusivity(unchecked) private var client: EpollClient?
+    @exclusivity(unchecked) private var out = OutboundQueue()
+    @exclusivity(unchecked) private var readable = false
+    @exclusivity(unchecked) private var writable: Bool
+    @exclusivity(unchecked) private var readsPaused = false
     /// The client waits for the queued request bytes to go out before it reads more.
-    private var clientWaits = false
+    @exclusivity(unchecked) private var clientWaits = false
 
     init(fd: CInt, route: ProxyRoute, connected: Bool, connectDeadline: NIODeadline, loop: EpollLoop) {
         self.route = route
@@ -123,14 +123,20 @@ final class EpollUpstream: EpollSocket {
     }
 
     private func pumpReads() {
-        var received = false
+        var reads = 0
         while readable, !readsPaused, fd >= 0 {
+            guard reads < EpollLoop.readsPerTurn else {
+                loop.again(self)
+                return
+            }
+            reads += 1
             let (result, buffer) = loop.read(fd)
             switch result {
             case .bytes(let count):
                 if count < EpollLoop.readSize { readable = false }
-                received = true
                 handle(buffer)
+                // Written to the client as it comes; the client pauses these reads when it falls behind.
+                client?.upstreamReadComplete()
             case .wouldBlock:
                 readable = false
             case .closed, .failed:
@@ -138,7 +144,6 @@ final class EpollUpstream: EpollSocket {
                 return
             }
         }
-        if received { client?.upstreamReadComplete() }
     }
 
     private func handle(_ bytes: ByteBuffer) {

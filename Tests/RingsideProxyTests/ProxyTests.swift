@@ -19,8 +19,9 @@ struct LocalRouter: ProxyRouter {
     }
 }
 
-/// A proxy in front of an echo backend, both on free ports, for one test.
+/// A proxy serving its connections the `io` way in front of an echo backend, both on free ports, for one test.
 func withProxy(
+    io: ProxyConfiguration.AppIO,
     configuration: ProxyConfiguration = proxyConfiguration(),
     router: any ProxyRouter = LocalRouter(),
     backendPort: Int? = nil,
@@ -32,6 +33,8 @@ func withProxy(
         backendPort: backendPort ?? backend.port,
         configuration: configuration
     )
+    var configuration = configuration
+    configuration.appIO = io
     let proxy = try await AppServer.bind(
         host: "127.0.0.1",
         port: 0,
@@ -79,8 +82,8 @@ struct PartlyDownRouter: ProxyRouter {
 
 @Suite("Proxy on loopback")
 struct ProxyTests {
-    @Test func aLocalRequestIsProxiedWithProxyHygiene() async throws {
-        try await withProxy { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aLocalRequestIsProxiedWithProxyHygiene(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io) { port in
             let raw = rawExchange(
                 port: port,
                 request(
@@ -102,8 +105,8 @@ struct ProxyTests {
         }
     }
 
-    @Test func bodiesStreamBothWays() async throws {
-        try await withProxy { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func bodiesStreamBothWays(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io) { port in
             let payload = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
             let raw = rawExchange(
                 port: port,
@@ -118,8 +121,8 @@ struct ProxyTests {
         }
     }
 
-    @Test func headAnd204And304HaveNoBodies() async throws {
-        try await withProxy { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func headAnd204And304HaveNoBodies(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io) { port in
             for (method, path, status) in [
                 ("HEAD", "/", 200), ("GET", "/status/204", 204), ("GET", "/status/304", 304),
             ] {
@@ -136,8 +139,8 @@ struct ProxyTests {
         }
     }
 
-    @Test func expectContinueIsAnsweredByTheProxy() async throws {
-        try await withProxy { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func expectContinueIsAnsweredByTheProxy(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io) { port in
             let raw = rawExchange(
                 port: port,
                 request(
@@ -152,8 +155,8 @@ struct ProxyTests {
         }
     }
 
-    @Test func malformedRequestsAre400() async throws {
-        try await withProxy { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func malformedRequestsAre400(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io) { port in
             let raw = rawExchange(port: port, Array("GARBAGE\r\n\r\n".utf8))
             #expect(parseResponse(raw.bytes)?.status == 400)
             let both = rawExchange(
@@ -164,8 +167,8 @@ struct ProxyTests {
         }
     }
 
-    @Test func hugeHeadersAre431() async throws {
-        try await withProxy(configuration: proxyConfiguration { $0.maxHeaderBytes = 8192 }) { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func hugeHeadersAre431(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io, configuration: proxyConfiguration { $0.maxHeaderBytes = 8192 }) { port in
             let raw = rawExchange(
                 port: port,
                 request("GET / HTTP/1.1\nHost: app\nX-Big: \(String(repeating: "a", count: 20_000))\n\n")
@@ -178,15 +181,15 @@ struct ProxyTests {
         }
     }
 
-    @Test func bodiesOverTheLimitAre413() async throws {
-        try await withProxy(configuration: proxyConfiguration { $0.maxBodyBytes = 1000 }) { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func bodiesOverTheLimitAre413(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io, configuration: proxyConfiguration { $0.maxBodyBytes = 1000 }) { port in
             let raw = rawExchange(port: port, request("POST / HTTP/1.1\nHost: app\nContent-Length: 5000\n\n"))
             #expect(parseResponse(raw.bytes)?.status == 413)
         }
     }
 
-    @Test func aSlowLorisClientIsClosed() async throws {
-        try await withProxy(configuration: proxyConfiguration { $0.headerReadTimeout = .milliseconds(300) }) { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aSlowLorisClientIsClosed(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io, configuration: proxyConfiguration { $0.headerReadTimeout = .milliseconds(300) }) { port in
             let started = ContinuousClock.now
             let raw = rawExchange(
                 port: port,
@@ -200,22 +203,22 @@ struct ProxyTests {
         }
     }
 
-    @Test func aMissingKeyIsRejectedWhenConfigured() async throws {
-        try await withProxy(router: LocalRouter(rejectMissingKey: true)) { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aMissingKeyIsRejectedWhenConfigured(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io, router: LocalRouter(rejectMissingKey: true)) { port in
             let raw = rawExchange(port: port, request("GET / HTTP/1.1\nHost: app\n\n"))
             #expect(parseResponse(raw.bytes)?.status == 400)
         }
     }
 
-    @Test func anUnreachableBackendIs502() async throws {
-        try await withProxy(backendPort: 1) { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func anUnreachableBackendIs502(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io, backendPort: 1) { port in
             let raw = rawExchange(port: port, request("GET / HTTP/1.1\nHost: app\n\n"))
             #expect(parseResponse(raw.bytes)?.status == 502)
         }
     }
 
-    @Test func aPipelinedRequestAfterAFailedOneKeepsItsBody() async throws {
-        try await withProxy(router: PartlyDownRouter()) { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aPipelinedRequestAfterAFailedOneKeepsItsBody(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io, router: PartlyDownRouter()) { port in
             let raw = rawExchange(
                 port: port,
                 request(
@@ -231,8 +234,8 @@ struct ProxyTests {
         }
     }
 
-    @Test func keepAliveCarriesManyRequests() async throws {
-        try await withProxy { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func keepAliveCarriesManyRequests(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io) { port in
             let one = "GET /a HTTP/1.1\nHost: app\n\n"
             let raw = rawExchange(
                 port: port,
@@ -248,16 +251,16 @@ struct ProxyTests {
 
 @Suite("The byte-level relay hands over what it does not carry")
 struct RelayHandOffTests {
-    @Test func aRefusalOnTheGeneralPathClosesAConnectionThatAskedToClose() async throws {
-        try await withProxy(router: LocalRouter(rejectMissingKey: true)) { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aRefusalOnTheGeneralPathClosesAConnectionThatAskedToClose(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io, router: LocalRouter(rejectMissingKey: true)) { port in
             let raw = rawExchange(port: port, request("GET / HTTP/1.0\nHost: app\n\n"), untilClosed: true)
             #expect(parseResponse(raw.bytes)?.status == 400)
             #expect(raw.closed)
         }
     }
 
-    @Test func aKeptUpstreamConnectionIsNotUsedForAnotherRoute() async throws {
-        try await withProxy(router: PartlyDownRouter()) { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aKeptUpstreamConnectionIsNotUsedForAnotherRoute(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io, router: PartlyDownRouter()) { port in
             let raw = rawExchange(
                 port: port,
                 request(
@@ -274,8 +277,8 @@ struct RelayHandOffTests {
         }
     }
 
-    @Test func anHTTP10RequestTakesTheGeneralPath() async throws {
-        try await withProxy { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func anHTTP10RequestTakesTheGeneralPath(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io) { port in
             let raw = rawExchange(port: port, request("GET /old HTTP/1.0\nHost: app\n\n"), untilClosed: true)
             let response = try #require(parseResponse(raw.bytes))
             #expect(response.status == 200)
@@ -284,8 +287,8 @@ struct RelayHandOffTests {
         }
     }
 
-    @Test func aChunkedUploadIsHandedOverAndTheConnectionGoesOn() async throws {
-        try await withProxy { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aChunkedUploadIsHandedOverAndTheConnectionGoesOn(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io) { port in
             let raw = rawExchange(
                 port: port,
                 request(
@@ -304,8 +307,8 @@ struct RelayHandOffTests {
         }
     }
 
-    @Test func otherVersionsAre505AndBadRequestLinesAre400() async throws {
-        try await withProxy { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func otherVersionsAre505AndBadRequestLinesAre400(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io) { port in
             let version = rawExchange(port: port, request("GET / HTTP/1.7\nHost: app\n\n"))
             #expect(parseResponse(version.bytes)?.status == 505)
             let target = rawExchange(port: port, request("GET  / HTTP/1.1\nHost: app\n\n"))
@@ -315,8 +318,8 @@ struct RelayHandOffTests {
         }
     }
 
-    @Test func aLargeChunkedDownloadPassesThroughUnchanged() async throws {
-        try await withProxy { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aLargeChunkedDownloadPassesThroughUnchanged(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io) { port in
             let raw = rawExchange(
                 port: port,
                 request("GET /generate/1000000 HTTP/1.1\nHost: app\nConnection: close\n\n"),
@@ -363,8 +366,8 @@ struct RelayFuzzTests {
         return bytes
     }
 
-    @Test func mutatedRequestsGetAnAnswerOrAClose() async throws {
-        try await withProxy(configuration: proxyConfiguration { $0.headerReadTimeout = .milliseconds(300) }) { port in
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func mutatedRequestsGetAnAnswerOrAClose(io: ProxyConfiguration.AppIO) async throws {
+        try await withProxy(io: io, configuration: proxyConfiguration { $0.headerReadTimeout = .milliseconds(300) }) { port in
             var generator = Generator(state: 42)
             let requests = (0..<200).map { _ in Self.mutate(Self.valid, using: &generator) }
             let answers = await withTaskGroup(of: (Int, [UInt8]).self) { group in
@@ -434,12 +437,18 @@ final class CannedBackend: ChannelInboundHandler, Sendable {
 
 @Suite("The relay frames what backends send")
 struct RelayResponseTests {
-    func exchange(backend answer: String, closes: Bool = false, request text: String) async throws -> [UInt8] {
-        try await exchangeClosing(backend: answer, closes: closes, request: text).bytes
+    func exchange(
+        io: ProxyConfiguration.AppIO,
+        backend answer: String,
+        closes: Bool = false,
+        request text: String
+    ) async throws -> [UInt8] {
+        try await exchangeClosing(io: io, backend: answer, closes: closes, request: text).bytes
     }
 
     /// The client's bytes, and whether the proxy closed the connection (within 5 s).
     func exchangeClosing(
+        io: ProxyConfiguration.AppIO,
         backend answer: String,
         closes: Bool = false,
         request text: String
@@ -447,14 +456,15 @@ struct RelayResponseTests {
         let backend = try await CannedBackend.start(answer: answer, closes: closes)
         defer { backend.channel.close(promise: nil) }
         var result: (bytes: [UInt8], closed: Bool) = ([], false)
-        try await withProxy(backendPort: backend.port) { port in
+        try await withProxy(io: io, backendPort: backend.port) { port in
             result = rawExchange(port: port, request(text), timeout: .seconds(5), untilClosed: true)
         }
         return result
     }
 
-    @Test func aGarbledResponseIs502AndAClientThatAskedToCloseIsClosed() async throws {
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aGarbledResponseIs502AndAClientThatAskedToCloseIsClosed(io: ProxyConfiguration.AppIO) async throws {
         let (bytes, closed) = try await exchangeClosing(
+            io: io,
             backend: "NOT HTTP\r\n\r\n",
             request: "GET / HTTP/1.1\nHost: app\nConnection: close\n\n"
         )
@@ -462,8 +472,9 @@ struct RelayResponseTests {
         #expect(closed)
     }
 
-    @Test func aBodyUntilCloseReachesTheClientWhichIsThenClosed() async throws {
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aBodyUntilCloseReachesTheClientWhichIsThenClosed(io: ProxyConfiguration.AppIO) async throws {
         let bytes = try await exchange(
+            io: io,
             backend: "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it",
             closes: true,
             request: "GET / HTTP/1.1\nHost: app\n\n"
@@ -474,9 +485,10 @@ struct RelayResponseTests {
         #expect(text.hasSuffix("\r\n\r\nall of it"))
     }
 
-    @Test func chunkedTrailersAndInterimResponsesPassThroughVerbatim() async throws {
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func chunkedTrailersAndInterimResponsesPassThroughVerbatim(io: ProxyConfiguration.AppIO) async throws {
         let chunked = "4\r\nwiki\r\n5;x=y\r\npedia\r\n0\r\nGrpc-Status: 0\r\n\r\n"
         let bytes = try await exchange(
+            io: io,
             backend: "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
                 + "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Grpc-Status\r\n\r\n" + chunked,
             request: "GET / HTTP/1.1\nHost: app\nConnection: close\n\n"
@@ -488,12 +500,12 @@ struct RelayResponseTests {
         #expect(text.hasSuffix("\r\n\r\n" + chunked))
     }
 
-    @Test func aChunkedResponseLeavesItsUpstreamConnectionReusable() async throws {
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aChunkedResponseLeavesItsUpstreamConnectionReusable(io: ProxyConfiguration.AppIO) async throws {
         let backend = try await CannedBackend.start(
             answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
         )
         defer { backend.channel.close(promise: nil) }
-        try await withProxy(backendPort: backend.port) { port in
+        try await withProxy(io: io, backendPort: backend.port) { port in
             let one = "GET / HTTP/1.1\nHost: app\n\n"
             let raw = rawExchange(
                 port: port,
@@ -506,8 +518,9 @@ struct RelayResponseTests {
         #expect(CannedBackend.accepted.withLockedValue { $0[backend.port] } == 1)
     }
 
-    @Test func fieldsAResponseNamesInConnectionStayBehind() async throws {
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func fieldsAResponseNamesInConnectionStayBehind(io: ProxyConfiguration.AppIO) async throws {
         let bytes = try await exchange(
+            io: io,
             backend: "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Backend-Only\r\nX-Backend-Only: 1\r\n"
                 + "X-Kept: 2\r\nContent-Length: 2\r\n\r\nok",
             request: "GET / HTTP/1.1\nHost: app\nConnection: close\n\n"
@@ -519,8 +532,9 @@ struct RelayResponseTests {
         #expect(text.hasSuffix("\r\n\r\nok"))
     }
 
-    @Test func anHTTP10ResponseIsSpokenAs11AndItsConnectionNotReused() async throws {
+    @Test(arguments: ProxyConfiguration.AppIO.allCases) func anHTTP10ResponseIsSpokenAs11AndItsConnectionNotReused(io: ProxyConfiguration.AppIO) async throws {
         let bytes = try await exchange(
+            io: io,
             backend: "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
             request: "GET / HTTP/1.1\nHost: app\nConnection: close\n\n"
         )
