@@ -1,11 +1,12 @@
-#if os(Linux)
-import Glibc
-#endif
 import NIOCore
 import NIOHTTP1
 import NIOHTTP2
 import NIOPosix
 import RingsideCluster
+
+#if os(Linux)
+import Glibc
+#endif
 
 /// The app plane: the listener the local application sends keyed requests to, in HTTP/1.1 or in HTTP/2 with prior
 /// knowledge (h2c; gRPC clients do this), told apart by the first bytes.

@@ -24,7 +24,8 @@ enum LinuxSocket {
         var description: String { "\(call) failed: \(String(cString: strerror(code))) (errno \(code))" }
     }
 
-    private static let streamFlags = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+    private static let streamFlags =
+        Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
         | Int32(SOCK_CLOEXEC.rawValue)
 
     /// A listening socket bound to `address`.
@@ -106,7 +107,11 @@ enum LinuxSocket {
     }
 
     /// Writes as much of `buffers` as the socket takes, in one call.
-    static func write(_ fd: CInt, _ buffers: ArraySlice<ByteBuffer>, vectors: UnsafeMutableBufferPointer<iovec>) -> IOResult {
+    static func write(
+        _ fd: CInt,
+        _ buffers: ArraySlice<ByteBuffer>,
+        vectors: UnsafeMutableBufferPointer<iovec>
+    ) -> IOResult {
         let count: Int
         if buffers.count == 1 {
             count = buffers.first!.withUnsafeReadableBytes { send(fd, $0.baseAddress, $0.count, CInt(MSG_NOSIGNAL)) }
@@ -116,7 +121,10 @@ enum LinuxSocket {
                 // The pointer outlives the closure, but not the storage: `buffers` holds every buffer, unchanged,
                 // until `sendmsg` returns.
                 buffer.withUnsafeReadableBytes {
-                    vectors[used] = iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count)
+                    vectors[used] = iovec(
+                        iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress),
+                        iov_len: $0.count
+                    )
                 }
                 used += 1
             }

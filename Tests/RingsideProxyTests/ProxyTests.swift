@@ -7,6 +7,9 @@ import Testing
 
 @testable import RingsideProxy
 
+/// How the app plane serves connections: every relay test runs both ways.
+typealias AppIO = ProxyConfiguration.AppIO
+
 /// Routes every request to the local backend, or refuses keyless ones when asked to.
 struct LocalRouter: ProxyRouter {
     var rejectMissingKey = false
@@ -21,7 +24,7 @@ struct LocalRouter: ProxyRouter {
 
 /// A proxy serving its connections the `io` way in front of an echo backend, both on free ports, for one test.
 func withProxy(
-    io: ProxyConfiguration.AppIO,
+    io: AppIO,
     configuration: ProxyConfiguration = proxyConfiguration(),
     router: any ProxyRouter = LocalRouter(),
     backendPort: Int? = nil,
@@ -82,7 +85,7 @@ struct PartlyDownRouter: ProxyRouter {
 
 @Suite("Proxy on loopback")
 struct ProxyTests {
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aLocalRequestIsProxiedWithProxyHygiene(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func aLocalRequestIsProxiedWithProxyHygiene(io: AppIO) async throws {
         try await withProxy(io: io) { port in
             let raw = rawExchange(
                 port: port,
@@ -105,7 +108,7 @@ struct ProxyTests {
         }
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func bodiesStreamBothWays(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func bodiesStreamBothWays(io: AppIO) async throws {
         try await withProxy(io: io) { port in
             let payload = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
             let raw = rawExchange(
@@ -121,7 +124,7 @@ struct ProxyTests {
         }
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func headAnd204And304HaveNoBodies(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func headAnd204And304HaveNoBodies(io: AppIO) async throws {
         try await withProxy(io: io) { port in
             for (method, path, status) in [
                 ("HEAD", "/", 200), ("GET", "/status/204", 204), ("GET", "/status/304", 304),
@@ -139,7 +142,7 @@ struct ProxyTests {
         }
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func expectContinueIsAnsweredByTheProxy(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func expectContinueIsAnsweredByTheProxy(io: AppIO) async throws {
         try await withProxy(io: io) { port in
             let raw = rawExchange(
                 port: port,
@@ -155,7 +158,7 @@ struct ProxyTests {
         }
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func malformedRequestsAre400(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func malformedRequestsAre400(io: AppIO) async throws {
         try await withProxy(io: io) { port in
             let raw = rawExchange(port: port, Array("GARBAGE\r\n\r\n".utf8))
             #expect(parseResponse(raw.bytes)?.status == 400)
@@ -167,7 +170,7 @@ struct ProxyTests {
         }
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func hugeHeadersAre431(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func hugeHeadersAre431(io: AppIO) async throws {
         try await withProxy(io: io, configuration: proxyConfiguration { $0.maxHeaderBytes = 8192 }) { port in
             let raw = rawExchange(
                 port: port,
@@ -181,15 +184,16 @@ struct ProxyTests {
         }
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func bodiesOverTheLimitAre413(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func bodiesOverTheLimitAre413(io: AppIO) async throws {
         try await withProxy(io: io, configuration: proxyConfiguration { $0.maxBodyBytes = 1000 }) { port in
             let raw = rawExchange(port: port, request("POST / HTTP/1.1\nHost: app\nContent-Length: 5000\n\n"))
             #expect(parseResponse(raw.bytes)?.status == 413)
         }
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aSlowLorisClientIsClosed(io: ProxyConfiguration.AppIO) async throws {
-        try await withProxy(io: io, configuration: proxyConfiguration { $0.headerReadTimeout = .milliseconds(300) }) { port in
+    @Test(arguments: AppIO.allCases) func aSlowLorisClientIsClosed(io: AppIO) async throws {
+        try await withProxy(io: io, configuration: proxyConfiguration { $0.headerReadTimeout = .milliseconds(300) }) {
+            port in
             let started = ContinuousClock.now
             let raw = rawExchange(
                 port: port,
@@ -203,21 +207,21 @@ struct ProxyTests {
         }
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aMissingKeyIsRejectedWhenConfigured(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func aMissingKeyIsRejectedWhenConfigured(io: AppIO) async throws {
         try await withProxy(io: io, router: LocalRouter(rejectMissingKey: true)) { port in
             let raw = rawExchange(port: port, request("GET / HTTP/1.1\nHost: app\n\n"))
             #expect(parseResponse(raw.bytes)?.status == 400)
         }
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func anUnreachableBackendIs502(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func anUnreachableBackendIs502(io: AppIO) async throws {
         try await withProxy(io: io, backendPort: 1) { port in
             let raw = rawExchange(port: port, request("GET / HTTP/1.1\nHost: app\n\n"))
             #expect(parseResponse(raw.bytes)?.status == 502)
         }
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aPipelinedRequestAfterAFailedOneKeepsItsBody(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func aPipelinedRequestAfterAFailedOneKeepsItsBody(io: AppIO) async throws {
         try await withProxy(io: io, router: PartlyDownRouter()) { port in
             let raw = rawExchange(
                 port: port,
@@ -234,7 +238,7 @@ struct ProxyTests {
         }
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func keepAliveCarriesManyRequests(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func keepAliveCarriesManyRequests(io: AppIO) async throws {
         try await withProxy(io: io) { port in
             let one = "GET /a HTTP/1.1\nHost: app\n\n"
             let raw = rawExchange(
@@ -251,7 +255,9 @@ struct ProxyTests {
 
 @Suite("The byte-level relay hands over what it does not carry")
 struct RelayHandOffTests {
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aRefusalOnTheGeneralPathClosesAConnectionThatAskedToClose(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func aRefusalOnTheGeneralPathClosesAConnectionThatAskedToClose(
+        io: AppIO
+    ) async throws {
         try await withProxy(io: io, router: LocalRouter(rejectMissingKey: true)) { port in
             let raw = rawExchange(port: port, request("GET / HTTP/1.0\nHost: app\n\n"), untilClosed: true)
             #expect(parseResponse(raw.bytes)?.status == 400)
@@ -259,7 +265,7 @@ struct RelayHandOffTests {
         }
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aKeptUpstreamConnectionIsNotUsedForAnotherRoute(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func aKeptUpstreamConnectionIsNotUsedForAnotherRoute(io: AppIO) async throws {
         try await withProxy(io: io, router: PartlyDownRouter()) { port in
             let raw = rawExchange(
                 port: port,
@@ -277,7 +283,7 @@ struct RelayHandOffTests {
         }
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func anHTTP10RequestTakesTheGeneralPath(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func anHTTP10RequestTakesTheGeneralPath(io: AppIO) async throws {
         try await withProxy(io: io) { port in
             let raw = rawExchange(port: port, request("GET /old HTTP/1.0\nHost: app\n\n"), untilClosed: true)
             let response = try #require(parseResponse(raw.bytes))
@@ -287,7 +293,7 @@ struct RelayHandOffTests {
         }
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aChunkedUploadIsHandedOverAndTheConnectionGoesOn(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func aChunkedUploadIsHandedOverAndTheConnectionGoesOn(io: AppIO) async throws {
         try await withProxy(io: io) { port in
             let raw = rawExchange(
                 port: port,
@@ -307,7 +313,7 @@ struct RelayHandOffTests {
         }
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func otherVersionsAre505AndBadRequestLinesAre400(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func otherVersionsAre505AndBadRequestLinesAre400(io: AppIO) async throws {
         try await withProxy(io: io) { port in
             let version = rawExchange(port: port, request("GET / HTTP/1.7\nHost: app\n\n"))
             #expect(parseResponse(version.bytes)?.status == 505)
@@ -318,7 +324,7 @@ struct RelayHandOffTests {
         }
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aLargeChunkedDownloadPassesThroughUnchanged(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func aLargeChunkedDownloadPassesThroughUnchanged(io: AppIO) async throws {
         try await withProxy(io: io) { port in
             let raw = rawExchange(
                 port: port,
@@ -366,8 +372,9 @@ struct RelayFuzzTests {
         return bytes
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func mutatedRequestsGetAnAnswerOrAClose(io: ProxyConfiguration.AppIO) async throws {
-        try await withProxy(io: io, configuration: proxyConfiguration { $0.headerReadTimeout = .milliseconds(300) }) { port in
+    @Test(arguments: AppIO.allCases) func mutatedRequestsGetAnAnswerOrAClose(io: AppIO) async throws {
+        try await withProxy(io: io, configuration: proxyConfiguration { $0.headerReadTimeout = .milliseconds(300) }) {
+            port in
             var generator = Generator(state: 42)
             let requests = (0..<200).map { _ in Self.mutate(Self.valid, using: &generator) }
             let answers = await withTaskGroup(of: (Int, [UInt8]).self) { group in
@@ -438,7 +445,7 @@ final class CannedBackend: ChannelInboundHandler, Sendable {
 @Suite("The relay frames what backends send")
 struct RelayResponseTests {
     func exchange(
-        io: ProxyConfiguration.AppIO,
+        io: AppIO,
         backend answer: String,
         closes: Bool = false,
         request text: String
@@ -448,7 +455,7 @@ struct RelayResponseTests {
 
     /// The client's bytes, and whether the proxy closed the connection (within 5 s).
     func exchangeClosing(
-        io: ProxyConfiguration.AppIO,
+        io: AppIO,
         backend answer: String,
         closes: Bool = false,
         request text: String
@@ -462,7 +469,9 @@ struct RelayResponseTests {
         return result
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aGarbledResponseIs502AndAClientThatAskedToCloseIsClosed(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func aGarbledResponseIs502AndAClientThatAskedToCloseIsClosed(
+        io: AppIO
+    ) async throws {
         let (bytes, closed) = try await exchangeClosing(
             io: io,
             backend: "NOT HTTP\r\n\r\n",
@@ -472,7 +481,7 @@ struct RelayResponseTests {
         #expect(closed)
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aBodyUntilCloseReachesTheClientWhichIsThenClosed(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func aBodyUntilCloseReachesTheClientWhichIsThenClosed(io: AppIO) async throws {
         let bytes = try await exchange(
             io: io,
             backend: "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it",
@@ -485,7 +494,8 @@ struct RelayResponseTests {
         #expect(text.hasSuffix("\r\n\r\nall of it"))
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func chunkedTrailersAndInterimResponsesPassThroughVerbatim(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func chunkedTrailersAndInterimResponsesPassThroughVerbatim(io: AppIO) async throws
+    {
         let chunked = "4\r\nwiki\r\n5;x=y\r\npedia\r\n0\r\nGrpc-Status: 0\r\n\r\n"
         let bytes = try await exchange(
             io: io,
@@ -500,7 +510,7 @@ struct RelayResponseTests {
         #expect(text.hasSuffix("\r\n\r\n" + chunked))
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func aChunkedResponseLeavesItsUpstreamConnectionReusable(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func aChunkedResponseLeavesItsUpstreamConnectionReusable(io: AppIO) async throws {
         let backend = try await CannedBackend.start(
             answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
         )
@@ -518,7 +528,7 @@ struct RelayResponseTests {
         #expect(CannedBackend.accepted.withLockedValue { $0[backend.port] } == 1)
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func fieldsAResponseNamesInConnectionStayBehind(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func fieldsAResponseNamesInConnectionStayBehind(io: AppIO) async throws {
         let bytes = try await exchange(
             io: io,
             backend: "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Backend-Only\r\nX-Backend-Only: 1\r\n"
@@ -532,7 +542,8 @@ struct RelayResponseTests {
         #expect(text.hasSuffix("\r\n\r\nok"))
     }
 
-    @Test(arguments: ProxyConfiguration.AppIO.allCases) func anHTTP10ResponseIsSpokenAs11AndItsConnectionNotReused(io: ProxyConfiguration.AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func anHTTP10ResponseIsSpokenAs11AndItsConnectionNotReused(io: AppIO) async throws
+    {
         let bytes = try await exchange(
             io: io,
             backend: "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
