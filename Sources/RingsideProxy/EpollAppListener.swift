@@ -63,6 +63,9 @@ final class EpollAppListener: AppListener {
     func close() async throws {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         for control in controls { control.stop() }
+        // A listening socket shut down for reading stops listening: new connections are refused from now on, not
+        // left waiting in the backlog of a listener nobody accepts on any more.
+        _ = shutdown(listener, CInt(SHUT_RD))
         try await threads.shutdownGracefully()
         Glibc.close(listener)
     }

@@ -1,0 +1,109 @@
+import NIOCore
+import NIOPosix
+import RingsideTestSupport
+import Testing
+
+@testable import RingsideProxy
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Sends a request keyed "named" to a "peer" whose address is a host name, the rest to the local backend.
+struct NamedPeerRouter: ProxyRouter {
+    var port: Int
+
+    func routes(for request: RoutingRequest) -> Result<[ProxyRoute], ProxyRefusal> {
+        .success(request.key == "named" ? [.peer(name: "named", address: "localhost:\(port)")] : [.local])
+    }
+}
+
+@Suite("The app listener's life and hand-overs")
+struct AppListenerTests {
+    /// Reads from `fd` until `done` holds for what came, the peer closes, or 5 s pass.
+    func read(_ fd: Int32, into bytes: inout [UInt8], until done: ([UInt8]) -> Bool) {
+        var wait = timeval(tv_sec: 0, tv_usec: 100_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, socklen_t(MemoryLayout<timeval>.size))
+        let deadline = ContinuousClock.now + .seconds(5)
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while !done(bytes), ContinuousClock.now < deadline {
+            let count = Glibc.read(fd, &chunk, chunk.count)
+            if count == 0 { return }
+            if count > 0 { bytes += chunk[0..<count] }
+        }
+    }
+
+    func send(_ fd: Int32, _ text: String) {
+        let bytes = Array(text.utf8)
+        _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    @Test(arguments: AppIO.allCases)
+    func closingTurnsNewConnectionsAwayAndLetsTheRequestUnderWayFinish(io: AppIO) async throws {
+        let backend = try await EchoBackend.start()
+        defer { backend.channel.close(promise: nil) }
+        var configuration = proxyConfiguration()
+        configuration.appIO = io
+        let upstreams = ClusterUpstreams(
+            backendHost: "127.0.0.1",
+            backendPort: backend.port,
+            configuration: configuration
+        )
+        defer { upstreams.shutdown() }
+        let proxy = try await AppServer.bind(
+            host: "127.0.0.1",
+            port: 0,
+            group: MultiThreadedEventLoopGroup.singleton,
+            configuration: configuration,
+            router: LocalRouter(),
+            upstreams: upstreams
+        )
+        let port = try #require(proxy.localAddress?.port)
+        let fd = try #require(connectLoopback(port: port))
+        defer { close(fd) }
+        // The echo backend answers at once and echoes the body as it comes: "hello" back means the exchange is under
+        // way end to end.
+        send(fd, "POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\nhello")
+        var bytes: [UInt8] = []
+        read(fd, into: &bytes) { String(decoding: $0, as: UTF8.self).contains("hello") }
+        #expect(String(decoding: bytes, as: UTF8.self).hasPrefix("HTTP/1.1 200 OK\r\n"))
+
+        async let closed: Void = proxy.close()
+        let refused = await eventually {
+            guard let probe = connectLoopback(port: port) else { return true }
+            close(probe)
+            return false
+        }
+        #expect(refused, "new connections are refused once the listener closes")
+
+        send(fd, "world")
+        read(fd, into: &bytes) { String(decoding: $0, as: UTF8.self).hasSuffix("0\r\n\r\n") }
+        try await closed
+        let text = String(decoding: bytes, as: UTF8.self)
+        #expect(text.hasSuffix("0\r\n\r\n"), "the response under way ends properly")
+        #expect(text.contains("hello\r\n") && text.contains("world\r\n"), "the whole body was echoed")
+    }
+
+    @Test(arguments: AppIO.allCases)
+    func aRouteWhoseAddressIsANameIsServed(io: AppIO) async throws {
+        let named = try await EchoBackend.start()
+        defer { named.channel.close(promise: nil) }
+        try await withProxy(io: io, router: NamedPeerRouter(port: named.port)) { port in
+            let named = rawExchange(
+                port: port,
+                request("GET /a HTTP/1.1\nHost: app\nX-Shard-Key: named\nConnection: close\n\n"),
+                untilClosed: true
+            )
+            let response = try #require(parseResponse(named.bytes))
+            #expect(response.status == 200)
+            #expect(response.header("x-echo-h-x-ringside-hop") == "node-a", "the named peer was reached as a peer")
+            let local = rawExchange(
+                port: port,
+                request("GET /b HTTP/1.1\nHost: app\nX-Shard-Key: local\nConnection: close\n\n"),
+                untilClosed: true
+            )
+            let text = String(decoding: local.bytes, as: UTF8.self)
+            #expect(text.contains("x-echo-uri: /b"))
+        }
+    }
+}
