@@ -67,9 +67,12 @@ final class EpollClient: EpollSocket {
         /// The response runs until the upstream closes: the client's connection closes after it.
         @exclusivity(unchecked) var closesAfter = false
 
-        init(_ plan: RequestPlan, started: NIODeadline) {
+        /// Takes `plan`'s head away, so that the exchange holds the only reference and the route's lines are
+        /// written in place.
+        init(_ plan: inout RequestPlan, started: NIODeadline) {
             routes = plan.routes
             head = plan.head
+            plan.head = ByteBuffer()
             idempotent = plan.idempotent
             expectsBody = plan.expectsBody
             clientKeepAlive = plan.clientKeepAlive
@@ -209,10 +212,8 @@ final class EpollClient: EpollSocket {
 
     /// Acts on the complete head at the start of `inbound`.
     private func begin(startLineEnd: Int, length: Int) {
-        let decision = inbound!.withUnsafeReadableBytes { bytes in
-            rewriter.request(bytes, startLineEnd: startLineEnd, length: length)
-        }
-        switch decision {
+        // Switched on as it comes, so that no copy of the plan holds on to its head.
+        switch inbound!.withUnsafeReadableBytes({ rewriter.request($0, startLineEnd: startLineEnd, length: length) }) {
         case .handOff:
             startHandOff()
         case .refuse(let status, let message, let headers, let closing):
@@ -221,14 +222,14 @@ final class EpollClient: EpollSocket {
             settings.metrics.record(.local, status: HTTPResponseStatus(statusCode: status), nanoseconds: 0)
             answer(status, message, headers: headers, closing: closing)
             requestDone()
-        case .forward(let plan):
+        case .forward(var plan):
             // A route whose address takes a name lookup goes the general way, which makes it.
             guard plan.routes.allSatisfy({ loop.address(of: $0) != nil }) else {
                 startHandOff()
                 return
             }
             // Timed from the head's first byte, as nginx's request time is.
-            let exchange = Exchange(plan, started: waitingSince)
+            let exchange = Exchange(&plan, started: waitingSince)
             inbound!.moveReaderIndex(forwardBy: length)
             if inbound!.readableBytes == 0 { inbound = nil }
             self.exchange = exchange

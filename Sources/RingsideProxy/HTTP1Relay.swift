@@ -162,9 +162,12 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         /// The response runs until the upstream closes: the client's connection closes after it.
         var closesAfter = false
 
-        init(_ plan: RequestPlan, started: NIODeadline) {
+        /// Takes `plan`'s head away, so that the exchange holds the only reference and the route's lines are
+        /// written in place.
+        init(_ plan: inout RequestPlan, started: NIODeadline) {
             routes = plan.routes
             head = plan.head
+            plan.head = ByteBuffer()
             idempotent = plan.idempotent
             expectsBody = plan.expectsBody
             clientKeepAlive = plan.clientKeepAlive
@@ -281,10 +284,8 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
 
     /// Acts on the complete head at the start of `inbound`.
     private func begin(startLineEnd: Int, length: Int, context: ChannelHandlerContext) {
-        let decision = inbound!.withUnsafeReadableBytes { bytes in
-            rewriter.request(bytes, startLineEnd: startLineEnd, length: length)
-        }
-        switch decision {
+        // Switched on as it comes, so that no copy of the plan holds on to its head.
+        switch inbound!.withUnsafeReadableBytes({ rewriter.request($0, startLineEnd: startLineEnd, length: length) }) {
         case .handOff:
             handOff(context: context)
         case .refuse(let status, let message, let headers, let closing):
@@ -297,9 +298,9 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             )
             answer(status, message, headers: headers, closing: closing)
             requestDone()
-        case .forward(let plan):
+        case .forward(var plan):
             // Timed from the head's first byte, as nginx's request time is.
-            let exchange = Exchange(plan, started: waitingSince)
+            let exchange = Exchange(&plan, started: waitingSince)
             inbound!.moveReaderIndex(forwardBy: length)
             if inbound!.readableBytes == 0 { inbound = nil }
             self.exchange = exchange
