@@ -37,6 +37,8 @@ struct RingsideSettings {
     var logLevel: Logger.Level
     /// Event loop threads for the listeners and connections.
     var eventLoops: Int
+    /// How the app plane serves HTTP/1.1 connections.
+    var appIO: ProxyConfiguration.AppIO
 
     /// A `host:port` pair.
     typealias Address = HostAndPort
@@ -73,6 +75,7 @@ struct RingsideSettings {
         ("node-header", "true", "Whether responses carry X-Ringside-Node."),
         ("log-level", "info", "trace, debug, info, notice, warning, error or critical."),
         ("event-loops", nil, "Event loop threads (default: one per core)."),
+        ("app-io", nil, "How the app plane serves HTTP/1.1: epoll (relay loops, Linux's default) or nio."),
     ]
 
     /// The environment variable for `key`: `RINGSIDE_` and the key in capitals, dashes as underscores.
@@ -222,6 +225,15 @@ struct RingsideSettings {
         case "viewer": role = .viewer
         default: throw fail("role", "is neither participant nor viewer")
         }
+        let givenIO = value("app-io").0
+        let defaultIO = ProxyConfiguration(nodeName: "").appIO
+        guard let io = givenIO.isEmpty ? defaultIO : ProxyConfiguration.AppIO(rawValue: givenIO.lowercased()) else {
+            throw fail("app-io", "is neither epoll nor nio")
+        }
+        #if !os(Linux)
+        if io == .epoll { throw fail("app-io", "is epoll, which only Linux has") }
+        #endif
+        appIO = io
         guard let policy = ProxyConfiguration.MissingKeyPolicy(rawValue: value("missing-key").0) else {
             throw fail("missing-key", "is neither local nor reject")
         }

@@ -47,6 +47,7 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: "Whether responses carry X-Ringside-Node (default true).") var nodeHeader: String?
     @Option(help: "trace, debug, info, notice, warning, error, critical (default info).") var logLevel: String?
     @Option(help: "Event loop threads (default: one per core).") var eventLoops: String?
+    @Option(help: "How the app plane serves HTTP/1.1: epoll or nio (default epoll on Linux).") var appIO: String?
 
     var flags: [String: String] {
         let given: [(String, String?)] = [
@@ -58,6 +59,7 @@ struct RunCommand: AsyncParsableCommand {
             ("header-read-timeout", headerReadTimeout), ("idle-timeout", idleTimeout), ("drain-timeout", drainTimeout),
             ("rejoin-interval", rejoinInterval), ("max-header-bytes", maxHeaderBytes), ("max-body-bytes", maxBodyBytes),
             ("node-header", nodeHeader), ("log-level", logLevel), ("event-loops", eventLoops),
+            ("app-io", appIO),
         ]
         return Dictionary(uniqueKeysWithValues: given.compactMap { key, value in value.map { (key, $0) } })
     }
@@ -143,6 +145,7 @@ struct RunCommand: AsyncParsableCommand {
         var proxy = ProxyConfiguration(nodeName: settings.nodeName)
         proxy.keyHeader = settings.keyHeader
         proxy.missingKey = settings.missingKey
+        proxy.appIO = settings.appIO
         proxy.addsNodeHeader = settings.nodeHeader
         proxy.maxHeaderBytes = settings.maxHeaderBytes
         proxy.maxBodyBytes = settings.maxBodyBytes

@@ -1,4 +1,5 @@
 import Foundation
+import RingsideProxy
 import Testing
 
 @testable import ringside
@@ -15,6 +16,7 @@ struct SettingsTests {
         #expect(settings.join.isEmpty)
         #expect(settings.role == .participant)
         #expect(!settings.nodeName.isEmpty)
+        #expect(settings.appIO == ProxyConfiguration(nodeName: "").appIO)
     }
 
     @Test func flagsWinOverTheEnvironmentWhichWinsOverTheFile() throws {
@@ -51,6 +53,7 @@ struct SettingsTests {
             (["join": "a:1,not an address"], "join (from --join)"),
             (["missing-key": "drop"], "missing-key (from --missing-key)"),
             (["log-level": "loud"], "log-level (from --log-level)"),
+            (["app-io": "io_uring"], "app-io (from --app-io)"),
         ]
     )
     func invalidValuesNameTheKeyAndWhereTheyCameFrom(flags: [String: String], expected: String) {
