@@ -172,7 +172,8 @@ final class EpollLoop {
             }
         }
         for client in Array(clients.values) { client.close() }
-        for (_, upstreams) in idle { for upstream in upstreams { upstream.close() } }
+        // Whatever is still registered is an upstream connection: pooled, or kept by nobody any more.
+        for case let upstream as EpollUpstream in sockets { upstream.close() }
         idle = [:]
     }
 
