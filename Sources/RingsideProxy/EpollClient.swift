@@ -43,47 +43,7 @@ final class EpollClient: EpollSocket {
     /// the upstream before the client stops being read.
     static let highWater = 256 << 10
 
-    /// One request and its response.
-    private final class Exchange {
-        let routes: [ProxyRoute]
-        @exclusivity(unchecked) var attempt = 0
-        /// The upstream head without the route's headers and the final blank line.
-        @exclusivity(unchecked) var head: ByteBuffer
-        let idempotent: Bool
-        let expectsBody: Bool
-        let clientKeepAlive: Bool
-        let started: NIODeadline
-        let deadline: NIODeadline
-        /// Body bytes still to come from the client.
-        @exclusivity(unchecked) var bodyRemaining: Int
-        @exclusivity(unchecked) var bodyBytes = 0
-        @exclusivity(unchecked) var upstream: EpollUpstream?
-        /// Body parts that arrived while no upstream was attached.
-        @exclusivity(unchecked) var pending: [ByteBuffer] = []
-        /// The body kept for a replay, while small enough; nil once it is not.
-        @exclusivity(unchecked) var replay: [ByteBuffer]? = []
-        @exclusivity(unchecked) var responseStarted = false
-        @exclusivity(unchecked) var status = 200
-        /// The response runs until the upstream closes: the client's connection closes after it.
-        @exclusivity(unchecked) var closesAfter = false
-
-        /// Takes `plan`'s head away, so that the exchange holds the only reference and the route's lines are
-        /// written in place.
-        init(_ plan: inout RequestPlan, started: NIODeadline) {
-            routes = plan.routes
-            head = plan.head
-            plan.head = ByteBuffer()
-            idempotent = plan.idempotent
-            expectsBody = plan.expectsBody
-            clientKeepAlive = plan.clientKeepAlive
-            bodyRemaining = plan.bodyLength
-            self.started = started
-            deadline = started + plan.budget
-        }
-
-        var route: ProxyRoute { routes[attempt] }
-        var requestEnded: Bool { bodyRemaining == 0 }
-    }
+    private typealias Exchange = RelayExchange<EpollUpstream>
 
     init(fd: CInt, peer: SocketAddress?, local: SocketAddress?, loop: EpollLoop) {
         settings = loop.settings
@@ -241,24 +201,7 @@ final class EpollClient: EpollSocket {
 
     /// Passes the body bytes waiting in `inbound` on, up to the end of the current request's body.
     private func feedBody(_ exchange: Exchange) {
-        guard var buffer = inbound else { return }
-        let take = min(exchange.bodyRemaining, buffer.readableBytes)
-        let slice = buffer.readSlice(length: take)!
-        inbound = buffer.readableBytes > 0 ? buffer : nil
-        exchange.bodyRemaining -= take
-        exchange.bodyBytes += take
-        if exchange.replay != nil {
-            if exchange.bodyBytes <= ProxyHandler.replayableBodyBytes {
-                exchange.replay!.append(slice)
-            } else {
-                exchange.replay = nil
-            }
-        }
-        if let upstream = exchange.upstream {
-            upstream.write(slice)
-        } else {
-            exchange.pending.append(slice)
-        }
+        if let slice = exchange.takeBody(from: &inbound) { exchange.upstream?.write(slice) }
     }
 
     // MARK: Upstreams
@@ -287,32 +230,7 @@ final class EpollClient: EpollSocket {
     private func attach(_ upstream: EpollUpstream, to exchange: Exchange) {
         upstream.bind(self, expectsBody: exchange.expectsBody)
         exchange.upstream = upstream
-        // The head, with the route's headers: in place the first time, on a copy for a retry.
-        var head: ByteBuffer
-        let base = exchange.head.readableBytes
-        if exchange.attempt == 0 {
-            head = exchange.head
-            exchange.head = ByteBuffer()
-        } else {
-            head = exchange.head
-        }
-        settings.routeLines(
-            exchange.route,
-            isLast: exchange.attempt == exchange.routes.count - 1,
-            deadline: exchange.deadline,
-            into: &head
-        )
-        if exchange.attempt == 0 {
-            // Kept for a retry: the part without the route's headers.
-            exchange.head = head.getSlice(at: head.readerIndex, length: base)!
-        }
-        upstream.write(head)
-        if exchange.attempt > 0, let replay = exchange.replay {
-            for buffer in replay { upstream.write(buffer) }
-        } else {
-            for buffer in exchange.pending { upstream.write(buffer) }
-        }
-        exchange.pending = []
+        for part in exchange.opening(settings) { upstream.write(part) }
         upstream.flush()
     }
 
@@ -324,20 +242,22 @@ final class EpollClient: EpollSocket {
         tryNextRoute(exchange, reason: "cannot reach \(exchange.route): \(error)")
     }
 
+    /// Gives the exchange's upstream connection up (closed).
+    private func dropUpstream(_ exchange: Exchange) {
+        guard let upstream = exchange.upstream else { return }
+        exchange.upstream = nil
+        upstream.detach()
+        loop.release(upstream, reusable: false)
+    }
+
     /// Moves to the next owner if the request provably never reached a backend and can be sent again; otherwise
     /// answers 502.
     private func tryNextRoute(_ exchange: Exchange, reason: String) {
-        if let upstream = exchange.upstream {
-            exchange.upstream = nil
-            upstream.detach()
-            loop.release(upstream, reusable: false)
-        }
-        let canReplay = exchange.replay != nil || (exchange.bodyBytes == 0 && exchange.pending.isEmpty)
-        guard exchange.attempt + 1 < exchange.routes.count, canReplay else {
+        dropUpstream(exchange)
+        guard exchange.advance() else {
             fail(exchange, status: 502, message: reason)
             return
         }
-        exchange.attempt += 1
         settings.metrics.retries.increment()
         connect(exchange)
     }
@@ -347,43 +267,22 @@ final class EpollClient: EpollSocket {
     /// A response head from the upstream, with the body bytes that came with it.
     func upstreamHead(_ head: ByteBuffer, facts: ResponseFacts, fields: [HeaderField], body: ByteBuffer?) {
         guard let exchange else { return }
-        if facts.status == 421, facts.notOwner, !exchange.responseStarted, case .peer = exchange.route {
+        if exchange.isMisrouted(facts) {
             settings.metrics.misroutes.increment()
             tryNextRoute(exchange, reason: "no owner accepted the request")
             return
         }
-        if !facts.isInterim {
-            exchange.responseStarted = true
-            exchange.status = facts.status
-            exchange.closesAfter =
-                facts.bodyUntilClose && exchange.expectsBody && facts.status != 204
-                && facts.status != 304
-        }
-        let closing = !facts.isInterim && (!exchange.clientKeepAlive || exchange.closesAfter)
-        let servedHere: Bool =
-            if case .local = exchange.route { settings.configuration.addsNodeHeader && !facts.hasNodeHeader } else {
-                false
-            }
-        var head = rewriter.response(
+        let closing = exchange.responseHead(facts)
+        let (head, body) = rewriter.clientResponse(
             head,
             facts: facts,
             fields: fields,
-            servedHere: servedHere,
-            closing: closing,
-            bodyBytes: min(body?.readableBytes ?? 0, 4096)
+            body: body,
+            route: exchange.route,
+            closing: closing
         )
-        if var body {
-            // A small body goes out with the head, in one buffer and one write.
-            if body.readableBytes <= 4096 {
-                head.writeBuffer(&body)
-                out.append(head)
-            } else {
-                out.append(head)
-                out.append(body)
-            }
-        } else {
-            out.append(head)
-        }
+        out.append(head)
+        if let body { out.append(body) }
     }
 
     func upstreamBody(_ buffer: ByteBuffer) {
@@ -400,7 +299,7 @@ final class EpollClient: EpollSocket {
         }
         let now = NIODeadline.now()
         settings.metrics.record(
-            path(of: exchange),
+            exchange.path(on: .app),
             status: HTTPResponseStatus(statusCode: exchange.status),
             nanoseconds: (now - exchange.started).nanoseconds
         )
@@ -436,15 +335,11 @@ final class EpollClient: EpollSocket {
     /// The upstream closed or failed before the response was complete.
     func upstreamFailed() {
         guard let exchange else { return }
-        if let upstream = exchange.upstream {
-            exchange.upstream = nil
-            upstream.detach()
-            loop.release(upstream, reusable: false)
-        }
+        dropUpstream(exchange)
         if exchange.responseStarted {
             // Mid-response there is no way to tell the client but to close.
             self.exchange = nil
-            settings.metrics.record(path(of: exchange), status: .badGateway, nanoseconds: 0)
+            settings.metrics.record(exchange.path(on: .app), status: .badGateway, nanoseconds: 0)
             close()
             return
         }
@@ -455,11 +350,6 @@ final class EpollClient: EpollSocket {
         } else {
             fail(exchange, status: 502, message: "the upstream closed before answering")
         }
-    }
-
-    private func path(of exchange: Exchange) -> ProxyMetrics.Path {
-        if case .local = exchange.route { return .local }
-        return .forwardedOut
     }
 
     // MARK: Writing to the client
@@ -492,14 +382,10 @@ final class EpollClient: EpollSocket {
 
     private func fail(_ exchange: Exchange, status: Int, message: String) {
         guard self.exchange === exchange else { return }
-        if let upstream = exchange.upstream {
-            exchange.upstream = nil
-            upstream.detach()
-            loop.release(upstream, reusable: false)
-        }
+        dropUpstream(exchange)
         self.exchange = nil
         settings.metrics.record(
-            path(of: exchange),
+            exchange.path(on: .app),
             status: HTTPResponseStatus(statusCode: exchange.responseStarted ? exchange.status : status),
             nanoseconds: (NIODeadline.now() - exchange.started).nanoseconds
         )
@@ -601,11 +487,7 @@ final class EpollClient: EpollSocket {
         releaseSpare()
         if let exchange {
             self.exchange = nil
-            if let upstream = exchange.upstream {
-                exchange.upstream = nil
-                upstream.detach()
-                loop.release(upstream, reusable: false)
-            }
+            dropUpstream(exchange)
         }
         loop.deregister(self)
         Glibc.close(fd)

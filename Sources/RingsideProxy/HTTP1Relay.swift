@@ -137,48 +137,19 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
     /// skip the pool. It goes back to the pool when the client connection idles, closes, or needs another route.
     private var spare: (route: ProxyRoute, lease: UpstreamLease, upstream: ByteUpstream)?
 
-    /// One request and its response.
-    private final class Exchange {
-        let routes: [ProxyRoute]
-        var attempt = 0
-        /// The upstream head without the route's headers and the final blank line.
-        var head: ByteBuffer
-        let idempotent: Bool
-        let expectsBody: Bool
-        let clientKeepAlive: Bool
-        let started: NIODeadline
-        let deadline: NIODeadline
-        /// Body bytes still to come from the client.
-        var bodyRemaining: Int
-        var bodyBytes = 0
-        var upstream: ByteUpstream?
-        var lease: UpstreamLease?
-        /// Body parts that arrived before the upstream was connected.
-        var pending: [ByteBuffer] = []
-        /// The body kept for a replay, while small enough; nil once it is not.
-        var replay: [ByteBuffer]? = []
-        var responseStarted = false
-        var status = 200
-        /// The response runs until the upstream closes: the client's connection closes after it.
-        var closesAfter = false
+    /// A pooled upstream connection and its handler, for one exchange.
+    private struct Leased {
+        let lease: UpstreamLease
+        let handler: ByteUpstream
 
-        /// Takes `plan`'s head away, so that the exchange holds the only reference and the route's lines are
-        /// written in place.
-        init(_ plan: inout RequestPlan, started: NIODeadline) {
-            routes = plan.routes
-            head = plan.head
-            plan.head = ByteBuffer()
-            idempotent = plan.idempotent
-            expectsBody = plan.expectsBody
-            clientKeepAlive = plan.clientKeepAlive
-            bodyRemaining = plan.bodyLength
-            self.started = started
-            deadline = started + plan.budget
+        /// Ends the handler's part and gives the connection back, closed unless `reusable`.
+        func release(reusable: Bool) {
+            handler.detach()
+            lease.release(reusable)
         }
-
-        var route: ProxyRoute { routes[attempt] }
-        var requestEnded: Bool { bodyRemaining == 0 }
     }
+
+    private typealias Exchange = RelayExchange<Leased>
 
     /// A relay for `channel`, whose first bytes have told it is HTTP/1.1.
     init(settings: RelaySettings, channel: any Channel) {
@@ -239,7 +210,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        exchange?.upstream?.flush()
+        exchange?.upstream?.handler.flush()
         context.fireChannelReadComplete()
     }
 
@@ -314,25 +285,9 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
 
     /// Passes the body bytes waiting in `inbound` on, up to the end of the current request's body.
     private func feedBody(_ exchange: Exchange) {
-        guard var buffer = inbound else { return }
-        let take = min(exchange.bodyRemaining, buffer.readableBytes)
-        let slice = buffer.readSlice(length: take)!
-        inbound = buffer.readableBytes > 0 ? buffer : nil
-        exchange.bodyRemaining -= take
-        exchange.bodyBytes += take
-        if exchange.replay != nil {
-            if exchange.bodyBytes <= ProxyHandler.replayableBodyBytes {
-                exchange.replay!.append(slice)
-            } else {
-                exchange.replay = nil
-            }
-        }
-        if let upstream = exchange.upstream {
-            upstream.write(slice)
-            if exchange.bodyRemaining == 0 { upstream.flush() }
-        } else {
-            exchange.pending.append(slice)
-        }
+        guard let slice = exchange.takeBody(from: &inbound), let upstream = exchange.upstream?.handler else { return }
+        upstream.write(slice)
+        if exchange.requestEnded { upstream.flush() }
     }
 
     // MARK: Upstreams
@@ -377,53 +332,27 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
 
     private func attach(_ lease: UpstreamLease, upstream: ByteUpstream, to exchange: Exchange) {
         upstream.bind(self, expectsBody: exchange.expectsBody)
-        exchange.lease = lease
-        exchange.upstream = upstream
-        // The head, with the route's headers: in place the first time, on a copy for a retry.
-        var head: ByteBuffer
-        let base = exchange.head.readableBytes
-        if exchange.attempt == 0 {
-            head = exchange.head
-            exchange.head = ByteBuffer()
-        } else {
-            head = exchange.head
-        }
-        settings.routeLines(
-            exchange.route,
-            isLast: exchange.attempt == exchange.routes.count - 1,
-            deadline: exchange.deadline,
-            into: &head
-        )
-        if exchange.attempt == 0 {
-            // Kept for a retry: the part without the route's headers.
-            exchange.head = head.getSlice(at: head.readerIndex, length: base)!
-        }
-        upstream.write(head)
-        if exchange.attempt > 0, let replay = exchange.replay {
-            for buffer in replay { upstream.write(buffer) }
-        } else {
-            for buffer in exchange.pending { upstream.write(buffer) }
-        }
-        exchange.pending = []
+        exchange.upstream = Leased(lease: lease, handler: upstream)
+        for part in exchange.opening(settings) { upstream.write(part) }
         upstream.flush()
         if upstream.isWritable { resumeReads() }
+    }
+
+    /// Gives the exchange's upstream connection up (closed).
+    private func dropUpstream(_ exchange: Exchange) {
+        guard let upstream = exchange.upstream else { return }
+        exchange.upstream = nil
+        upstream.release(reusable: false)
     }
 
     /// Moves to the next owner if the request provably never reached a backend and can be sent again; otherwise
     /// answers 502.
     private func tryNextRoute(_ exchange: Exchange, reason: String) {
-        exchange.upstream?.detach()
-        exchange.upstream = nil
-        if let lease = exchange.lease {
-            exchange.lease = nil
-            lease.release(false)
-        }
-        let canReplay = exchange.replay != nil || (exchange.bodyBytes == 0 && exchange.pending.isEmpty)
-        guard exchange.attempt + 1 < exchange.routes.count, canReplay else {
+        dropUpstream(exchange)
+        guard exchange.advance() else {
             fail(exchange, status: 502, message: reason)
             return
         }
-        exchange.attempt += 1
         settings.metrics.retries.increment()
         connect(exchange)
     }
@@ -433,46 +362,23 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
     /// A response head from the upstream, with the body bytes that came with it.
     func upstreamHead(_ head: ByteBuffer, facts: ResponseFacts, fields: [HeaderField], body: ByteBuffer?) {
         guard let exchange, let context else { return }
-        if facts.status == 421, facts.notOwner, !exchange.responseStarted, case .peer = exchange.route {
+        if exchange.isMisrouted(facts) {
             settings.metrics.misroutes.increment()
-            exchange.upstream?.detach()
-            exchange.upstream = nil
             tryNextRoute(exchange, reason: "no owner accepted the request")
             return
         }
-        if !facts.isInterim {
-            exchange.responseStarted = true
-            exchange.status = facts.status
-            exchange.closesAfter =
-                facts.bodyUntilClose && exchange.expectsBody && facts.status != 204
-                && facts.status != 304
-        }
-        let closing = !facts.isInterim && (!exchange.clientKeepAlive || exchange.closesAfter)
-        let servedHere: Bool =
-            if case .local = exchange.route { settings.configuration.addsNodeHeader && !facts.hasNodeHeader } else {
-                false
-            }
-        var out = rewriter.response(
+        let closing = exchange.responseHead(facts)
+        let (head, body) = rewriter.clientResponse(
             head,
             facts: facts,
             fields: fields,
-            servedHere: servedHere,
-            closing: closing,
-            bodyBytes: min(body?.readableBytes ?? 0, 4096)
+            body: body,
+            route: exchange.route,
+            closing: closing
         )
         clientUnflushed = true
-        if var body {
-            // A small body goes out with the head, in one buffer and one write.
-            if body.readableBytes <= 4096 {
-                out.writeBuffer(&body)
-                context.write(wrapOutboundOut(out), promise: nil)
-            } else {
-                context.write(wrapOutboundOut(out), promise: nil)
-                context.write(wrapOutboundOut(body), promise: nil)
-            }
-        } else {
-            context.write(wrapOutboundOut(out), promise: nil)
-        }
+        context.write(wrapOutboundOut(head), promise: nil)
+        if let body { context.write(wrapOutboundOut(body), promise: nil) }
     }
 
     func upstreamBody(_ buffer: ByteBuffer) {
@@ -490,19 +396,18 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         }
         let now = NIODeadline.now()
         settings.metrics.record(
-            path(of: exchange),
+            exchange.path(on: settings.plane),
             status: HTTPResponseStatus(statusCode: exchange.status),
             nanoseconds: (now - exchange.started).nanoseconds
         )
         let requestEnded = exchange.requestEnded
         let closes = !requestEnded || !exchange.clientKeepAlive || exchange.closesAfter
-        if let lease = exchange.lease, let upstream = exchange.upstream, reusable, !closes {
-            spare = (exchange.route, lease, upstream)
+        if let upstream = exchange.upstream, reusable, !closes {
+            spare = (exchange.route, upstream.lease, upstream.handler)
         } else {
-            exchange.lease?.release(reusable && requestEnded)
+            exchange.upstream?.release(reusable: reusable && requestEnded)
         }
         exchange.upstream = nil
-        exchange.lease = nil
         self.exchange = nil
         if closes {
             // The client is still sending a body nobody will read, asked to close, or reads the body to the close.
@@ -532,15 +437,11 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
     /// The upstream closed or failed before the response was complete.
     func upstreamFailed() {
         guard let exchange, let context else { return }
-        exchange.upstream = nil
-        if let lease = exchange.lease {
-            exchange.lease = nil
-            lease.release(false)
-        }
+        dropUpstream(exchange)
         if exchange.responseStarted {
             // Mid-response there is no way to tell the client but to close.
             self.exchange = nil
-            settings.metrics.record(path(of: exchange), status: .badGateway, nanoseconds: 0)
+            settings.metrics.record(exchange.path(on: settings.plane), status: .badGateway, nanoseconds: 0)
             context.close(promise: nil)
             return
         }
@@ -553,27 +454,14 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         }
     }
 
-    private func path(of exchange: Exchange) -> ProxyMetrics.Path {
-        switch (settings.plane, exchange.route) {
-        case (.cluster, _): .forwardedIn
-        case (.app, .local): .local
-        case (.app, .peer): .forwardedOut
-        }
-    }
-
     // MARK: Answering ourselves
 
     private func fail(_ exchange: Exchange, status: Int, message: String) {
         guard self.exchange === exchange else { return }
-        exchange.upstream?.detach()
-        exchange.upstream = nil
-        if let lease = exchange.lease {
-            exchange.lease = nil
-            lease.release(false)
-        }
+        dropUpstream(exchange)
         self.exchange = nil
         settings.metrics.record(
-            path(of: exchange),
+            exchange.path(on: settings.plane),
             status: HTTPResponseStatus(statusCode: exchange.responseStarted ? exchange.status : status),
             nanoseconds: (NIODeadline.now() - exchange.started).nanoseconds
         )
@@ -671,9 +559,9 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable {
-            exchange?.upstream?.resumeReads()
+            exchange?.upstream?.handler.resumeReads()
         } else {
-            exchange?.upstream?.pauseReads()
+            exchange?.upstream?.handler.pauseReads()
         }
         context.fireChannelWritabilityChanged()
     }
@@ -682,10 +570,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         timer?.cancel()
         releaseSpare()
         if let exchange {
-            exchange.upstream?.detach()
-            exchange.upstream = nil
-            if let lease = exchange.lease { lease.release(false) }
-            exchange.lease = nil
+            dropUpstream(exchange)
             self.exchange = nil
         }
         context.fireChannelInactive()

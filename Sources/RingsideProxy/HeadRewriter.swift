@@ -305,3 +305,30 @@ struct HeadRewriter {
         return out
     }
 }
+
+extension HeadRewriter {
+    /// The client's response head for an upstream's `head` on `route`, and the body bytes that came with it: a small
+    /// body goes out in the same buffer as the head (one write), a larger one after it.
+    mutating func clientResponse(
+        _ head: ByteBuffer,
+        facts: ResponseFacts,
+        fields: [HeaderField],
+        body: ByteBuffer?,
+        route: ProxyRoute,
+        closing: Bool
+    ) -> (head: ByteBuffer, body: ByteBuffer?) {
+        let servedHere: Bool =
+            if case .local = route { settings.configuration.addsNodeHeader && !facts.hasNodeHeader } else { false }
+        var out = response(
+            head,
+            facts: facts,
+            fields: fields,
+            servedHere: servedHere,
+            closing: closing,
+            bodyBytes: min(body?.readableBytes ?? 0, 4096)
+        )
+        guard var body, body.readableBytes <= 4096 else { return (out, body) }
+        out.writeBuffer(&body)
+        return (out, nil)
+    }
+}

@@ -1,0 +1,129 @@
+import NIOCore
+
+/// One request on its way through the HTTP/1.1 relay, and its response, whichever I/O carries them (``HTTP1Relay`` on
+/// NIO channels, ``EpollClient`` on a relay loop; `Upstream` is how each holds its upstream connection): the owners to
+/// try, the head and the body kept for another try, what the response said. Only its connection's thread touches it,
+/// so its stored properties skip the run-time exclusivity checks (see ``EpollSocket``).
+final class RelayExchange<Upstream> {
+    let routes: [ProxyRoute]
+    @exclusivity(unchecked) private(set) var attempt = 0
+    /// The upstream head without the route's headers and the final blank line.
+    @exclusivity(unchecked) private var head: ByteBuffer
+    let idempotent: Bool
+    let expectsBody: Bool
+    let clientKeepAlive: Bool
+    let started: NIODeadline
+    let deadline: NIODeadline
+    /// Body bytes still to come from the client.
+    @exclusivity(unchecked) private(set) var bodyRemaining: Int
+    @exclusivity(unchecked) private var bodyBytes = 0
+    /// The upstream connection the request is on, if any.
+    @exclusivity(unchecked) var upstream: Upstream?
+    /// Body parts that arrived while no upstream was attached.
+    @exclusivity(unchecked) private var pending: [ByteBuffer] = []
+    /// The body kept for a replay, while small enough; nil once it is not.
+    @exclusivity(unchecked) private var replay: [ByteBuffer]? = []
+    @exclusivity(unchecked) private(set) var responseStarted = false
+    @exclusivity(unchecked) private(set) var status = 200
+    /// The response runs until the upstream closes: the client's connection closes after it.
+    @exclusivity(unchecked) private(set) var closesAfter = false
+
+    /// Takes `plan`'s head away, so that the exchange holds the only reference and the route's lines are written in
+    /// place.
+    init(_ plan: inout RequestPlan, started: NIODeadline) {
+        routes = plan.routes
+        head = plan.head
+        plan.head = ByteBuffer()
+        idempotent = plan.idempotent
+        expectsBody = plan.expectsBody
+        clientKeepAlive = plan.clientKeepAlive
+        bodyRemaining = plan.bodyLength
+        self.started = started
+        deadline = started + plan.budget
+    }
+
+    var route: ProxyRoute { routes[attempt] }
+    var requestEnded: Bool { bodyRemaining == 0 }
+
+    /// Takes the body bytes at the start of `inbound`, up to the end of the body (nil when it holds none), keeping
+    /// them for a replay while the body is small enough; with no upstream attached they wait for one.
+    func takeBody(from inbound: inout ByteBuffer?) -> ByteBuffer? {
+        guard var buffer = inbound, bodyRemaining > 0 else { return nil }
+        let take = min(bodyRemaining, buffer.readableBytes)
+        let slice = buffer.readSlice(length: take)!
+        inbound = buffer.readableBytes > 0 ? buffer : nil
+        bodyRemaining -= take
+        bodyBytes += take
+        if replay != nil {
+            if bodyBytes <= ProxyHandler.replayableBodyBytes {
+                replay!.append(slice)
+            } else {
+                replay = nil
+            }
+        }
+        if upstream == nil {
+            pending.append(slice)
+            return nil
+        }
+        return slice
+    }
+
+    /// What to write to a newly attached upstream: the head with the current route's lines (in place the first time,
+    /// on a copy for a retry), then the body so far (the replay on a retry, otherwise what waited).
+    func opening(_ settings: RelaySettings) -> [ByteBuffer] {
+        var first: ByteBuffer
+        let base = head.readableBytes
+        if attempt == 0 {
+            first = head
+            head = ByteBuffer()
+        } else {
+            first = head
+        }
+        settings.routeLines(route, isLast: attempt == routes.count - 1, deadline: deadline, into: &first)
+        if attempt == 0 {
+            // Kept for a retry: the part without the route's headers.
+            head = first.getSlice(at: first.readerIndex, length: base)!
+        }
+        var parts = [first]
+        if attempt > 0, let replay {
+            parts += replay
+        } else {
+            parts += pending
+        }
+        pending = []
+        return parts
+    }
+
+    /// Moves to the next owner when there is one and the request can be sent again (its body kept, or none sent).
+    func advance() -> Bool {
+        let canReplay = replay != nil || (bodyBytes == 0 && pending.isEmpty)
+        guard attempt + 1 < routes.count, canReplay else { return false }
+        attempt += 1
+        return true
+    }
+
+    /// Whether a response head from the upstream is a peer's 421 saying it does not own the key, before anything of
+    /// the response went to the client: the request goes to the next owner.
+    func isMisrouted(_ facts: ResponseFacts) -> Bool {
+        guard facts.status == 421, facts.notOwner, !responseStarted, case .peer = route else { return false }
+        return true
+    }
+
+    /// Notes a response head; true when the client's connection closes after this response.
+    func responseHead(_ facts: ResponseFacts) -> Bool {
+        guard !facts.isInterim else { return false }
+        responseStarted = true
+        status = facts.status
+        closesAfter = facts.bodyUntilClose && expectsBody && facts.status != 204 && facts.status != 304
+        return !clientKeepAlive || closesAfter
+    }
+
+    /// Where the request went, for the metrics.
+    func path(on plane: ProxyHandler.Plane) -> ProxyMetrics.Path {
+        switch (plane, route) {
+        case (.cluster, _): .forwardedIn
+        case (.app, .local): .local
+        case (.app, .peer): .forwardedOut
+        }
+    }
+}
