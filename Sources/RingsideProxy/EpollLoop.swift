@@ -90,6 +90,8 @@ final class EpollLoop {
     /// The time, read once an iteration.
     @exclusivity(unchecked) private(set) var now = NIODeadline.now()
     @exclusivity(unchecked) private var stopping = false
+    /// Accepting waits for descriptors to be freed.
+    @exclusivity(unchecked) private var acceptPaused = false
 
     init(
         settings: RelaySettings,
@@ -157,6 +159,10 @@ final class EpollLoop {
             }
             if now >= nextCheck {
                 nextCheck = now + interval
+                if acceptPaused, !stopping {
+                    acceptPaused = false
+                    watch(listener, token: Self.listenerToken, events: ringside_epollin | ringside_epollexclusive)
+                }
                 for client in Array(clients.values) {
                     client.checkDeadlines(now)
                     runDeferred()
@@ -197,17 +203,28 @@ final class EpollLoop {
     // MARK: Client connections
 
     private func acceptAll() {
-        while !stopping, let (fd, peer) = LinuxSocket.accept(listener) {
-            let client = EpollClient(fd: fd, peer: peer, local: LinuxSocket.localAddress(fd), loop: self)
-            clients[ObjectIdentifier(client)] = client
-            register(client)
+        while !stopping {
+            switch LinuxSocket.accept(listener) {
+            case .connection(let fd, let peer):
+                let client = EpollClient(fd: fd, peer: peer, local: LinuxSocket.localAddress(fd), loop: self)
+                clients[ObjectIdentifier(client)] = client
+                register(client)
+            case .none:
+                return
+            case .exhausted:
+                // Out of descriptors: the listener would stay ready and wake the loop at once, again and again. It is
+                // watched again at the next deadline check, when connections may have closed.
+                _ = epoll_ctl(epoll, EPOLL_CTL_DEL, listener, nil)
+                acceptPaused = true
+                return
+            }
         }
     }
 
     /// Stops accepting; connections close once their current exchange is over.
     private func beginStopping() {
         stopping = true
-        _ = epoll_ctl(epoll, EPOLL_CTL_DEL, listener, nil)
+        if !acceptPaused { _ = epoll_ctl(epoll, EPOLL_CTL_DEL, listener, nil) }
         for client in Array(clients.values) { client.stopWhenIdle() }
     }
 

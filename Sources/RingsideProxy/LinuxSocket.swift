@@ -44,17 +44,30 @@ enum LinuxSocket {
         return fd
     }
 
-    /// Accepts a waiting connection, with `TCP_NODELAY` set; nil when none is waiting (or it failed: the listener
-    /// stays usable either way).
-    static func accept(_ listener: CInt) -> (fd: CInt, peer: SocketAddress?)? {
+    /// What accepting a connection came to.
+    enum Accepted {
+        /// A connection, with `TCP_NODELAY` set.
+        case connection(CInt, peer: SocketAddress?)
+        /// None waiting (or one that went away before it was accepted).
+        case none
+        /// The process or the system is out of descriptors or memory: the listener stays ready and accepting fails
+        /// until some are freed.
+        case exhausted(CInt)
+    }
+
+    /// Accepts a waiting connection.
+    static func accept(_ listener: CInt) -> Accepted {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let fd = withUnsafeMutablePointer(to: &storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { ringside_accept(listener, $0, &length) }
         }
-        guard fd >= 0 else { return nil }
+        guard fd >= 0 else {
+            let code = errno
+            return code == EMFILE || code == ENFILE || code == ENOBUFS || code == ENOMEM ? .exhausted(code) : .none
+        }
         try? setOption(fd, CInt(IPPROTO_TCP), TCP_NODELAY, 1)
-        return (fd, address(storage))
+        return .connection(fd, peer: address(storage))
     }
 
     /// Starts connecting to `address`: the descriptor, and whether the connection is made already (loopback can be
