@@ -14,8 +14,8 @@ import NIOHTTP1
 final class EpollClient: EpollSocket {
     @exclusivity(unchecked) private var rewriter: HeadRewriter
     private let settings: RelaySettings
-    /// Bytes received and not handled yet: a head arriving, a body's start, pipelined requests.
-    @exclusivity(unchecked) private var inbound: ByteBuffer?
+    /// What the client sent and is not handled yet, and how long it has waited.
+    @exclusivity(unchecked) private var reader: RequestReader
     @exclusivity(unchecked) private var exchange: Exchange?
     @exclusivity(unchecked) private var out = OutboundQueue()
     @exclusivity(unchecked) private var readable = false
@@ -30,12 +30,6 @@ final class EpollClient: EpollSocket {
     @exclusivity(unchecked) private var closing = false
     /// Handing over to the general pipeline once what is queued is written.
     @exclusivity(unchecked) private var handingOff = false
-    /// Whether the first bytes have told HTTP/1.1 from HTTP/2's preface.
-    @exclusivity(unchecked) private var sniffed = false
-    /// When the current wait began: a head's first byte, or the end of the last request.
-    @exclusivity(unchecked) private var waitingSince: NIODeadline
-    /// Whether bytes of the next head have arrived.
-    @exclusivity(unchecked) private var headStarted = false
     /// The upstream connection of the last request, kept for the next one to the same route.
     @exclusivity(unchecked) private var spare: EpollUpstream?
 
@@ -48,7 +42,11 @@ final class EpollClient: EpollSocket {
     init(fd: CInt, peer: SocketAddress?, local: SocketAddress?, loop: EpollLoop) {
         settings = loop.settings
         rewriter = HeadRewriter(settings: loop.settings, client: peer, local: local, allocator: ByteBufferAllocator())
-        waitingSince = loop.now
+        reader = RequestReader(
+            maxHeadBytes: loop.settings.configuration.maxHeaderBytes,
+            sniffsHTTP2: true,
+            now: loop.now
+        )
         super.init(fd: fd, loop: loop)
     }
 
@@ -106,79 +104,42 @@ final class EpollClient: EpollSocket {
     // MARK: Requests
 
     private func received(_ bytes: ByteBuffer) {
-        var buffer = bytes
-        if inbound == nil {
-            inbound = buffer
-        } else {
-            inbound!.writeBuffer(&buffer)
-        }
+        reader.append(bytes)
         if let exchange {
             if exchange.bodyRemaining > 0 { feedBody(exchange) }
             // What follows the body is the next request: it waits.
-            if exchange.bodyRemaining == 0, inbound != nil { holdForTurn = true }
+            if exchange.bodyRemaining == 0, reader.inbound != nil { holdForTurn = true }
         } else {
             processInbound()
         }
     }
 
-    /// Handles the heads waiting in `inbound` until one of them is under way, or more bytes are needed.
+    /// Handles the heads waiting in the reader until one of them is under way, or more bytes are needed.
     private func processInbound() {
-        while exchange == nil, !closing, !handingOff, var buffer = inbound {
-            // Empty lines before a request line are ignored (RFC 9112 §2.2).
-            while buffer.readableBytes >= 2, buffer.getInteger(at: buffer.readerIndex, as: UInt16.self) == 0x0D0A {
-                buffer.moveReaderIndex(forwardBy: 2)
-            }
-            guard buffer.readableBytes > 0 else {
-                inbound = nil
+        while exchange == nil, !closing, !handingOff {
+            switch reader.next(&rewriter, now: loop.now) {
+            case .needMore:
                 return
-            }
-            if !headStarted {
-                headStarted = true
-                waitingSince = loop.now
-            }
-            if !sniffed {
-                // HTTP/2 with prior knowledge opens with "PRI * HTTP/2.0": the general pipeline speaks it.
-                let seen = buffer.readableBytesView.prefix(3)
-                if seen.elementsEqual("PRI".utf8.prefix(seen.count)) {
-                    inbound = buffer
-                    if seen.count == 3 { startHandOff() }
-                    return
-                }
-                sniffed = true
-            }
-            let parsed = buffer.withUnsafeReadableBytes { rewriter.parseRequest($0) }
-            switch parsed {
-            case .incomplete:
-                inbound = buffer
-                if buffer.readableBytes > settings.configuration.maxHeaderBytes {
-                    answer(431, "the request head is larger than \(settings.configuration.maxHeaderBytes) bytes")
-                }
-                return
-            case .malformed(let reason):
-                inbound = nil
-                answer(400, "malformed request: \(reason)")
-                return
-            case .complete(let startLineEnd, let length):
-                guard length <= settings.configuration.maxHeaderBytes else {
-                    inbound = nil
-                    answer(431, "the request head is larger than \(settings.configuration.maxHeaderBytes) bytes")
-                    return
-                }
-                inbound = buffer
+            case .http2:
+                startHandOff()
+            case .refuse(let status, let message):
+                answer(status, message)
+            case .head(let startLineEnd, let length):
                 begin(startLineEnd: startLineEnd, length: length)
             }
         }
     }
 
-    /// Acts on the complete head at the start of `inbound`.
+    /// Acts on the complete head at the start of the reader's bytes.
     private func begin(startLineEnd: Int, length: Int) {
         // Switched on as it comes, so that no copy of the plan holds on to its head.
-        switch inbound!.withUnsafeReadableBytes({ rewriter.request($0, startLineEnd: startLineEnd, length: length) }) {
+        switch reader.inbound!.withUnsafeReadableBytes({
+            rewriter.request($0, startLineEnd: startLineEnd, length: length)
+        }) {
         case .handOff:
             startHandOff()
         case .refuse(let status, let message, let headers, let closing):
-            inbound!.moveReaderIndex(forwardBy: length)
-            if inbound!.readableBytes == 0 { inbound = nil }
+            reader.consume(length)
             settings.metrics.record(.local, status: HTTPResponseStatus(statusCode: status), nanoseconds: 0)
             answer(status, message, headers: headers, closing: closing)
             requestDone()
@@ -189,19 +150,18 @@ final class EpollClient: EpollSocket {
                 return
             }
             // Timed from the head's first byte, as nginx's request time is.
-            let exchange = Exchange(&plan, started: waitingSince)
-            inbound!.moveReaderIndex(forwardBy: length)
-            if inbound!.readableBytes == 0 { inbound = nil }
+            let exchange = Exchange(&plan, started: reader.waitingSince)
+            reader.consume(length)
             self.exchange = exchange
             if exchange.bodyRemaining > 0 { feedBody(exchange) }
-            if exchange.bodyRemaining == 0, inbound != nil { holdForTurn = true }
+            if exchange.bodyRemaining == 0, reader.inbound != nil { holdForTurn = true }
             connect(exchange)
         }
     }
 
-    /// Passes the body bytes waiting in `inbound` on, up to the end of the current request's body.
+    /// Passes the body bytes waiting in the reader on, up to the end of the current request's body.
     private func feedBody(_ exchange: Exchange) {
-        if let slice = exchange.takeBody(from: &inbound) { exchange.upstream?.write(slice) }
+        if let slice = exchange.takeBody(from: &reader.inbound) { exchange.upstream?.write(slice) }
     }
 
     // MARK: Upstreams
@@ -419,14 +379,13 @@ final class EpollClient: EpollSocket {
 
     private func closeAfterWrites() {
         closing = true
-        inbound = nil
+        reader.inbound = nil
         flushOut()
     }
 
     /// A request is over: the next head's time starts now. A stopping loop closes the connection here.
     private func requestDone(at now: NIODeadline? = nil) {
-        headStarted = false
-        waitingSince = now ?? loop.now
+        reader.requestDone(at: now ?? loop.now)
         if loop.isStopping { closeAfterWrites() }
     }
 
@@ -439,7 +398,7 @@ final class EpollClient: EpollSocket {
     /// Checks the connection's deadlines, as its loop does every check interval.
     func checkDeadlines(_ now: NIODeadline) {
         guard !closing, !handingOff, fd >= 0 else { return }
-        if exchange == nil, now - waitingSince >= settings.checkInterval { releaseSpare() }
+        if exchange == nil, reader.waited(at: now) >= settings.checkInterval { releaseSpare() }
         if let exchange {
             if let upstream = exchange.upstream, upstream.isConnecting, now >= upstream.connectDeadline {
                 let failure = upstream.connectTimedOut()
@@ -447,12 +406,12 @@ final class EpollClient: EpollSocket {
             } else if now >= exchange.deadline {
                 fail(exchange, status: 504, message: "no answer from the upstream in time")
             }
-        } else if headStarted {
-            if now - waitingSince >= settings.headerTimeout {
-                answer(408, "the request head did not arrive in time")
+        } else {
+            switch reader.expiry(at: now, headTimeout: settings.headerTimeout, idleTimeout: settings.idleTimeout) {
+            case .head: answer(408, "the request head did not arrive in time")
+            case .idle: close()
+            case nil: break
             }
-        } else if now - waitingSince >= settings.idleTimeout {
-            close()
         }
     }
 
@@ -471,8 +430,7 @@ final class EpollClient: EpollSocket {
 
     private func completeHandOff() {
         let descriptor = fd
-        let bytes = inbound
-        inbound = nil
+        let bytes = reader.takeAll()
         loop.deregister(self)
         fd = -1
         loop.clientEnded(self)
@@ -493,7 +451,7 @@ final class EpollClient: EpollSocket {
         Glibc.close(fd)
         fd = -1
         closing = true
-        inbound = nil
+        reader.inbound = nil
         out.removeAll()
         loop.clientEnded(self)
     }

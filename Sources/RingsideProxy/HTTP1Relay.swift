@@ -121,15 +121,11 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
     private(set) var context: ChannelHandlerContext?
     /// Reads, routes and rewrites heads, for this connection's addresses.
     private var rewriter: HeadRewriter
-    /// Bytes received and not handled yet: a head arriving, a body's start, pipelined requests.
-    private var inbound: ByteBuffer?
+    /// What the client sent and is not handled yet, and how long it has waited.
+    private var reader: RequestReader
     private var exchange: Exchange?
     var gate = ReadGate()
     private var timer: RepeatedTask?
-    /// When the current wait began: a head's first byte, or the end of the last request.
-    private var waitingSince = NIODeadline.now()
-    /// Whether bytes of the next head have arrived.
-    private var headStarted = false
     /// Whether response bytes were written to the client since the last flush.
     private var clientUnflushed = false
     private var closing = false
@@ -160,6 +156,8 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             local: channel.localAddress,
             allocator: channel.allocator
         )
+        // The sniffer in front has told HTTP/2 apart already.
+        reader = RequestReader(maxHeadBytes: settings.configuration.maxHeaderBytes, sniffsHTTP2: false, now: .now())
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -181,7 +179,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
 
     private func startTimer(context: ChannelHandlerContext) {
         guard timer == nil else { return }
-        waitingSince = .now()
+        reader.requestDone(at: .now())  // The first wait starts with the connection.
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         // Cancelled when the connection closes or the relay steps aside, which ends the cycle with this handler.
         timer = context.eventLoop.scheduleRepeatedTask(
@@ -194,16 +192,11 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
-        var buffer = unwrapInboundIn(data)
-        if inbound == nil {
-            inbound = buffer
-        } else {
-            inbound!.writeBuffer(&buffer)
-        }
+        reader.append(unwrapInboundIn(data))
         if let exchange {
             if exchange.bodyRemaining > 0 { feedBody(exchange) }
             // What follows the body is the next request: it waits.
-            if exchange.bodyRemaining == 0, inbound != nil { pauseReads() }
+            if exchange.bodyRemaining == 0, reader.inbound != nil { pauseReads() }
         } else {
             processInbound(context: context)
         }
@@ -214,54 +207,30 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         context.fireChannelReadComplete()
     }
 
-    /// Handles the heads waiting in `inbound` until one of them is under way, or more bytes are needed.
+    /// Handles the heads waiting in the reader until one of them is under way, or more bytes are needed.
     private func processInbound(context: ChannelHandlerContext) {
-        while exchange == nil, !closing, var buffer = inbound {
-            // Empty lines before a request line are ignored (RFC 9112 §2.2).
-            while buffer.readableBytes >= 2, buffer.getInteger(at: buffer.readerIndex, as: UInt16.self) == 0x0D0A {
-                buffer.moveReaderIndex(forwardBy: 2)
-            }
-            guard buffer.readableBytes > 0 else {
-                inbound = nil
+        while exchange == nil, !closing {
+            switch reader.next(&rewriter, now: .now()) {
+            case .needMore, .http2:
                 return
-            }
-            if !headStarted {
-                headStarted = true
-                waitingSince = .now()
-            }
-            let parsed = buffer.withUnsafeReadableBytes { rewriter.parseRequest($0) }
-            switch parsed {
-            case .incomplete:
-                inbound = buffer
-                if buffer.readableBytes > settings.configuration.maxHeaderBytes {
-                    answer(431, "the request head is larger than \(settings.configuration.maxHeaderBytes) bytes")
-                }
-                return
-            case .malformed(let reason):
-                inbound = nil
-                answer(400, "malformed request: \(reason)")
-                return
-            case .complete(let startLineEnd, let length):
-                guard length <= settings.configuration.maxHeaderBytes else {
-                    inbound = nil
-                    answer(431, "the request head is larger than \(settings.configuration.maxHeaderBytes) bytes")
-                    return
-                }
-                inbound = buffer
+            case .refuse(let status, let message):
+                answer(status, message)
+            case .head(let startLineEnd, let length):
                 begin(startLineEnd: startLineEnd, length: length, context: context)
             }
         }
     }
 
-    /// Acts on the complete head at the start of `inbound`.
+    /// Acts on the complete head at the start of the reader's bytes.
     private func begin(startLineEnd: Int, length: Int, context: ChannelHandlerContext) {
         // Switched on as it comes, so that no copy of the plan holds on to its head.
-        switch inbound!.withUnsafeReadableBytes({ rewriter.request($0, startLineEnd: startLineEnd, length: length) }) {
+        switch reader.inbound!.withUnsafeReadableBytes({
+            rewriter.request($0, startLineEnd: startLineEnd, length: length)
+        }) {
         case .handOff:
             handOff(context: context)
         case .refuse(let status, let message, let headers, let closing):
-            inbound!.moveReaderIndex(forwardBy: length)
-            if inbound!.readableBytes == 0 { inbound = nil }
+            reader.consume(length)
             settings.metrics.record(
                 settings.plane == .app ? .local : .forwardedIn,
                 status: HTTPResponseStatus(statusCode: status),
@@ -271,21 +240,22 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             requestDone()
         case .forward(var plan):
             // Timed from the head's first byte, as nginx's request time is.
-            let exchange = Exchange(&plan, started: waitingSince)
-            inbound!.moveReaderIndex(forwardBy: length)
-            if inbound!.readableBytes == 0 { inbound = nil }
+            let exchange = Exchange(&plan, started: reader.waitingSince)
+            reader.consume(length)
             self.exchange = exchange
             if exchange.bodyRemaining > 0 { feedBody(exchange) }
             // Reads wait while a body has nowhere to go yet, or while the next request is here already; a request
             // without a body leaves them running (one read fewer to pass down the pipeline a request).
-            if exchange.bodyRemaining > 0 || inbound != nil { pauseReads() }
+            if exchange.bodyRemaining > 0 || reader.inbound != nil { pauseReads() }
             connect(exchange)
         }
     }
 
-    /// Passes the body bytes waiting in `inbound` on, up to the end of the current request's body.
+    /// Passes the body bytes waiting in the reader on, up to the end of the current request's body.
     private func feedBody(_ exchange: Exchange) {
-        guard let slice = exchange.takeBody(from: &inbound), let upstream = exchange.upstream?.handler else { return }
+        guard let slice = exchange.takeBody(from: &reader.inbound), let upstream = exchange.upstream?.handler else {
+            return
+        }
         upstream.write(slice)
         if exchange.requestEnded { upstream.flush() }
     }
@@ -497,7 +467,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
 
     private func closeAfterWrites(context: ChannelHandlerContext) {
         closing = true
-        inbound = nil
+        reader.inbound = nil
         timer?.cancel()
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).assumeIsolated()
             .whenComplete { _ in context.close(promise: nil) }
@@ -505,8 +475,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
 
     /// A request is over: the next head's time starts now.
     private func requestDone(at now: NIODeadline = .now()) {
-        headStarted = false
-        waitingSince = now
+        reader.requestDone(at: now)
     }
 
     private func releaseSpare() {
@@ -518,16 +487,19 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
     private func checkDeadlines() {
         guard !closing, let context else { return }
         let now = NIODeadline.now()
-        if exchange == nil, now - waitingSince >= settings.checkInterval { releaseSpare() }
+        if exchange == nil, reader.waited(at: now) >= settings.checkInterval { releaseSpare() }
         if let exchange {
             if now >= exchange.deadline { fail(exchange, status: 504, message: "no answer from the upstream in time") }
-        } else if headStarted {
-            if now - waitingSince >= settings.headerTimeout {
+        } else {
+            switch reader.expiry(at: now, headTimeout: settings.headerTimeout, idleTimeout: settings.idleTimeout) {
+            case .head:
                 answer(408, "the request head did not arrive in time")
+            case .idle:
+                closing = true
+                context.close(promise: nil)
+            case nil:
+                break
             }
-        } else if now - waitingSince >= settings.idleTimeout {
-            closing = true
-            context.close(promise: nil)
         }
     }
 
@@ -545,8 +517,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             context.close(promise: nil)
             return
         }
-        let bytes = inbound
-        inbound = nil
+        let bytes = reader.takeAll()
         closing = true
         if let bytes { context.fireChannelRead(wrapInboundOut(bytes)) }
         context.fireChannelReadComplete()
