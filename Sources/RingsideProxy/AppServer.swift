@@ -25,13 +25,14 @@ public enum AppServer {
         upstreams: any UpstreamProvider,
         metrics: ProxyMetrics = ProxyMetrics()
     ) async throws -> any AppListener {
-        let http1 = http1Setup(
+        let relay = relaySettings(
             configuration: configuration,
             plane: .app,
             metrics: metrics,
             router: router,
             upstreams: upstreams
         )
+        let http1 = relay.map(relaySetup) ?? generalSetup(configuration, .app, metrics, router, upstreams)
         let pipeline: @Sendable (any Channel) throws -> Void = { channel in
             try channel.pipeline.syncOperations.addHandler(
                 ProtocolSniffer(
@@ -52,20 +53,12 @@ public enum AppServer {
             )
         }
         #if os(Linux)
-        if configuration.appIO == .epoll, upstreams.relaysBytes {
-            let settings = RelaySettings(
-                configuration: configuration,
-                plane: .app,
-                metrics: metrics,
-                router: router,
-                upstreams: upstreams,
-                handOff: { _ in }
-            )
+        if configuration.appIO == .epoll, let relay {
             return try EpollAppListener(
                 host: host,
                 port: port,
                 loops: Array(group.makeIterator()).count,
-                settings: settings,
+                settings: relay,
                 backend: upstreams.backendAddress,
                 handOff: { fd, bytes in
                     ClientBootstrap(group: group)
@@ -103,7 +96,50 @@ public enum AppServer {
         router: any ProxyRouter,
         upstreams: any UpstreamProvider
     ) -> @Sendable (any Channel) throws -> Void {
-        let general: @Sendable (any Channel) throws -> Void = { channel in
+        let relay = relaySettings(
+            configuration: configuration,
+            plane: plane,
+            metrics: metrics,
+            router: router,
+            upstreams: upstreams
+        )
+        return relay.map(relaySetup) ?? generalSetup(configuration, plane, metrics, router, upstreams)
+    }
+
+    /// What the byte-level relay of a listener shares, handing over to the general pipeline; nil when an upstream
+    /// does not speak HTTP/1.1 (an `h2c://` backend), so that the general pipeline serves every connection.
+    static func relaySettings(
+        configuration: ProxyConfiguration,
+        plane: ProxyHandler.Plane,
+        metrics: ProxyMetrics,
+        router: any ProxyRouter,
+        upstreams: any UpstreamProvider
+    ) -> RelaySettings? {
+        guard upstreams.relaysBytes else { return nil }
+        return RelaySettings(
+            configuration: configuration,
+            plane: plane,
+            metrics: metrics,
+            router: router,
+            upstreams: upstreams,
+            handOff: generalSetup(configuration, plane, metrics, router, upstreams)
+        )
+    }
+
+    /// Puts an ``HTTP1Relay`` with `settings` on a connection.
+    private static func relaySetup(_ settings: RelaySettings) -> @Sendable (any Channel) throws -> Void {
+        { channel in try channel.pipeline.syncOperations.addHandler(HTTP1Relay(settings: settings, channel: channel)) }
+    }
+
+    /// Sets a connection up for the general HTTP/1.1 pipeline (NIO's codec and ``ProxyHandler``).
+    private static func generalSetup(
+        _ configuration: ProxyConfiguration,
+        _ plane: ProxyHandler.Plane,
+        _ metrics: ProxyMetrics,
+        _ router: any ProxyRouter,
+        _ upstreams: any UpstreamProvider
+    ) -> @Sendable (any Channel) throws -> Void {
+        { channel in
             try configureGeneralHTTP1(
                 channel,
                 configuration: configuration,
@@ -118,18 +154,6 @@ public enum AppServer {
                     scheme: "http"
                 )
             )
-        }
-        guard upstreams.relaysBytes else { return general }
-        let settings = RelaySettings(
-            configuration: configuration,
-            plane: plane,
-            metrics: metrics,
-            router: router,
-            upstreams: upstreams,
-            handOff: general
-        )
-        return { channel in
-            try channel.pipeline.syncOperations.addHandler(HTTP1Relay(settings: settings, channel: channel))
         }
     }
 

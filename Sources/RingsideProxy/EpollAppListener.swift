@@ -33,15 +33,8 @@ final class EpollAppListener: AppListener {
         var handovers: [Handover] = []
         do {
             for _ in 0..<max(1, loops) {
-                let control = EpollLoopControl()
-                let loop = try EpollLoop(
-                    settings: settings,
-                    listener: listener,
-                    backend: backend,
-                    control: control,
-                    handOff: handOff
-                )
-                controls.append(control)
+                let loop = try EpollLoop(settings: settings, listener: listener, backend: backend, handOff: handOff)
+                controls.append(loop.control)
                 handovers.append(Handover(loop: loop))
             }
         } catch {

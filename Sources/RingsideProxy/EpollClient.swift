@@ -140,7 +140,7 @@ final class EpollClient: EpollSocket {
             startHandOff()
         case .refuse(let status, let message, let headers, let closing):
             reader.consume(length)
-            settings.metrics.record(.local, status: HTTPResponseStatus(statusCode: status), nanoseconds: 0)
+            settings.metrics.record(ProxyMetrics.Path(unroutedOn: .app), code: status, nanoseconds: 0)
             answer(status, message, headers: headers, closing: closing)
             requestDone()
         case .forward(var plan):
@@ -258,11 +258,7 @@ final class EpollClient: EpollSocket {
             return
         }
         let now = NIODeadline.now()
-        settings.metrics.record(
-            exchange.path(on: .app),
-            status: HTTPResponseStatus(statusCode: exchange.status),
-            nanoseconds: (now - exchange.started).nanoseconds
-        )
+        exchange.record(in: settings.metrics, on: .app, at: now)
         let requestEnded = exchange.requestEnded
         let closes = !requestEnded || !exchange.clientKeepAlive || exchange.closesAfter
         if let upstream = exchange.upstream {
@@ -275,7 +271,7 @@ final class EpollClient: EpollSocket {
         }
         exchange.upstream = nil
         self.exchange = nil
-        if upstreamHeld { upstreamHeld = false }
+        upstreamHeld = false
         if closes {
             // The client is still sending a body nobody will read, asked to close, or reads the body to the close.
             closeAfterWrites()
@@ -299,7 +295,7 @@ final class EpollClient: EpollSocket {
         if exchange.responseStarted {
             // Mid-response there is no way to tell the client but to close.
             self.exchange = nil
-            settings.metrics.record(exchange.path(on: .app), status: .badGateway, nanoseconds: 0)
+            exchange.record(in: settings.metrics, on: .app, at: loop.now, failing: 502)
             close()
             return
         }
@@ -344,11 +340,7 @@ final class EpollClient: EpollSocket {
         guard self.exchange === exchange else { return }
         dropUpstream(exchange)
         self.exchange = nil
-        settings.metrics.record(
-            exchange.path(on: .app),
-            status: HTTPResponseStatus(statusCode: exchange.responseStarted ? exchange.status : status),
-            nanoseconds: (NIODeadline.now() - exchange.started).nanoseconds
-        )
+        exchange.record(in: settings.metrics, on: .app, at: NIODeadline.now(), failing: status)
         if exchange.responseStarted {
             close()
             return

@@ -33,18 +33,17 @@ class EpollSocket {
 /// How a relay loop is told to stop, from any thread.
 final class EpollLoopControl: Sendable {
     private let stopping = Atomic<Bool>(false)
-    /// The loop's wake-up descriptor (an eventfd), -1 until it runs.
-    private let wakeFD = Atomic<CInt>(-1)
+    /// The loop's wake-up descriptor (an eventfd).
+    private let wakeFD: CInt
+
+    init(wakeFD: CInt) { self.wakeFD = wakeFD }
 
     var stopRequested: Bool { stopping.load(ordering: .acquiring) }
-
-    func started(wakeFD fd: CInt) { wakeFD.store(fd, ordering: .releasing) }
 
     /// Asks the loop to stop accepting, finish what is under way, and end.
     func stop() {
         stopping.store(true, ordering: .releasing)
-        let fd = wakeFD.load(ordering: .acquiring)
-        if fd >= 0 { _ = eventfd_write(fd, 1) }
+        _ = eventfd_write(wakeFD, 1)
     }
 }
 
@@ -59,7 +58,8 @@ final class EpollLoop {
     private let epoll: CInt
     private let wakeFD: CInt
     private let listener: CInt
-    private let control: EpollLoopControl
+    /// How to stop the loop from another thread.
+    let control: EpollLoopControl
     /// Gives a client connection's socket, and what was read of it, to the general pipeline.
     let handOff: @Sendable (CInt, ByteBuffer?) -> Void
     /// Where `.local` goes.
@@ -97,13 +97,11 @@ final class EpollLoop {
         settings: RelaySettings,
         listener: CInt,
         backend: SocketAddress?,
-        control: EpollLoopControl,
         handOff: @escaping @Sendable (CInt, ByteBuffer?) -> Void
     ) throws {
         self.settings = settings
         self.listener = listener
         self.backend = backend
-        self.control = control
         self.handOff = handOff
         epoll = epoll_create1(CInt(EPOLL_CLOEXEC))
         guard epoll >= 0 else { throw LinuxSocket.Failure(call: "epoll_create1", code: errno) }
@@ -112,6 +110,7 @@ final class EpollLoop {
             Glibc.close(epoll)
             throw LinuxSocket.Failure(call: "eventfd", code: errno)
         }
+        control = EpollLoopControl(wakeFD: wakeFD)
         readBuffer = ByteBufferAllocator().buffer(capacity: Self.readSize)
         vectors = .allocate(capacity: OutboundQueue.gather)
         watch(listener, token: Self.listenerToken, events: ringside_epollin | ringside_epollexclusive)
@@ -126,7 +125,6 @@ final class EpollLoop {
 
     /// Runs until stopped and every client connection is done (or the longest a request may take has passed).
     func run() {
-        control.started(wakeFD: wakeFD)
         let capacity = 256
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: capacity)
         defer { events.deallocate() }

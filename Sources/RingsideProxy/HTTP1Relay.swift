@@ -231,11 +231,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             handOff(context: context)
         case .refuse(let status, let message, let headers, let closing):
             reader.consume(length)
-            settings.metrics.record(
-                settings.plane == .app ? .local : .forwardedIn,
-                status: HTTPResponseStatus(statusCode: status),
-                nanoseconds: 0
-            )
+            settings.metrics.record(ProxyMetrics.Path(unroutedOn: settings.plane), code: status, nanoseconds: 0)
             answer(status, message, headers: headers, closing: closing)
             requestDone()
         case .forward(var plan):
@@ -365,11 +361,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
             return
         }
         let now = NIODeadline.now()
-        settings.metrics.record(
-            exchange.path(on: settings.plane),
-            status: HTTPResponseStatus(statusCode: exchange.status),
-            nanoseconds: (now - exchange.started).nanoseconds
-        )
+        exchange.record(in: settings.metrics, on: settings.plane, at: now)
         let requestEnded = exchange.requestEnded
         let closes = !requestEnded || !exchange.clientKeepAlive || exchange.closesAfter
         if let upstream = exchange.upstream, reusable, !closes {
@@ -411,7 +403,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         if exchange.responseStarted {
             // Mid-response there is no way to tell the client but to close.
             self.exchange = nil
-            settings.metrics.record(exchange.path(on: settings.plane), status: .badGateway, nanoseconds: 0)
+            exchange.record(in: settings.metrics, on: settings.plane, at: .now(), failing: 502)
             context.close(promise: nil)
             return
         }
@@ -430,11 +422,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         guard self.exchange === exchange else { return }
         dropUpstream(exchange)
         self.exchange = nil
-        settings.metrics.record(
-            exchange.path(on: settings.plane),
-            status: HTTPResponseStatus(statusCode: exchange.responseStarted ? exchange.status : status),
-            nanoseconds: (NIODeadline.now() - exchange.started).nanoseconds
-        )
+        exchange.record(in: settings.metrics, on: settings.plane, at: .now(), failing: status)
         if exchange.responseStarted {
             context?.close(promise: nil)
             return

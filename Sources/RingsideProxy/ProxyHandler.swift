@@ -448,19 +448,16 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
     }
 
     private func record(_ exchange: Exchange, status: HTTPResponseStatus) {
-        let path: ProxyMetrics.Path =
-            switch (plane, exchange.route) {
-            case (.cluster, _): .forwardedIn
-            case (.app, .local): .local
-            case (.app, .peer): .forwardedOut
-            }
-        metrics.record(path, status: status, nanoseconds: (NIODeadline.now() - exchange.started).nanoseconds)
+        metrics.record(
+            ProxyMetrics.Path(plane: plane, route: exchange.route),
+            status: status,
+            nanoseconds: (NIODeadline.now() - exchange.started).nanoseconds
+        )
     }
 
-    /// Records a request answered before it had a route: on the app plane as local, on the cluster plane as
-    /// forwarded in (a 421 "not owner" among them).
+    /// Records a request answered before it had a route.
     private func recordRefusal(_ status: HTTPResponseStatus) {
-        metrics.record(plane == .app ? .local : .forwardedIn, status: status, nanoseconds: 0)
+        metrics.record(ProxyMetrics.Path(unroutedOn: plane), status: status, nanoseconds: 0)
     }
 
     // MARK: Answering ourselves

@@ -12,6 +12,19 @@ public final class ProxyMetrics: Sendable {
         case forwardedOut = "forwarded_out"
         case forwardedIn = "forwarded_in"
 
+        /// Where a request on `plane` that took `route` went.
+        init(plane: ProxyHandler.Plane, route: ProxyRoute) {
+            switch (plane, route) {
+            case (.cluster, _): self = .forwardedIn
+            case (.app, .local): self = .local
+            case (.app, .peer): self = .forwardedOut
+            }
+        }
+
+        /// Where a request on `plane` answered before it had a route is counted: on the app plane as local, on the
+        /// cluster plane as forwarded in (a 421 "not owner" among them).
+        init(unroutedOn plane: ProxyHandler.Plane) { self = plane == .app ? .local : .forwardedIn }
+
         var index: Int {
             switch self {
             case .local: 0
@@ -41,7 +54,12 @@ public final class ProxyMetrics: Sendable {
 
     /// Records a finished request.
     func record(_ path: Path, status: HTTPResponseStatus, nanoseconds: Int64) {
-        let group = min(5, max(1, Int(status.code) / 100))
+        record(path, code: Int(status.code), nanoseconds: nanoseconds)
+    }
+
+    /// Records a finished request by its status code.
+    func record(_ path: Path, code: Int, nanoseconds: Int64) {
+        let group = min(5, max(1, code / 100))
         let index = path.index
         requests[index][group - 1].increment()
         durations[index].recordNanoseconds(nanoseconds)

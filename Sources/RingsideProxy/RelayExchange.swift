@@ -118,12 +118,13 @@ final class RelayExchange<Upstream> {
         return !clientKeepAlive || closesAfter
     }
 
-    /// Where the request went, for the metrics.
-    func path(on plane: ProxyHandler.Plane) -> ProxyMetrics.Path {
-        switch (plane, route) {
-        case (.cluster, _): .forwardedIn
-        case (.app, .local): .local
-        case (.app, .peer): .forwardedOut
-        }
+    /// Records the exchange in `metrics` as over at `now`: under the response's status, or under `failing` when it
+    /// ended with the relay's own answer or cut off mid-response.
+    func record(in metrics: ProxyMetrics, on plane: ProxyHandler.Plane, at now: NIODeadline, failing: Int? = nil) {
+        metrics.record(
+            ProxyMetrics.Path(plane: plane, route: route),
+            code: failing ?? status,
+            nanoseconds: (now - started).nanoseconds
+        )
     }
 }
