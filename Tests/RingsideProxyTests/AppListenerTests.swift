@@ -85,6 +85,39 @@ struct AppListenerTests {
     }
 
     @Test(arguments: AppIO.allCases)
+    func closingClosesTheUpstreamConnectionsItKept(io: AppIO) async throws {
+        let backend = try await CannedBackend.start(answer: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        defer { backend.channel.close(promise: nil) }
+        var configuration = proxyConfiguration()
+        configuration.appIO = io
+        let upstreams = ClusterUpstreams(
+            backendHost: "127.0.0.1",
+            backendPort: backend.port,
+            configuration: configuration
+        )
+        let proxy = try await AppServer.bind(
+            host: "127.0.0.1",
+            port: 0,
+            group: MultiThreadedEventLoopGroup.singleton,
+            configuration: configuration,
+            router: LocalRouter(),
+            upstreams: upstreams
+        )
+        let port = try #require(proxy.localAddress?.port)
+        let raw = rawExchange(
+            port: port,
+            request("GET / HTTP/1.1\nHost: app\nConnection: close\n\n"),
+            untilClosed: true
+        )
+        #expect(parseResponse(raw.bytes)?.status == 200)
+        let open = { CannedBackend.open.withLockedValue { $0[backend.port] ?? 0 } }
+        #expect(open() == 1, "the upstream connection is kept for the next request")
+        try await proxy.close()
+        upstreams.shutdown()
+        #expect(await eventually { open() == 0 }, "nothing the listener kept stays open")
+    }
+
+    @Test(arguments: AppIO.allCases)
     func aRouteWhoseAddressIsANameIsServed(io: AppIO) async throws {
         let named = try await EchoBackend.start()
         defer { named.channel.close(promise: nil) }

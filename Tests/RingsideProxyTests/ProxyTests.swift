@@ -417,10 +417,20 @@ final class CannedBackend: ChannelInboundHandler, Sendable {
 
     /// Connections accepted by every canned backend so far, by port.
     static let accepted = NIOLockedValueBox<[Int: Int]>([:])
+    /// Connections open to every canned backend now, by port.
+    static let open = NIOLockedValueBox<[Int: Int]>([:])
 
     func channelActive(context: ChannelHandlerContext) {
-        if let port = context.channel.localAddress?.port { Self.accepted.withLockedValue { $0[port, default: 0] += 1 } }
+        if let port = context.channel.localAddress?.port {
+            Self.accepted.withLockedValue { $0[port, default: 0] += 1 }
+            Self.open.withLockedValue { $0[port, default: 0] += 1 }
+        }
         context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let port = context.channel.localAddress?.port { Self.open.withLockedValue { $0[port, default: 0] -= 1 } }
+        context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
