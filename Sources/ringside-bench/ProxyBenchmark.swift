@@ -38,6 +38,14 @@ struct ProxyBenchmark: ParsableCommand {
     @Option(help: "Times the whole list of targets is measured, in turn (runs drift on a shared machine).")
     var rounds = 1
 
+    @Option(
+        help: ArgumentHelp(
+            "Where the processes run: shared (anywhere; the scheduler places them) or split (wrk on one CPU, the proxies and the backend on another).",
+            valueName: "placement"
+        )
+    )
+    var placement = Placement.shared
+
     @Option(parsing: .upToNextOption, help: "Targets to measure.")
     var targets = ["backend", "ringside_local", "ringside_forward", "nginx", "nginx_chain", "haproxy"]
 
@@ -47,7 +55,7 @@ struct ProxyBenchmark: ParsableCommand {
                 "the proxy benchmark needs \(tool) on PATH (Debian: apt-get install nginx-light haproxy wrk)"
             )
         }
-        let bench = try Bench(keys: keys)
+        let bench = try Bench(keys: keys, cpus: try placement.cpus())
         defer { bench.stopAll() }
         let backend = try bench.startNginx(name: "backend", config: bench.nginxBackendConfig())
         let backendPIDs = Bench.withChildren(backend.process.processIdentifier)
@@ -56,6 +64,7 @@ struct ProxyBenchmark: ParsableCommand {
             for target in targets {
                 var row = try measure(target, bench: bench, backend: backend, backendPIDs: backendPIDs)
                 if rounds > 1 { row["round"] = .integer(round) }
+                row["placement"] = .string(placement.rawValue)
                 if json { print(row.json) } else { rows.append(row) }
             }
         }
@@ -136,13 +145,47 @@ struct ProxyBenchmark: ParsableCommand {
     }
 }
 
+/// Where the benchmark's processes run.
+///
+/// With two CPUs and three busy processes (wrk, a proxy, the backend), `shared` measures the scheduler's placement as
+/// much as the proxy: whichever CPU runs out of work idles until a wake-up reaches it. `split` gives the load generator
+/// one CPU and what is under test (the proxies and the backend) another, so that a target's rps follows what a
+/// request costs on the CPU under test.
+enum Placement: String, ExpressibleByArgument, CaseIterable {
+    case shared, split
+
+    /// The CPUs of a split run: the load generator's and the one under test; nil when shared.
+    func cpus() throws -> (client: Int, server: Int)? {
+        guard self == .split else { return nil }
+        // "Cpus_allowed_list:\t0-1,4" in /proc/self/status.
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        let list = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }?.split(separator: "\t").last
+        let allowed = (list ?? "").split(separator: ",").flatMap { range -> [Int] in
+            let bounds = range.split(separator: "-").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard let first = bounds.first, let last = bounds.last, first <= last else { return [] }
+            return Array(first...last)
+        }
+        guard allowed.count >= 2 else {
+            throw ValidationError("--placement split needs two CPUs; this process may use \(allowed.count)")
+        }
+        guard ProxyBenchmark.which("taskset") != nil else {
+            throw ValidationError("--placement split needs taskset on PATH (Debian: util-linux)")
+        }
+        return (allowed[0], allowed[1])
+    }
+}
+
 /// The processes of one proxy benchmark run, in a scratch directory.
 final class Bench {
     let directory: URL
     let script: URL
     private var started: [Process] = []
 
-    init(keys: Int) throws {
+    /// With a split placement, the CPU wrk runs on and the one everything else runs on.
+    let cpus: (client: Int, server: Int)?
+
+    init(keys: Int, cpus: (client: Int, server: Int)? = nil) throws {
+        self.cpus = cpus
         directory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "ringside-bench-\(UInt32.random(in: 0 ... .max))"
         )
@@ -338,8 +381,11 @@ final class Bench {
 
     func runWrk(url: String, seconds: Int, connections: Int) throws -> String {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: ProxyBenchmark.which("wrk")!)
-        process.arguments = ["-t1", "-c\(connections)", "-d\(seconds)s", "--latency", "-s", script.path, url]
+        (process.executableURL, process.arguments) = pinned(
+            ProxyBenchmark.which("wrk")!,
+            ["-t1", "-c\(connections)", "-d\(seconds)s", "--latency", "-s", script.path, url],
+            to: cpus?.client
+        )
         let output = Pipe()
         process.standardOutput = output
         process.standardError = output
@@ -403,10 +449,16 @@ final class Bench {
 
     // MARK: Processes
 
+    /// `path` with `arguments`, run on `cpu` when there is one (taskset sets the CPU and executes the command, so the
+    /// process keeps its PID).
+    func pinned(_ path: String, _ arguments: [String], to cpu: Int?) -> (URL, [String]) {
+        guard let cpu else { return (URL(fileURLWithPath: path), arguments) }
+        return (URL(fileURLWithPath: ProxyBenchmark.which("taskset")!), ["--cpu-list", "\(cpu)", path] + arguments)
+    }
+
     func launch(_ path: String, _ arguments: [String]) throws -> Process {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
+        (process.executableURL, process.arguments) = pinned(path, arguments, to: cpus?.server)
         process.standardOutput = FileHandle.nullDevice
         try process.run()
         started.append(process)
