@@ -125,12 +125,12 @@ extension ClusterNode {
         publish(events: [])
     }
 
-    /// Ticks the protocol at its deadlines (checking at least every 20 ms for inputs that brought them forward).
+    /// Ticks the protocol at its deadlines; an input that brings the next one forward wakes it early.
     func driveProtocol() async {
         while !lifecycle.withLockedValue({ $0.stopRequested }) && !Task.isCancelled {
-            let deadline = core.withLockedValue { $0.instance?.nextDeadline } ?? now()
-            let wait = min(max(deadline - now(), .zero), .milliseconds(20))
-            if wait > .zero { try? await Task.sleep(for: wait) }
+            let now = now()
+            let deadline = core.withLockedValue { $0.instance?.nextDeadline } ?? now
+            if deadline > now { await protocolAlarm.sleep(until: .now() + TimeAmount(deadline - now)) }
             if let directives = try? withInstance({ instance, now in instance.tick(now: now) }) {
                 perform(directives)
             }
@@ -140,26 +140,25 @@ extension ClusterNode {
     /// Resolves and joins the seeds at once, then every `rejoinInterval`.
     func rejoinSeeds() async {
         guard !configuration.seeds.isEmpty else { return }
-        var nextJoin = ContinuousClock.now
         while !lifecycle.withLockedValue({ $0.stopRequested }) && !Task.isCancelled {
-            if ContinuousClock.now >= nextJoin {
-                nextJoin = ContinuousClock.now + configuration.rejoinInterval
-                let addresses = await resolver.resolve(configuration.seeds)
-                if addresses.isEmpty {
-                    logger.warning(
-                        "no seed resolved; running alone until one does",
-                        metadata: ["ringside.seeds": "\(configuration.seeds)"]
-                    )
-                } else if let directives = try? withInstance({ $0.join(addresses: addresses, now: $1) }) {
-                    perform(directives)
-                }
+            let nextJoin = NIODeadline.now() + TimeAmount(configuration.rejoinInterval)
+            let addresses = await resolver.resolve(configuration.seeds)
+            if addresses.isEmpty {
+                logger.warning(
+                    "no seed resolved; running alone until one does",
+                    metadata: ["ringside.seeds": "\(configuration.seeds)"]
+                )
+            } else if let directives = try? withInstance({ $0.join(addresses: addresses, now: $1) }) {
+                perform(directives)
             }
-            try? await Task.sleep(for: .milliseconds(50))
+            await rejoinAlarm.sleep(until: nextJoin)
         }
     }
 
     func requestStop() {
         lifecycle.withLockedValue { $0.stopRequested = true }
+        protocolAlarm.ring()
+        rejoinAlarm.ring()
     }
 
     /// Stops without leaving, as a crashed process would: no announcement, connections dropped, the port closed.

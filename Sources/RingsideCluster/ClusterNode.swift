@@ -42,6 +42,10 @@ public final class ClusterNode: Service, Sendable {
     let resolver: SeedResolver
     let forwardedStreams: ClusterStreamInitializer?
     let forwardedConnections: ClusterStreamInitializer?
+    /// Wakes the protocol driver when an input brings the next deadline forward, or to stop.
+    let protocolAlarm: Alarm
+    /// Wakes the seed rejoiner to stop.
+    let rejoinAlarm: Alarm
 
     /// What the lock protects: the protocol, and who listens for updates.
     struct Core {
@@ -102,6 +106,8 @@ public final class ClusterNode: Service, Sendable {
         self.client = GossipClient(group: group, connectTimeout: configuration.timings.probeTimeout, logger: logger)
         self.resolver = resolver
         self.view = ManagedAtomic(View(members: [], sharder: EmptySharder()))
+        self.protocolAlarm = Alarm(loop: group.next())
+        self.rejoinAlarm = Alarm(loop: group.next())
     }
 
     // MARK: Views (lock-free)
@@ -198,12 +204,13 @@ public final class ClusterNode: Service, Sendable {
         return GossipInstant(nanoseconds: seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 
-    /// Runs `body` on the protocol instance under the lock, and brings the metrics up to date with what it did.
+    /// Runs `body` on the protocol instance under the lock, brings the metrics up to date with what it did, and wakes
+    /// the protocol driver if it brought the next deadline forward.
     func withInstance<Failure: Error>(
         _ body: (inout SWIMInstance, GossipInstant) throws(Failure) -> [MembershipDirective]
     ) throws -> [MembershipDirective] {
         let now = now()
-        return try core.withLockedValue { core throws -> [MembershipDirective] in
+        let (directives, next) = try core.withLockedValue { core throws -> ([MembershipDirective], GossipInstant) in
             guard var instance = core.instance else {
                 throw ClusterError(code: .notRunning, message: "the cluster node is not running: call run() first")
             }
@@ -211,8 +218,10 @@ public final class ClusterNode: Service, Sendable {
             let directives = try body(&instance, now)
             metrics.record(instance, since: core.counters)
             core.counters = instance.counters
-            return directives
+            return (directives, instance.nextDeadline)
         }
+        protocolAlarm.bringForward(to: .now() + TimeAmount(next - now))
+        return directives
     }
 
     func waitForDissemination() async throws {

@@ -18,7 +18,8 @@ struct ProxyBenchmark: ParsableCommand {
             (their resident memory after the run). Where the machine's time went, to read the others by: \
             backend_cpu_us_per_req (the backend nginx), client_cpu_us_per_req (wrk) and machine_busy_pct (all CPUs' \
             busy share over the run). With --rounds, the targets are measured in turn that many times and each line \
-            says its round.
+            says its round. --placement split runs wrk on one CPU and everything else on another (with taskset); each \
+            line says its placement.
             Installs nothing: on Debian, apt-get install nginx-light haproxy wrk. Build with -c release.
             """
     )
@@ -159,7 +160,8 @@ enum Placement: String, ExpressibleByArgument, CaseIterable {
         guard self == .split else { return nil }
         // "Cpus_allowed_list:\t0-1,4" in /proc/self/status.
         let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
-        let list = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }?.split(separator: "\t").last
+        let list = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }?.split(separator: "\t")
+            .last
         let allowed = (list ?? "").split(separator: ",").flatMap { range -> [Int] in
             let bounds = range.split(separator: "-").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
             guard let first = bounds.first, let last = bounds.last, first <= last else { return [] }
