@@ -220,6 +220,93 @@ struct ProcessTests {
         }
     }
 
+    /// A process out of file descriptors sets accepting aside instead of retrying at once (which would spin), and
+    /// serves again once descriptors are freed; what it holds meanwhile is not lost.
+    @Test func aProcessOutOfDescriptorsWaitsAndRecovers() async throws {
+        try await withProcesses(1) { cluster in
+            let node = cluster.nodes[0]
+            let pid = node.process.processIdentifier
+            // A connection that already has its upstream connection pooled, before the limit.
+            guard let kept = connectLoopback(port: node.app) else { throw TestFailure("no connection") }
+            defer { close(kept) }
+            let request = Array("GET / HTTP/1.1\r\nHost: app\r\nX-Shard-Key: k\r\n\r\n".utf8)
+            #expect(parseResponse(exchange(on: kept, request)).map(\.status) == 200)
+
+            let open = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count
+            let limit = try Self.descriptorLimit(of: pid)
+            try Self.limitDescriptors(of: pid, to: open + 4)
+            // Far more connections than it may accept: the kernel queues them; the process takes four and runs out.
+            let flood = (0..<40).compactMap { _ in connectLoopback(port: node.app) }
+            #expect(flood.count == 40)
+            let exhausted = await eventually {
+                (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? 0 >= open + 4
+            }
+            #expect(exhausted)
+            // Out of descriptors, it does not spin: well under half a CPU over a second of standing exhaustion (an
+            // observation window, not a wait for a condition; retrying at once used two CPUs' worth).
+            let before = Self.cpuTicks(pid)
+            let start = ContinuousClock.now
+            try await Task.sleep(for: .seconds(1))
+            let used = Double(Self.cpuTicks(pid) - before) / Double(sysconf(Int32(_SC_CLK_TCK)))
+            let window = (ContinuousClock.now - start).components
+            #expect(used < 0.5 * (Double(window.seconds) + Double(window.attoseconds) / 1e18))
+            // The connection it held is still served, over the upstream connection it pooled.
+            #expect(parseResponse(exchange(on: kept, request)).map(\.status) == 200)
+
+            for fd in flood { close(fd) }
+            try Self.limitDescriptors(of: pid, to: limit)
+            let served = await eventually { cluster.get("/", key: "k2", through: node)?.status == 200 }
+            #expect(served)
+            #expect(cluster.admin(node, "/livez") == "ok\n")
+        }
+    }
+
+    /// Sends `request` on the blocking socket `fd` and reads until a whole response arrived (five seconds at most).
+    private func exchange(on fd: Int32, _ request: [UInt8]) -> [UInt8] {
+        _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var wait = timeval(tv_sec: 0, tv_usec: 100_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, socklen_t(MemoryLayout<timeval>.size))
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < deadline, parseResponse(received) == nil {
+            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count == 0 { break }
+            if count > 0 { received += chunk.prefix(count) }
+        }
+        return received
+    }
+
+    /// Sets the soft open-file limit of another process with util-linux's prlimit (the hard one stays: raising it back needs a privilege).
+    static func limitDescriptors(of pid: Int32, to limit: Int) throws {
+        let tool = Process()
+        tool.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
+        tool.arguments = ["--pid", "\(pid)", "--nofile=\(limit):"]
+        try tool.run()
+        tool.waitUntilExit()
+        guard tool.terminationStatus == 0 else { throw TestFailure("prlimit exited \(tool.terminationStatus)") }
+    }
+
+    /// The soft open-file limit of another process (`/proc/PID/limits`).
+    static func descriptorLimit(of pid: Int32) throws -> Int {
+        let limits = try String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8)
+        guard let line = limits.split(separator: "\n").first(where: { $0.hasPrefix("Max open files") }),
+            let soft = line.split(separator: " ", omittingEmptySubsequences: true).dropFirst(3).first.flatMap({
+                Int($0)
+            })
+        else { throw TestFailure("no open-file limit in /proc/\(pid)/limits") }
+        return soft
+    }
+
+    /// User plus system CPU time of `pid` so far, in clock ticks.
+    static func cpuTicks(_ pid: Int32) -> Int {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return 0 }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0)
+    }
+
     @Test func badRequestsAreAnsweredAndTheProcessStaysHealthy() async throws {
         try await withProcesses(1) { cluster in
             let node = cluster.nodes[0]
