@@ -12,8 +12,9 @@ final class Alarm: Sendable {
         /// When the sleeper wakes by itself.
         var wakeAt: NIODeadline?
         var timer: Scheduled<Void>?
-        /// Rung while nobody slept: the next sleep returns at once.
-        var pending = false
+        /// The earliest deadline it was told of while nobody slept (now, for a ring): the next sleep ends by then. The
+        /// driver reads the protocol's deadline and then sleeps; an input between the two must not be lost.
+        var pending: NIODeadline?
     }
 
     private let state = NIOLockedValueBox(State())
@@ -27,10 +28,9 @@ final class Alarm: Sendable {
         await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 let asleep = state.withLockedValue { state in
-                    if state.pending || deadline <= .now() {
-                        state.pending = false
-                        return false
-                    }
+                    let deadline = min(deadline, state.pending ?? deadline)
+                    state.pending = nil
+                    if deadline <= .now() { return false }
                     precondition(state.sleeper == nil, "an alarm has one sleeper at a time")
                     state.sleeper = continuation
                     state.wakeAt = deadline
@@ -53,9 +53,15 @@ final class Alarm: Sendable {
     /// Whether somebody sleeps on it now.
     var hasSleeper: Bool { state.withLockedValue { $0.sleeper != nil } }
 
-    /// Wakes the sleeper if it would sleep past `deadline`.
+    /// Wakes the sleeper if it would sleep past `deadline`; with none, the next sleep ends by `deadline`.
     func bringForward(to deadline: NIODeadline) {
-        let early = state.withLockedValue { state in state.wakeAt.map { deadline < $0 } ?? false }
+        let early = state.withLockedValue { state in
+            guard let wakeAt = state.wakeAt else {
+                state.pending = min(deadline, state.pending ?? deadline)
+                return false
+            }
+            return deadline < wakeAt
+        }
         if early { ring() }
     }
 
@@ -63,7 +69,7 @@ final class Alarm: Sendable {
     func ring() {
         let (sleeper, timer) = state.withLockedValue { state in
             defer { (state.sleeper, state.timer, state.wakeAt) = (nil, nil, nil) }
-            if state.sleeper == nil { state.pending = true }
+            if state.sleeper == nil { state.pending = .now() }
             return (state.sleeper, state.timer)
         }
         timer?.cancel()

@@ -66,6 +66,14 @@ struct AlarmTests {
         #expect(await Self.endsPromptly(Self.sleeper(alarm)))
     }
 
+    /// An input that brings the deadline forward between the driver reading it and going to sleep is not lost: the
+    /// sleep that follows ends by the earlier deadline.
+    @Test func anEarlierDeadlineWhileNobodySleepsShortensTheNextSleep() async {
+        let alarm = Alarm(loop: MultiThreadedEventLoopGroup.singleton.next())
+        alarm.bringForward(to: .now())
+        #expect(await Self.endsPromptly(Self.sleeper(alarm)))
+    }
+
     @Test func cancellingTheTaskWakesIt() async throws {
         let alarm = Alarm(loop: MultiThreadedEventLoopGroup.singleton.next())
         let task = Self.sleeper(alarm)
