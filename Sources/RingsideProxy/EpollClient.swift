@@ -18,8 +18,6 @@ final class EpollClient: EpollSocket {
     @exclusivity(unchecked) private var reader: RequestReader
     @exclusivity(unchecked) private var exchange: Exchange?
     @exclusivity(unchecked) private var out = OutboundQueue()
-    @exclusivity(unchecked) private var readable = false
-    @exclusivity(unchecked) private var writable = true
     /// Reads wait for the current exchange to end (the next request is here already).
     @exclusivity(unchecked) private var holdForTurn = false
     /// Reads wait for the upstream to take the body bytes queued for it.
@@ -53,45 +51,27 @@ final class EpollClient: EpollSocket {
     // MARK: Events
 
     override func ready(_ events: UInt32) {
-        if events & (ringside_epollin | ringside_epollrdhup | ringside_epollhup | ringside_epollerr) != 0 {
-            readable = true
-        }
-        if events & ringside_epollout != 0 {
-            writable = true
-            flushOut()
-        }
+        if note(events) { flushOut() }
         pumpReads()
     }
 
     override func resumed() { pumpReads() }
 
     private func pumpReads() {
-        var reads = 0
-        while readable, !holdForTurn, !holdForUpstream, !closing, !handingOff, fd >= 0 {
-            guard reads < EpollLoop.readsPerTurn else {
-                loop.again(self)
-                return
-            }
-            reads += 1
-            let (result, buffer) = loop.read(fd)
-            switch result {
-            case .bytes(let count):
-                if count < EpollLoop.readSize { readable = false }
+        let open = pumpReads(
+            while: { !self.holdForTurn && !self.holdForUpstream && !self.closing && !self.handingOff },
+            into: { buffer in
                 received(buffer)
-            case .wouldBlock:
-                readable = false
-            case .closed, .failed:
-                close()
-                return
+                // Body bytes go on as they come; reads wait while too many of them wait for the upstream.
+                guard let upstream = exchange?.upstream, upstream.queuedBytes > 0 else { return }
+                upstream.flush()
+                if upstream.queuedBytes > Self.highWater {
+                    holdForUpstream = true
+                    upstream.notifyWhenDrained()
+                }
             }
-            // Body bytes go on as they come; reads wait while too many of them wait for the upstream.
-            guard let upstream = exchange?.upstream, upstream.queuedBytes > 0 else { continue }
-            upstream.flush()
-            if upstream.queuedBytes > Self.highWater {
-                holdForUpstream = true
-                upstream.notifyWhenDrained()
-            }
-        }
+        )
+        if !open { close() }
     }
 
     /// The upstream took the request bytes queued for it.

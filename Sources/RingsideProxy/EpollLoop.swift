@@ -17,14 +17,54 @@ class EpollSocket {
     @exclusivity(unchecked) var token = -1
     /// The loop outlives every socket it holds: it closes them all before it ends.
     unowned(unsafe) let loop: EpollLoop
+    /// The socket may have bytes to read: set by epoll's edge, cleared by a short read or one that would block.
+    @exclusivity(unchecked) var readable = false
+    /// The socket has room to write: cleared by a write that could not finish, set by epoll's edge.
+    @exclusivity(unchecked) var writable: Bool
 
-    init(fd: CInt, loop: EpollLoop) {
+    init(fd: CInt, writable: Bool = true, loop: EpollLoop) {
         self.fd = fd
+        self.writable = writable
         self.loop = loop
     }
 
     /// What epoll reported for this socket.
     func ready(_ events: UInt32) {}
+
+    /// Notes what epoll reported; returns whether it reported room to write.
+    final func note(_ events: UInt32) -> Bool {
+        if events & (ringside_epollin | ringside_epollrdhup | ringside_epollhup | ringside_epollerr) != 0 {
+            readable = true
+        }
+        guard events & ringside_epollout != 0 else { return false }
+        writable = true
+        return true
+    }
+
+    /// Reads while the socket may have bytes and `mayRead` holds, handing each read's bytes to `received`; after
+    /// ``EpollLoop/readsPerTurn`` reads in a row it lets the other sockets have a turn first. Returns false when the
+    /// peer closed or the read failed.
+    final func pumpReads(while mayRead: () -> Bool, into received: (ByteBuffer) -> Void) -> Bool {
+        var reads = 0
+        while readable, fd >= 0, mayRead() {
+            guard reads < EpollLoop.readsPerTurn else {
+                loop.again(self)
+                return true
+            }
+            reads += 1
+            let (result, buffer) = loop.read(fd)
+            switch result {
+            case .bytes(let count):
+                if count < EpollLoop.readSize { readable = false }
+                received(buffer)
+            case .wouldBlock:
+                readable = false
+            case .closed, .failed:
+                return false
+            }
+        }
+        return true
+    }
 
     /// Called after the event that asked for it with ``EpollLoop/later(_:)``: reads that were held may go on.
     func resumed() {}

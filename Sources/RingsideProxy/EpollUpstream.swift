@@ -16,8 +16,6 @@ final class EpollUpstream: EpollSocket {
     @exclusivity(unchecked) private var framer = ResponseFramer()
     @exclusivity(unchecked) private var client: EpollClient?
     @exclusivity(unchecked) private var out = OutboundQueue()
-    @exclusivity(unchecked) private var readable = false
-    @exclusivity(unchecked) private var writable: Bool
     @exclusivity(unchecked) private var readsPaused = false
     /// The client waits for the queued request bytes to go out before it reads more.
     @exclusivity(unchecked) private var clientWaits = false
@@ -25,9 +23,8 @@ final class EpollUpstream: EpollSocket {
     init(fd: CInt, route: ProxyRoute, connected: Bool, connectDeadline: NIODeadline, loop: EpollLoop) {
         self.route = route
         isConnecting = !connected
-        writable = connected
         self.connectDeadline = connectDeadline
-        super.init(fd: fd, loop: loop)
+        super.init(fd: fd, writable: connected, loop: loop)
     }
 
     /// Starts an exchange for `client`; `expectsBody` is false for a HEAD request.
@@ -97,13 +94,7 @@ final class EpollUpstream: EpollSocket {
             isConnecting = false
             writable = true
         }
-        if events & (ringside_epollin | ringside_epollrdhup | ringside_epollhup | ringside_epollerr) != 0 {
-            readable = true
-        }
-        if events & ringside_epollout != 0 {
-            writable = true
-            flush()
-        }
+        if note(events) { flush() }
         pumpReads()
     }
 
@@ -123,27 +114,15 @@ final class EpollUpstream: EpollSocket {
     }
 
     private func pumpReads() {
-        var reads = 0
-        while readable, !readsPaused, fd >= 0 {
-            guard reads < EpollLoop.readsPerTurn else {
-                loop.again(self)
-                return
-            }
-            reads += 1
-            let (result, buffer) = loop.read(fd)
-            switch result {
-            case .bytes(let count):
-                if count < EpollLoop.readSize { readable = false }
+        let open = pumpReads(
+            while: { !self.readsPaused },
+            into: { buffer in
                 handle(buffer)
                 // Written to the client as it comes; the client pauses these reads when it falls behind.
                 client?.upstreamReadComplete()
-            case .wouldBlock:
-                readable = false
-            case .closed, .failed:
-                closedByPeer()
-                return
             }
-        }
+        )
+        if !open { closedByPeer() }
     }
 
     private func handle(_ bytes: ByteBuffer) {
