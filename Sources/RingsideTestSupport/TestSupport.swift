@@ -1,3 +1,4 @@
+import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
@@ -226,20 +227,11 @@ public func streamingExchange(
 ) -> (status: Int, bodyBytes: Int, bodyPrefix: String)? {
     guard let fd = connectLoopback(port: port) else { return nil }
     defer { close(fd) }
-    func sendAll(_ bytes: [UInt8]) -> Bool {
-        var offset = 0
-        while offset < bytes.count {
-            let sent = bytes[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if sent <= 0 { return false }
-            offset += sent
-        }
-        return true
-    }
-    guard sendAll(Array(head.utf8)) else { return nil }
+    guard sendAll(fd, Array(head.utf8)) else { return nil }
     let chunk = [UInt8](repeating: 0xA5, count: 256 << 10)
     var remaining = uploadBytes
     while remaining > 0 {
-        guard sendAll(Array(chunk.prefix(remaining))) else { return nil }
+        guard sendAll(fd, Array(chunk.prefix(remaining))) else { return nil }
         remaining -= min(remaining, chunk.count)
     }
     var received: [UInt8] = []
@@ -268,6 +260,57 @@ public func streamingExchange(
         }
     }
     return (status, body, String(decoding: prefix, as: UTF8.self))
+}
+
+/// Sends all of `bytes` on the blocking socket `fd`; false if the connection broke first.
+@discardableResult
+public func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+    var offset = 0
+    while offset < bytes.count {
+        let sent = bytes[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if sent <= 0 { return false }
+        offset += sent
+    }
+    return true
+}
+
+/// Reads from the blocking socket `fd` into `bytes` until `done` holds for what came, the peer closes, or `timeout`
+/// passes.
+public func receive(
+    _ fd: Int32,
+    into bytes: inout [UInt8],
+    timeout: Duration = .seconds(5),
+    until done: ([UInt8]) -> Bool
+) {
+    var wait = timeval(tv_sec: 0, tv_usec: 100_000)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, socklen_t(MemoryLayout<timeval>.size))
+    let deadline = ContinuousClock.now + timeout
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while !done(bytes), ContinuousClock.now < deadline {
+        let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if count == 0 { return }
+        if count > 0 { bytes += chunk[0..<count] }
+    }
+}
+
+/// User and system CPU time of process `pid` so far, in clock ticks (`/proc/PID/stat`; zeros if it is gone).
+public func processCPUTicks(_ pid: Int32) -> (user: Int, system: Int) {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = stat.lastIndex(of: ")")
+    else { return (0, 0) }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    // After the command name: state is field 3, utime 14, stime 15.
+    guard fields.count > 12, let user = Int(fields[11]), let system = Int(fields[12]) else { return (0, 0) }
+    return (user, system)
+}
+
+/// A memory figure of process `pid` from `/proc/PID/status` (`VmRSS`, `VmHWM`, …), in MiB; nil if there is none.
+public func processMemoryMegabytes(_ pid: Int32, _ field: String) -> Double? {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+        let line = status.split(separator: "\n").first(where: { $0.hasPrefix("\(field):") }),
+        let kilobytes = Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+    else { return nil }
+    return kilobytes / 1024
 }
 
 /// A blocking TCP socket connected to 127.0.0.1:`port`, or nil. The caller closes it.

@@ -324,15 +324,15 @@ final class Bench {
     ) throws -> ResultRow {
         // A short warm-up fills connection pools.
         _ = try runWrk(url: url, seconds: 2, connections: connections)
-        let before = pids.map(Self.cpuTicks).reduce((0, 0)) { ($0.0 + $1.user, $0.1 + $1.system) }
-        let backendBefore = backendPIDs.map(Self.cpuTicks).reduce(0) { $0 + $1.user + $1.system }
+        let before = pids.map(processCPUTicks).reduce((0, 0)) { ($0.0 + $1.user, $0.1 + $1.system) }
+        let backendBefore = backendPIDs.map(processCPUTicks).reduce(0) { $0 + $1.user + $1.system }
         let clientBefore = Self.childrenCPUMicroseconds()
         let machineBefore = Self.machineTicks()
         let output = try runWrk(url: url, seconds: duration, connections: connections)
         let machineAfter = Self.machineTicks()
         let clientAfter = Self.childrenCPUMicroseconds()
-        let backendAfter = backendPIDs.map(Self.cpuTicks).reduce(0) { $0 + $1.user + $1.system }
-        let after = pids.map(Self.cpuTicks).reduce((0, 0)) { ($0.0 + $1.user, $0.1 + $1.system) }
+        let backendAfter = backendPIDs.map(processCPUTicks).reduce(0) { $0 + $1.user + $1.system }
+        let after = pids.map(processCPUTicks).reduce((0, 0)) { ($0.0 + $1.user, $0.1 + $1.system) }
         let rps = Self.lastNumber(onLineContaining: "Requests/sec:", in: output) ?? 0
         let requests = Self.firstNumber(onLineContaining: " requests in ", in: output) ?? rps * Double(duration)
         var row = ResultRow()
@@ -345,7 +345,10 @@ final class Bench {
         let user = perRequest(after.0 - before.0)
         let system = perRequest(after.1 - before.1)
         row["cpu_us_per_req"] = .number(pids.isEmpty ? .nan : user + system, decimals: 1)
-        row["rss_mb"] = .number(pids.isEmpty ? .nan : pids.map(Self.residentMegabytes).reduce(0, +), decimals: 1)
+        row["rss_mb"] = .number(
+            pids.isEmpty ? .nan : pids.map { processMemoryMegabytes($0, "VmRSS") ?? 0 }.reduce(0, +),
+            decimals: 1
+        )
         row["errors"] = .integer(Int(Self.lastNumber(onLineContaining: "Non-2xx or 3xx responses:", in: output) ?? 0))
         // The split of cpu_us_per_req: the proxy's own code, and the kernel's work for it (system calls, TCP).
         row["cpu_user_us_per_req"] = .number(pids.isEmpty ? .nan : user, decimals: 1)
@@ -422,25 +425,6 @@ final class Bench {
             if let number = Double(value.dropLast(suffix.count)) { return number * scale }
         }
         return nil
-    }
-
-    /// User and system CPU time of a process so far, in clock ticks.
-    static func cpuTicks(_ pid: Int32) -> (user: Int, system: Int) {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return (0, 0) }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        // After the command name: state is field 3, utime 14, stime 15.
-        guard fields.count > 12, let user = Int(fields[11]), let system = Int(fields[12]) else { return (0, 0) }
-        return (user, system)
-    }
-
-    static func residentMegabytes(_ pid: Int32) -> Double {
-        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
-            let kilobytes = Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
-        else { return 0 }
-        return kilobytes / 1024
     }
 
     /// `pid` and its child processes (nginx's workers).

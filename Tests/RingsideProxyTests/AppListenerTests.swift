@@ -20,44 +20,14 @@ struct NamedPeerRouter: ProxyRouter {
 
 @Suite("The app listener's life and hand-overs")
 struct AppListenerTests {
-    /// Reads from `fd` until `done` holds for what came, the peer closes, or 5 s pass.
-    func read(_ fd: Int32, into bytes: inout [UInt8], until done: ([UInt8]) -> Bool) {
-        var wait = timeval(tv_sec: 0, tv_usec: 100_000)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, socklen_t(MemoryLayout<timeval>.size))
-        let deadline = ContinuousClock.now + .seconds(5)
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while !done(bytes), ContinuousClock.now < deadline {
-            let count = Glibc.read(fd, &chunk, chunk.count)
-            if count == 0 { return }
-            if count > 0 { bytes += chunk[0..<count] }
-        }
-    }
-
-    func send(_ fd: Int32, _ text: String) {
-        let bytes = Array(text.utf8)
-        _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-    }
+    func send(_ fd: Int32, _ text: String) { sendAll(fd, Array(text.utf8)) }
 
     @Test(arguments: AppIO.allCases)
     func closingTurnsNewConnectionsAwayAndLetsTheRequestUnderWayFinish(io: AppIO) async throws {
         let backend = try await EchoBackend.start()
         defer { backend.channel.close(promise: nil) }
-        var configuration = proxyConfiguration()
-        configuration.appIO = io
-        let upstreams = ClusterUpstreams(
-            backendHost: "127.0.0.1",
-            backendPort: backend.port,
-            configuration: configuration
-        )
+        let (proxy, upstreams) = try await startProxy(io: io, backendPort: backend.port)
         defer { upstreams.shutdown() }
-        let proxy = try await AppServer.bind(
-            host: "127.0.0.1",
-            port: 0,
-            group: MultiThreadedEventLoopGroup.singleton,
-            configuration: configuration,
-            router: LocalRouter(),
-            upstreams: upstreams
-        )
         let port = try #require(proxy.localAddress?.port)
         let fd = try #require(connectLoopback(port: port))
         defer { close(fd) }
@@ -65,7 +35,7 @@ struct AppListenerTests {
         // way end to end.
         send(fd, "POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\nhello")
         var bytes: [UInt8] = []
-        read(fd, into: &bytes) { String(decoding: $0, as: UTF8.self).contains("hello") }
+        receive(fd, into: &bytes) { String(decoding: $0, as: UTF8.self).contains("hello") }
         #expect(String(decoding: bytes, as: UTF8.self).hasPrefix("HTTP/1.1 200 OK\r\n"))
 
         async let closed: Void = proxy.close()
@@ -77,7 +47,7 @@ struct AppListenerTests {
         #expect(refused, "new connections are refused once the listener closes")
 
         send(fd, "world")
-        read(fd, into: &bytes) { String(decoding: $0, as: UTF8.self).hasSuffix("0\r\n\r\n") }
+        receive(fd, into: &bytes) { String(decoding: $0, as: UTF8.self).hasSuffix("0\r\n\r\n") }
         try await closed
         let text = String(decoding: bytes, as: UTF8.self)
         #expect(text.hasSuffix("0\r\n\r\n"), "the response under way ends properly")
@@ -88,21 +58,7 @@ struct AppListenerTests {
     func closingClosesTheUpstreamConnectionsItKept(io: AppIO) async throws {
         let backend = try await CannedBackend.start(answer: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         defer { backend.channel.close(promise: nil) }
-        var configuration = proxyConfiguration()
-        configuration.appIO = io
-        let upstreams = ClusterUpstreams(
-            backendHost: "127.0.0.1",
-            backendPort: backend.port,
-            configuration: configuration
-        )
-        let proxy = try await AppServer.bind(
-            host: "127.0.0.1",
-            port: 0,
-            group: MultiThreadedEventLoopGroup.singleton,
-            configuration: configuration,
-            router: LocalRouter(),
-            upstreams: upstreams
-        )
+        let (proxy, upstreams) = try await startProxy(io: io, backendPort: backend.port)
         let port = try #require(proxy.localAddress?.port)
         let raw = rawExchange(
             port: port,

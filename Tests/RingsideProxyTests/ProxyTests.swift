@@ -31,20 +31,11 @@ func withProxy(
     _ body: (_ proxyPort: Int) async throws -> Void
 ) async throws {
     let backend = try await EchoBackend.start()
-    let upstreams = ClusterUpstreams(
-        backendHost: "127.0.0.1",
-        backendPort: backendPort ?? backend.port,
-        configuration: configuration
-    )
-    var configuration = configuration
-    configuration.appIO = io
-    let proxy = try await AppServer.bind(
-        host: "127.0.0.1",
-        port: 0,
-        group: MultiThreadedEventLoopGroup.singleton,
+    let (proxy, upstreams) = try await startProxy(
+        io: io,
         configuration: configuration,
         router: router,
-        upstreams: upstreams
+        backendPort: backendPort ?? backend.port
     )
     do {
         try await body(proxy.localAddress!.port!)
@@ -56,6 +47,32 @@ func withProxy(
     try await proxy.close()
     upstreams.shutdown()
     try await backend.channel.close()
+}
+
+/// An app listener on a free port of 127.0.0.1 with `io`, routing with `router` to the backend at `backendPort`.
+/// The caller closes the listener, then shuts the upstreams down.
+func startProxy(
+    io: AppIO,
+    configuration: ProxyConfiguration = proxyConfiguration(),
+    router: any ProxyRouter = LocalRouter(),
+    backendPort: Int
+) async throws -> (listener: any AppListener, upstreams: ClusterUpstreams) {
+    var configuration = configuration
+    configuration.appIO = io
+    let upstreams = ClusterUpstreams(
+        backendHost: "127.0.0.1",
+        backendPort: backendPort,
+        configuration: configuration
+    )
+    let listener = try await AppServer.bind(
+        host: "127.0.0.1",
+        port: 0,
+        group: MultiThreadedEventLoopGroup.singleton,
+        configuration: configuration,
+        router: router,
+        upstreams: upstreams
+    )
+    return (listener, upstreams)
 }
 
 /// The test proxy's configuration, adjusted.

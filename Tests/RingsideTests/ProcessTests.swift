@@ -84,12 +84,7 @@ final class RingsideProcesses {
 
     /// The most memory the process of `node` has had resident (VmHWM), in MiB.
     func peakResidentMegabytes(_ node: Node) -> Double? {
-        guard
-            let status = try? String(contentsOfFile: "/proc/\(node.process.processIdentifier)/status", encoding: .utf8),
-            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
-            let kilobytes = Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
-        else { return nil }
-        return kilobytes / 1024
+        processMemoryMegabytes(node.process.processIdentifier, "VmHWM")
     }
 
     func kill(_ node: Node) {
@@ -244,10 +239,12 @@ struct ProcessTests {
             #expect(exhausted)
             // Out of descriptors, it does not spin: well under half a CPU over a second of standing exhaustion (an
             // observation window, not a wait for a condition; retrying at once used two CPUs' worth).
-            let before = Self.cpuTicks(pid)
+            let before = processCPUTicks(pid)
             let start = ContinuousClock.now
             try await Task.sleep(for: .seconds(1))
-            let used = Double(Self.cpuTicks(pid) - before) / Double(sysconf(Int32(_SC_CLK_TCK)))
+            let after = processCPUTicks(pid)
+            let ticks = after.user + after.system - before.user - before.system
+            let used = Double(ticks) / Double(sysconf(Int32(_SC_CLK_TCK)))
             let window = (ContinuousClock.now - start).components
             #expect(used < 0.5 * (Double(window.seconds) + Double(window.attoseconds) / 1e18))
             // The connection it held is still served, over the upstream connection it pooled.
@@ -263,17 +260,9 @@ struct ProcessTests {
 
     /// Sends `request` on the blocking socket `fd` and reads until a whole response arrived (five seconds at most).
     private func exchange(on fd: Int32, _ request: [UInt8]) -> [UInt8] {
-        _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        var wait = timeval(tv_sec: 0, tv_usec: 100_000)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, socklen_t(MemoryLayout<timeval>.size))
+        sendAll(fd, request)
         var received: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        let deadline = ContinuousClock.now + .seconds(5)
-        while ContinuousClock.now < deadline, parseResponse(received) == nil {
-            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if count == 0 { break }
-            if count > 0 { received += chunk.prefix(count) }
-        }
+        receive(fd, into: &received) { parseResponse($0) != nil }
         return received
     }
 
@@ -296,15 +285,6 @@ struct ProcessTests {
             })
         else { throw TestFailure("no open-file limit in /proc/\(pid)/limits") }
         return soft
-    }
-
-    /// User plus system CPU time of `pid` so far, in clock ticks.
-    static func cpuTicks(_ pid: Int32) -> Int {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return 0 }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        return (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0)
     }
 
     @Test func badRequestsAreAnsweredAndTheProcessStaysHealthy() async throws {
