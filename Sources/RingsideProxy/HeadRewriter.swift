@@ -232,7 +232,7 @@ struct HeadRewriter {
         }
         if !hasHost {
             head.writeStaticString("host: ")
-            head.writeString(localAddress?.description ?? "ringside")
+            head.writeString(HeaderHygiene.authority(of: localAddress))
             head.writeStaticString("\r\n")
         }
 

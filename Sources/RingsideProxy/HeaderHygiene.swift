@@ -1,3 +1,4 @@
+import NIOCore
 import NIOHTTP1
 
 /// The header rules of a well-behaved proxy (RFC 9110 §7.6).
@@ -21,6 +22,20 @@ enum HeaderHygiene {
         "connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "proxy-authenticate",
         "proxy-authorization", "trailer",
     ]
+
+    /// The `Host` given to a request that came without one (HTTP/1.0 allows that): the address the client reached, as
+    /// `host:port` (`[address]:port` for IPv6).
+    static func authority(of address: SocketAddress?) -> String {
+        guard let address, let ip = address.ipAddress, let port = address.port else { return "localhost" }
+        if case .v6 = address { return "[\(ip)]:\(port)" }
+        return "\(ip):\(port)"
+    }
+
+    /// Whether a request's `Transfer-Encoding` is one this proxy can pass on: chunked alone. Any other coding would be
+    /// forwarded undecoded under a header that no longer names it, so it is refused (501, RFC 9112 §6.1).
+    static func isChunkedAlone(_ codings: [Substring]) -> Bool {
+        codings.count == 1 && codings[0].lowercased() == "chunked"
+    }
 
     /// Removes hop-by-hop headers and the ones `Connection` lists. Keeps `TE: trailers` (gRPC needs it end to end).
     static func removeHopByHop(from headers: inout HTTPHeaders) {

@@ -182,6 +182,12 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
             refuse(.badRequest, "a request may not carry both Content-Length and Transfer-Encoding", closing: true)
             return
         }
+        let codings = head.headers[canonicalForm: "transfer-encoding"]
+        if !codings.isEmpty, !HeaderHygiene.isChunkedAlone(codings) {
+            recordRefusal(.notImplemented)
+            refuse(.notImplemented, "the only transfer coding this proxy passes on is chunked", closing: true)
+            return
+        }
         if let length = head.headers.first(name: "content-length").flatMap(Int.init),
             length > configuration.maxBodyBytes
         {
@@ -234,7 +240,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
         )
         forwarded.headers.remove(name: "expect")
         if !forwarded.headers.contains(name: "host") {
-            forwarded.headers.add(name: "host", value: context.channel.localAddress?.description ?? "ringside")
+            forwarded.headers.add(name: "host", value: HeaderHygiene.authority(of: context.channel.localAddress))
         }
         // The request's time: this node's limit, or less if the node that forwarded it has less left.
         var budget = TimeAmount(configuration.requestTimeout)

@@ -310,6 +310,35 @@ struct RelayHandOffTests {
         }
     }
 
+    @Test(arguments: AppIO.allCases) func aRequestWithoutHostIsGivenTheAddressItReached(io: AppIO) async throws {
+        try await withProxy(io: io) { port in
+            // HTTP/1.1 without Host is the backend's to refuse; HTTP/1.0 may leave it out. Both reach the backend with
+            // a Host it can parse.
+            for version in ["1.1", "1.0"] {
+                let bare = request("GET /bare HTTP/\(version)\n\n")
+                let raw = rawExchange(port: port, bare, untilClosed: version == "1.0")
+                let response = try #require(parseResponse(raw.bytes))
+                #expect(response.status == 200)
+                #expect(response.header("x-echo-h-host") == "127.0.0.1:\(port)")
+            }
+        }
+    }
+
+    @Test(arguments: AppIO.allCases) func transferCodingsOtherThanChunkedAre501(io: AppIO) async throws {
+        try await withProxy(io: io) { port in
+            // Passed on, "gzip" would be dropped with the hop-by-hop header and the backend would read the compressed
+            // bytes as the body.
+            let raw = rawExchange(
+                port: port,
+                request("POST / HTTP/1.1\nHost: app\nTransfer-Encoding: gzip, chunked\n\n3\nabc\n0\n\n"),
+                untilClosed: true
+            )
+            let response = try #require(parseResponse(raw.bytes))
+            #expect(response.status == 501)
+            #expect(response.header("x-echo-uri") == nil)
+        }
+    }
+
     @Test(arguments: AppIO.allCases) func aChunkedUploadIsHandedOverAndTheConnectionGoesOn(io: AppIO) async throws {
         try await withProxy(io: io) { port in
             let raw = rawExchange(
