@@ -23,14 +23,18 @@ struct AdminOptions: ParsableArguments {
             response = try await AdminClient.get(path, host: target.host, port: target.port)
         } catch {
             FileHandle.standardError.write(
-                Data("ringside: cannot reach the admin plane at \(address): \(error)\n".utf8)
+                Data("ringside: cannot reach the admin plane at \(address): \(AdminClient.reason(error))\n".utf8)
             )
             throw ExitCode(1)
         }
         if (200..<300).contains(response.status) {
             print(response.body, terminator: response.body.hasSuffix("\n") ? "" : "\n")
         } else {
-            FileHandle.standardError.write(Data("ringside: \(response.status): \(response.body)".utf8))
+            let body = response.body.trimmingCharacters(in: .whitespacesAndNewlines)
+            let detail = body.isEmpty ? "" : ": \(body)"
+            FileHandle.standardError.write(
+                Data("ringside: the admin plane at \(address) answered \(response.status)\(detail)\n".utf8)
+            )
             throw ExitCode(1)
         }
     }
@@ -71,6 +75,19 @@ struct LookupCommand: AsyncParsableCommand {
 
 /// One GET over HTTP/1.1, for the admin commands and the demo.
 enum AdminClient {
+    /// Why a connection failed, in the words of the system ("Connection refused") rather than NIO's types.
+    static func reason(_ error: any Error) -> String {
+        if let failure = error as? NIOConnectionError {
+            if let first = failure.connectionErrors.first?.error { return reason(first) }
+            if failure.dnsAError != nil || failure.dnsAAAAError != nil { return "cannot resolve \(failure.host)" }
+        }
+        if let failure = error as? IOError { return String(cString: strerror(failure.errnoCode)) }
+        if case ChannelError.connectTimeout(let timeout) = error {
+            return "no connection within \(timeout.nanoseconds / 1_000_000) ms"
+        }
+        return "\(error)"
+    }
+
     struct Response {
         var status: Int
         var headers: HTTPHeaders

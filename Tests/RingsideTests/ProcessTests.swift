@@ -287,6 +287,44 @@ struct ProcessTests {
         return soft
     }
 
+    @Test func theAdminCommandsAskARunningNodeAndSayWhyWhenNoneAnswers() async throws {
+        try await withProcesses(1) { cluster in
+            let admin = "127.0.0.1:\(cluster.nodes[0].admin)"
+            let lookup = try Self.runRingside(["lookup", "customer-42", "--admin", admin])
+            #expect(lookup.status == 0)
+            #expect(lookup.output.contains("\"key\":\"customer-42\""))
+            #expect(lookup.output.contains("\"name\":\"node-0\""))
+            let state = try Self.runRingside(["state", "--admin", admin])
+            #expect(state.status == 0)
+            #expect(state.output.contains("\"participant\":1"))
+            let nobody = try Self.runRingside(["peers", "--admin", "127.0.0.1:\(freePort())"])
+            #expect(nobody.status == 1)
+            #expect(nobody.errors.contains("cannot reach the admin plane at 127.0.0.1:"))
+            #expect(nobody.errors.contains("Connection refused"))
+            let unknown = try Self.runRingside(["state", "--admin", "nonsense"])
+            #expect(unknown.status == 2)
+        }
+    }
+
+    /// Runs `ringside` with `arguments` to its end.
+    static func runRingside(_ arguments: [String]) throws -> (status: Int32, output: String, errors: String) {
+        let process = Process()
+        process.executableURL = RingsideProcesses.binary
+        process.arguments = arguments
+        let output = Pipe()
+        let errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        try process.run()
+        let outputData = output.fileHandleForReading.readDataToEndOfFile()
+        let errorData = errors.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (
+            process.terminationStatus, String(decoding: outputData, as: UTF8.self),
+            String(decoding: errorData, as: UTF8.self)
+        )
+    }
+
     @Test func badRequestsAreAnsweredAndTheProcessStaysHealthy() async throws {
         try await withProcesses(1) { cluster in
             let node = cluster.nodes[0]
