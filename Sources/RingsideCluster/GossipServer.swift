@@ -18,6 +18,9 @@ public typealias ClusterStreamInitializer = @Sendable (any Channel) throws -> Vo
 enum GossipServer {
     static let path = "/ringside/v1/gossip"
 
+    /// How long a new connection to the cluster port has to say whether it speaks HTTP/2 or HTTP/1.1.
+    static let prefaceTimeout = TimeAmount.seconds(10)
+
     /// Binds the listener.
     static func bind(
         to address: HostAndPort,
@@ -39,6 +42,7 @@ enum GossipServer {
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         ProtocolSniffer(
+                            timeout: prefaceTimeout,
                             http1: { channel in
                                 guard let forwardedConnections else {
                                     throw ChannelError.inappropriateOperationForState

@@ -12,12 +12,40 @@ public final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandl
 
     private let http1: (any Channel) throws -> Void
     private let http2: (any Channel) throws -> Void
+    private let timeout: TimeAmount?
     private var buffered: ByteBuffer?
+    private var deadline: Scheduled<Void>?
 
-    /// A sniffer that calls `http1` or `http2` (on the channel's event loop) to set the pipeline up.
-    public init(http1: @escaping (any Channel) throws -> Void, http2: @escaping (any Channel) throws -> Void) {
+    /// A sniffer that calls `http1` or `http2` (on the channel's event loop) to set the pipeline up. With a `timeout`,
+    /// a connection that has not told which it speaks by then (it sent nothing, or part of the preface) is closed.
+    public init(
+        timeout: TimeAmount? = nil,
+        http1: @escaping (any Channel) throws -> Void,
+        http2: @escaping (any Channel) throws -> Void
+    ) {
+        self.timeout = timeout
         self.http1 = http1
         self.http2 = http2
+    }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { startClock(context) }
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        startClock(context)
+        context.fireChannelActive()
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+    }
+
+    private func startClock(_ context: ChannelHandlerContext) {
+        guard let timeout, deadline == nil else { return }
+        let channel = context.channel
+        deadline = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -45,27 +73,90 @@ public final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandl
     }
 
     /// Sets `channel` up as an HTTP/2 server connection (h2c) whose every stream speaks HTTP/1-style parts to a handler
-    /// that `makeHandler` makes for it.
+    /// that `makeHandler` makes for it. With an `idleTimeout`, a connection with no open stream for that long is sent a
+    /// GOAWAY and closed (see ``HTTP2IdleTimer``).
     public static func configureHTTP2Streams(
         _ channel: any Channel,
+        idleTimeout: TimeAmount? = nil,
         handler makeHandler: @escaping @Sendable () -> any ChannelHandler
     ) throws {
+        let timer = idleTimeout.map { HTTP2IdleTimer(channel: channel, timeout: $0) }
         _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
             mode: .server,
             connectionConfiguration: .init(),
             streamConfiguration: .init(),
             inboundStreamInitializer: { stream in
                 stream.eventLoop.makeCompletedFuture {
+                    timer?.opened(stream)
                     try stream.pipeline.syncOperations.addHandlers([
                         HTTP2FramePayloadToHTTP1ServerCodec(), makeHandler(),
                     ])
                 }
             }
         )
+        timer?.arm()
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
         buffered = nil
         context.fireChannelInactive()
+    }
+}
+
+/// Closes an HTTP/2 connection once it has had no open stream for a while, as an idle HTTP/1.1 keep-alive connection is
+/// closed: a GOAWAY naming the last stream it took (so a client that was opening another knows to retry it
+/// elsewhere), then the close. Without it, a client that opened a connection and went quiet held it for good, and so
+/// did one whose headers broke a connection rule: NIO answers that with a GOAWAY but leaves the connection open.
+///
+/// Everything here runs on the connection's event loop.
+final class HTTP2IdleTimer: @unchecked Sendable {
+    private let channel: any Channel
+    private let timeout: TimeAmount
+    private var open = 0
+    private var lastStream = HTTP2StreamID(0)
+    private var expiry: Scheduled<Void>?
+
+    init(channel: any Channel, timeout: TimeAmount) {
+        self.channel = channel
+        self.timeout = timeout
+        channel.closeFuture.whenComplete { _ in self.disarm() }
+    }
+
+    /// A stream opened: the connection is not idle until it and any others have closed.
+    func opened(_ stream: any Channel) {
+        channel.eventLoop.preconditionInEventLoop()
+        open += 1
+        if let id = try? stream.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID), id > lastStream {
+            lastStream = id
+        }
+        disarm()
+        stream.closeFuture.whenComplete { _ in
+            self.open -= 1
+            if self.open == 0 { self.arm() }
+        }
+    }
+
+    /// Starts the wait for the idle connection's end.
+    func arm() {
+        channel.eventLoop.preconditionInEventLoop()
+        disarm()
+        guard channel.isActive else { return }
+        expiry = channel.eventLoop.scheduleTask(in: timeout) { self.expire() }
+    }
+
+    private func disarm() {
+        expiry?.cancel()
+        expiry = nil
+    }
+
+    private func expire() {
+        expiry = nil
+        guard open == 0, channel.isActive else { return }
+        let goAway = HTTP2Frame(
+            streamID: .rootStream,
+            payload: .goAway(lastStreamID: lastStream, errorCode: .noError, opaqueData: nil)
+        )
+        let channel = self.channel
+        channel.writeAndFlush(goAway).whenComplete { _ in channel.close(promise: nil) }
     }
 }

@@ -36,9 +36,13 @@ public enum AppServer {
         let pipeline: @Sendable (any Channel) throws -> Void = { channel in
             try channel.pipeline.syncOperations.addHandler(
                 ProtocolSniffer(
+                    timeout: TimeAmount(configuration.headerReadTimeout),
                     http1: http1,
                     http2: { channel in
-                        try ProtocolSniffer.configureHTTP2Streams(channel) {
+                        try ProtocolSniffer.configureHTTP2Streams(
+                            channel,
+                            idleTimeout: TimeAmount(configuration.idleTimeout)
+                        ) {
                             ProxyHandler(
                                 configuration: configuration,
                                 plane: .app,

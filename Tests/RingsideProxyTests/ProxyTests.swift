@@ -339,6 +339,41 @@ struct RelayHandOffTests {
         }
     }
 
+    @Test(arguments: AppIO.allCases) func anIdleHTTP2ConnectionIsSentGoAwayAndClosed(io: AppIO) async throws {
+        let configuration = proxyConfiguration { $0.idleTimeout = .milliseconds(300) }
+        try await withProxy(io: io, configuration: configuration) { port in
+            // One GET on stream 1 (HPACK: :method GET, :scheme http, :path /, :authority a), then nothing.
+            let get: [UInt8] = [0, 0, 6, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84, 0x01, 0x01, 0x61]
+            let afterRequest = rawExchange(port: port, Self.http2Preface + get, untilClosed: true)
+            #expect(afterRequest.closed)
+            #expect(Self.contains(afterRequest.bytes, Self.goAway(lastStream: 1)))
+            // A connection that never opens a stream.
+            let quiet = rawExchange(port: port, Self.http2Preface, untilClosed: true)
+            #expect(quiet.closed)
+            #expect(Self.contains(quiet.bytes, Self.goAway(lastStream: 0)))
+        }
+    }
+
+    @Test(arguments: AppIO.allCases) func aConnectionThatStopsInsideTheHTTP2PrefaceIsClosed(io: AppIO) async throws {
+        let configuration = proxyConfiguration { $0.headerReadTimeout = .milliseconds(300) }
+        try await withProxy(io: io, configuration: configuration) { port in
+            let partial = rawExchange(port: port, Array(Self.http2Preface.prefix(16)), untilClosed: true)
+            #expect(partial.closed)
+            #expect(partial.bytes.isEmpty)
+        }
+    }
+
+    /// HTTP/2's connection preface and an empty SETTINGS frame.
+    static let http2Preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4, 0, 0, 0, 0, 0]
+
+    /// A GOAWAY frame with NO_ERROR naming `lastStream`.
+    static func goAway(lastStream: UInt8) -> [UInt8] { [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, lastStream, 0, 0, 0, 0] }
+
+    static func contains(_ bytes: [UInt8], _ pattern: [UInt8]) -> Bool {
+        bytes.count >= pattern.count
+            && (0...(bytes.count - pattern.count)).contains { bytes[$0..<$0 + pattern.count].elementsEqual(pattern) }
+    }
+
     @Test(arguments: AppIO.allCases) func aChunkedUploadIsHandedOverAndTheConnectionGoesOn(io: AppIO) async throws {
         try await withProxy(io: io) { port in
             let raw = rawExchange(
