@@ -74,16 +74,23 @@ public final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandl
 
     /// Sets `channel` up as an HTTP/2 server connection (h2c) whose every stream speaks HTTP/1-style parts to a handler
     /// that `makeHandler` makes for it. With an `idleTimeout`, a connection with no open stream for that long is sent a
-    /// GOAWAY and closed (see ``HTTP2IdleTimer``).
+    /// GOAWAY and closed (see ``HTTP2IdleTimer``). `maxHeaderListSize` is the largest header block a client may send
+    /// (advertised in SETTINGS; NIO's default is 16 KiB).
     public static func configureHTTP2Streams(
         _ channel: any Channel,
         idleTimeout: TimeAmount? = nil,
+        maxHeaderListSize: Int? = nil,
         handler makeHandler: @escaping @Sendable () -> any ChannelHandler
     ) throws {
         let timer = idleTimeout.map { HTTP2IdleTimer(channel: channel, timeout: $0) }
+        var connection = NIOHTTP2Handler.ConnectionConfiguration()
+        if let maxHeaderListSize {
+            connection.initialSettings.removeAll { $0.parameter == .maxHeaderListSize }
+            connection.initialSettings.append(HTTP2Setting(parameter: .maxHeaderListSize, value: maxHeaderListSize))
+        }
         _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
             mode: .server,
-            connectionConfiguration: .init(),
+            connectionConfiguration: connection,
             streamConfiguration: .init(),
             inboundStreamInitializer: { stream in
                 stream.eventLoop.makeCompletedFuture {

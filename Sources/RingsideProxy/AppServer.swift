@@ -41,7 +41,8 @@ public enum AppServer {
                     http2: { channel in
                         try ProtocolSniffer.configureHTTP2Streams(
                             channel,
-                            idleTimeout: TimeAmount(configuration.idleTimeout)
+                            idleTimeout: TimeAmount(configuration.idleTimeout),
+                            maxHeaderListSize: configuration.maxHeaderBytes
                         ) {
                             ProxyHandler(
                                 configuration: configuration,
