@@ -52,7 +52,7 @@ enum LinuxSocket {
         case none
         /// The process or the system is out of descriptors or memory: the listener stays ready and accepting fails
         /// until some are freed.
-        case exhausted(CInt)
+        case exhausted
     }
 
     /// Accepts a waiting connection.
@@ -64,7 +64,7 @@ enum LinuxSocket {
         }
         guard fd >= 0 else {
             let code = errno
-            return code == EMFILE || code == ENFILE || code == ENOBUFS || code == ENOMEM ? .exhausted(code) : .none
+            return code == EMFILE || code == ENFILE || code == ENOBUFS || code == ENOMEM ? .exhausted : .none
         }
         try? setOption(fd, CInt(IPPROTO_TCP), TCP_NODELAY, 1)
         return .connection(fd, peer: address(storage))
