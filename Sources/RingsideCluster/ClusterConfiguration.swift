@@ -10,7 +10,7 @@ public struct ClusterConfiguration: Sendable {
     /// Where the cluster listener binds (`host:port`; port 0 picks a free one).
     public var listenAddress = "0.0.0.0:7401"
     /// The `host:port` other nodes use to reach this one. When nil, the bound address, with a wildcard host replaced
-    /// by 127.0.0.1.
+    /// by an address of this machine's interfaces (see ``AdvertisedHost``). A wildcard or port 0 is refused.
     public var advertiseAddress: String?
     /// Seeds: `host:port` (a name resolves to every A and AAAA record) or `dnssrv+_service._proto.name` (SRV).
     public var seeds: [String] = []

@@ -80,6 +80,14 @@ extension ClusterNode {
                 message: "cluster listen address \"\(configuration.listenAddress)\" is not host:port"
             )
         }
+        if let advertise = configuration.advertiseAddress {
+            guard let parsed = HostAndPort(advertise), !AdvertisedHost.isWildcard(parsed.host), parsed.port != 0 else {
+                throw ClusterError(
+                    code: .invalidAddress,
+                    message: "advertise address \"\(advertise)\" is not a host:port other nodes can dial"
+                )
+            }
+        }
         let maxBody = GossipCodec.Limits().maxEnvelopeBytes
         let listener: GossipListener
         do {
@@ -103,8 +111,7 @@ extension ClusterNode {
         if let advertise = configuration.advertiseAddress {
             return (listener, advertise)
         }
-        let host = ["0.0.0.0", "::", "[::]"].contains(listen.host) ? "127.0.0.1" : listen.host
-        return (listener, HostAndPort(host: host, port: port).description)
+        return (listener, HostAndPort(host: AdvertisedHost.forListener(on: listen.host), port: port).description)
     }
 
     func start(advertisedAddress: String) {

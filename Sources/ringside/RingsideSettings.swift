@@ -187,7 +187,10 @@ struct RingsideSettings {
         if advertiseText.isEmpty {
             advertise = nil
         } else {
-            guard Address(advertiseText) != nil else { throw fail("advertise", "is not host:port") }
+            guard let parsed = Address(advertiseText) else { throw fail("advertise", "is not host:port") }
+            guard !AdvertisedHost.isWildcard(parsed.host), parsed.port != 0 else {
+                throw fail("advertise", "is a wildcard address or port 0, which other nodes cannot dial")
+            }
             advertise = advertiseText
         }
         join = value("join").0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }

@@ -192,6 +192,35 @@ struct AddressTests {
         #expect(HostAndPort(host: "::1", port: 1).description == "[::1]:1")
     }
 
+    @Test func aWildcardListenerAdvertisesAnAddressOtherMachinesCanDial() throws {
+        func addresses(_ texts: [String]) throws -> [SocketAddress] {
+            try texts.map { try SocketAddress(ipAddress: $0, port: 0) }
+        }
+        // Loopback, link-local and the like are passed over; a private IPv4 address wins over a public one.
+        let machine = try addresses(["127.0.0.1", "::1", "169.254.3.4", "fe80::1", "203.0.113.7", "fd00::2", "10.1.2.3"])
+        #expect(AdvertisedHost.choose(among: machine, ipv6: false) == "10.1.2.3")
+        #expect(AdvertisedHost.choose(among: machine, ipv6: true) == "10.1.2.3")
+        #expect(AdvertisedHost.choose(among: try addresses(["172.20.0.5", "192.168.1.9"]), ipv6: false) == "172.20.0.5")
+        #expect(AdvertisedHost.choose(among: try addresses(["127.0.0.1", "203.0.113.7"]), ipv6: false) == "203.0.113.7")
+        #expect(AdvertisedHost.choose(among: try addresses(["2001:db8::5", "fd00::2"]), ipv6: true) == "fd00::2")
+        // A listener on 0.0.0.0 cannot be dialled on an IPv6 address.
+        #expect(AdvertisedHost.choose(among: try addresses(["::1", "fd00::2"]), ipv6: false) == nil)
+        #expect(AdvertisedHost.choose(among: try addresses(["127.0.0.1", "::1", "fe80::1"]), ipv6: true) == nil)
+        // A named or specific listener advertises itself.
+        #expect(AdvertisedHost.forListener(on: "10.9.8.7") == "10.9.8.7")
+        #expect(AdvertisedHost.forListener(on: "ringside-0.ringside") == "ringside-0.ringside")
+        #expect(!AdvertisedHost.isWildcard(AdvertisedHost.forListener(on: "0.0.0.0")))
+    }
+
+    @Test func aNodeRefusesToAdvertiseAWildcard() async throws {
+        var configuration = ClusterConfiguration(nodeName: "n")
+        configuration.listenAddress = "127.0.0.1:0"
+        configuration.advertiseAddress = "0.0.0.0:7401"
+        let node = ClusterNode(configuration: configuration, logger: Logger(label: "test"))
+        let error = await #expect(throws: ClusterError.self) { try await node.run() }
+        #expect(error?.code == .invalidAddress)
+    }
+
     /// An SRV answer as a DNS server sends it, with the targets compressed against the question.
     static let srvAnswer: [UInt8] = {
         func name(_ labels: [String]) -> [UInt8] { labels.flatMap { [UInt8($0.utf8.count)] + Array($0.utf8) } + [0] }

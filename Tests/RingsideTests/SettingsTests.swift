@@ -54,6 +54,9 @@ struct SettingsTests {
             (["missing-key": "drop"], "missing-key (from --missing-key)"),
             (["log-level": "loud"], "log-level (from --log-level)"),
             (["app-io": "io_uring"], "app-io (from --app-io)"),
+            (["advertise": "0.0.0.0:7401"], "advertise (from --advertise)"),
+            (["advertise": "[::]:7401"], "advertise (from --advertise)"),
+            (["advertise": "10.0.0.1:0"], "advertise (from --advertise)"),
         ]
     )
     func invalidValuesNameTheKeyAndWhereTheyCameFrom(flags: [String: String], expected: String) {
