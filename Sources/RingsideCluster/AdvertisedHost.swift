@@ -41,7 +41,8 @@ public enum AdvertisedHost {
             let value = UInt32(bigEndian: v4.address.sin_addr.s_addr)
             let (a, b) = (value >> 24, (value >> 16) & 0xFF)
             if a == 0 || a == 127 || (a == 169 && b == 254) || a >= 224 { return nil }
-            let isPrivate = a == 10 || (a == 172 && (16...31).contains(b)) || (a == 192 && b == 168)
+            let isPrivate =
+                a == 10 || (a == 172 && (16...31).contains(b)) || (a == 192 && b == 168)
                 || (a == 100 && (64...127).contains(b))
             return isPrivate ? 0 : 1
         case .v6(let v6):
@@ -50,7 +51,8 @@ public enum AdvertisedHost {
             if bytes.allSatisfy({ $0 == 0 }) || bytes == Array(repeating: 0, count: 15) + [1] { return nil }
             if bytes[0] == 0xFE && bytes[1] & 0xC0 == 0x80 { return nil }  // link-local, fe80::/10
             if bytes[0] == 0xFF { return nil }  // multicast
-            if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF { return nil }  // v4-mapped
+            // IPv4-mapped, ::ffff:0:0/96: the IPv4 address is listed on its own.
+            if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF { return nil }
             return bytes[0] & 0xFE == 0xFC ? 2 : 3  // unique-local fc00::/7 before the rest
         case .unixDomainSocket:
             return nil

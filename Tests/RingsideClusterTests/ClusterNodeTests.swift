@@ -197,11 +197,17 @@ struct AddressTests {
             try texts.map { try SocketAddress(ipAddress: $0, port: 0) }
         }
         // Loopback, link-local and the like are passed over; a private IPv4 address wins over a public one.
-        let machine = try addresses(["127.0.0.1", "::1", "169.254.3.4", "fe80::1", "203.0.113.7", "fd00::2", "10.1.2.3"])
+        let machine = try addresses([
+            "127.0.0.1", "::1", "169.254.3.4", "fe80::1", "203.0.113.7", "fd00::2", "10.1.2.3",
+        ])
         #expect(AdvertisedHost.choose(among: machine, ipv6: false) == "10.1.2.3")
         #expect(AdvertisedHost.choose(among: machine, ipv6: true) == "10.1.2.3")
-        #expect(AdvertisedHost.choose(among: try addresses(["172.20.0.5", "192.168.1.9"]), ipv6: false) == "172.20.0.5")
-        #expect(AdvertisedHost.choose(among: try addresses(["127.0.0.1", "203.0.113.7"]), ipv6: false) == "203.0.113.7")
+        #expect(
+            AdvertisedHost.choose(among: try addresses(["172.20.0.5", "192.168.1.9"]), ipv6: false) == "172.20.0.5"
+        )
+        #expect(
+            AdvertisedHost.choose(among: try addresses(["127.0.0.1", "203.0.113.7"]), ipv6: false) == "203.0.113.7"
+        )
         #expect(AdvertisedHost.choose(among: try addresses(["2001:db8::5", "fd00::2"]), ipv6: true) == "fd00::2")
         // A listener on 0.0.0.0 cannot be dialled on an IPv6 address.
         #expect(AdvertisedHost.choose(among: try addresses(["::1", "fd00::2"]), ipv6: false) == nil)
