@@ -1,3 +1,5 @@
+import NIOCore
+
 /// A `host:port` pair as written in configuration: `10.0.0.1:7401`, `[::1]:7401`, `ringside-0.ringside:7401`.
 public struct HostAndPort: Hashable, Sendable, CustomStringConvertible {
     /// The host name or address, without brackets.
@@ -29,6 +31,12 @@ public struct HostAndPort: Hashable, Sendable, CustomStringConvertible {
     public init(host: String, port: Int) {
         self.host = host
         self.port = port
+    }
+
+    /// The address and port of an IP socket address, or nil for any other kind.
+    public init?(_ address: SocketAddress) {
+        guard let host = address.ipAddress, let port = address.port else { return nil }
+        self.init(host: host, port: port)
     }
 
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }

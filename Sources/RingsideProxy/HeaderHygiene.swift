@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import RingsideCluster
 
 /// The header rules of a well-behaved proxy (RFC 9110 §7.6).
 enum HeaderHygiene {
@@ -26,9 +27,7 @@ enum HeaderHygiene {
     /// The `Host` given to a request that came without one (HTTP/1.0 allows that): the address the client reached, as
     /// `host:port` (`[address]:port` for IPv6).
     static func authority(of address: SocketAddress?) -> String {
-        guard let address, let ip = address.ipAddress, let port = address.port else { return "localhost" }
-        if case .v6 = address { return "[\(ip)]:\(port)" }
-        return "\(ip):\(port)"
+        address.flatMap(HostAndPort.init)?.description ?? "localhost"
     }
 
     /// Whether a request's `Transfer-Encoding` is one this proxy can pass on: chunked alone. Any other coding would be

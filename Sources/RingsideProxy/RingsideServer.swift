@@ -96,7 +96,8 @@ public final class RingsideServer: Service, Sendable {
         logger.info(
             "app listener started",
             metadata: [
-                "ringside.address": "\(app.localAddress?.description ?? "")", "ringside.io": "\(proxy.appIO.rawValue)",
+                "ringside.address": "\(app.localAddress.flatMap(HostAndPort.init)?.description ?? "")",
+                "ringside.io": "\(proxy.appIO.rawValue)",
             ]
         )
         do {

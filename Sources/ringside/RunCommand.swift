@@ -114,7 +114,7 @@ struct RunCommand: AsyncParsableCommand {
             )
             throw ExitCode(1)
         }
-        announce?("admin \(admin.localAddress?.description ?? "")")
+        announce?("admin \(admin.localAddress.flatMap(HostAndPort.init)?.description ?? "")")
         let services = ServiceGroup(
             configuration: .init(
                 services: [.init(service: server), .init(service: health)],
