@@ -115,7 +115,7 @@ let package = Package(
 
         .testTarget(name: "RingsideShardingTests", dependencies: ["RingsideSharding"]),
         .testTarget(name: "RingsideMembershipTests", dependencies: ["RingsideMembership", "RingsideSimulation"]),
-        .testTarget(name: "RingsideClusterTests", dependencies: ["RingsideCluster"]),
+        .testTarget(name: "RingsideClusterTests", dependencies: ["RingsideCluster", "RingsideTestSupport"]),
         // Helpers that tests and benchmarks share: backends, a raw HTTP client, polling, free ports.
         .target(
             name: "RingsideTestSupport",

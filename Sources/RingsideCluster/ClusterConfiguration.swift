@@ -25,6 +25,10 @@ public struct ClusterConfiguration: Sendable {
     public var sharding: ShardingAlgorithm = .default
     /// How long ``ClusterNode/changeState(to:)`` and a graceful leave wait for the news to reach other members.
     public var disseminationTimeout: Duration = .seconds(5)
+    /// How long an HTTP/2 connection to the cluster port may go without an open stream before it is sent a GOAWAY and
+    /// closed. Nodes open connections again when they next need one; the bound is for connections left behind (a peer
+    /// that went quiet, or a client that only ever sent the preface).
+    public var idleConnectionTimeout: Duration = .seconds(300)
     /// The protocol's timings; `nodeName`, `clusterName`, `advertiseAddress`, the initial state and metadata are taken
     /// from this configuration instead.
     public var timings = MembershipConfiguration(nodeName: "", advertiseAddress: "")

@@ -95,6 +95,7 @@ extension ClusterNode {
                 to: listen,
                 group: group,
                 maxBodyBytes: maxBody,
+                idleTimeout: configuration.idleConnectionTimeout,
                 forwarded: forwardedStreams,
                 forwardedConnections: forwardedConnections
             ) { [weak self] bytes in

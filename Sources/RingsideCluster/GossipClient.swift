@@ -27,9 +27,7 @@ final class GossipClient: Sendable {
 
     init(group: any EventLoopGroup, connectTimeout: Duration, logger: Logger) {
         self.group = group
-        self.connectTimeout = .nanoseconds(
-            connectTimeout.components.seconds * 1_000_000_000 + connectTimeout.components.attoseconds / 1_000_000_000
-        )
+        self.connectTimeout = TimeAmount(connectTimeout)
         self.logger = logger
     }
 

@@ -26,6 +26,7 @@ enum GossipServer {
         to address: HostAndPort,
         group: any EventLoopGroup,
         maxBodyBytes: Int,
+        idleTimeout: Duration,
         forwarded: ClusterStreamInitializer?,
         forwardedConnections: ClusterStreamInitializer?,
         receive: @escaping @Sendable ([UInt8]) -> Bool
@@ -50,7 +51,7 @@ enum GossipServer {
                                 try forwardedConnections(channel)
                             },
                             http2: { channel in
-                                try ProtocolSniffer.configureHTTP2Streams(channel) {
+                                try ProtocolSniffer.configureHTTP2Streams(channel, idleTimeout: .init(idleTimeout)) {
                                     ClusterStreamDispatcher(
                                         maxBodyBytes: maxBodyBytes,
                                         forwarded: forwarded,

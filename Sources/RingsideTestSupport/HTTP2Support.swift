@@ -119,3 +119,45 @@ final class ResponseCollector: ChannelInboundHandler, Sendable {
 
     func channelInactive(context: ChannelHandlerContext) { complete(.failure(ChannelError.ioOnClosedChannel)) }
 }
+
+/// Raw HTTP/2 bytes for tests that speak the protocol by hand: to send what no client library would, and to read
+/// exactly what a server sent.
+public enum RawHTTP2 {
+    /// An HPACK integer (RFC 7541 §5.1) with a `prefixBits`-bit prefix, the prefix's other bits zero.
+    public static func hpackInteger(_ value: Int, prefixBits: Int) -> [UInt8] {
+        let limit = (1 << prefixBits) - 1
+        guard value >= limit else { return [UInt8(value)] }
+        var bytes = [UInt8(limit)]
+        var rest = value - limit
+        while rest >= 128 {
+            bytes.append(UInt8(rest % 128 + 128))
+            rest /= 128
+        }
+        return bytes + [UInt8(rest)]
+    }
+
+    /// The frames in `bytes` (which start at a frame).
+    public static func frames(_ bytes: [UInt8]) -> [(type: UInt8, stream: Int, payload: [UInt8])] {
+        var frames: [(type: UInt8, stream: Int, payload: [UInt8])] = []
+        var index = 0
+        while index + 9 <= bytes.count {
+            let length = Int(bytes[index]) << 16 | Int(bytes[index + 1]) << 8 | Int(bytes[index + 2])
+            let stream = bytes[index + 5..<index + 9].reduce(0) { $0 << 8 | Int($1) } & 0x7fff_ffff
+            guard index + 9 + length <= bytes.count else { break }
+            frames.append((bytes[index + 3], stream, Array(bytes[index + 9..<index + 9 + length])))
+            index += 9 + length
+        }
+        return frames
+    }
+
+    /// HTTP/2's connection preface and an empty SETTINGS frame.
+    public static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4, 0, 0, 0, 0, 0]
+
+    /// The GOAWAY frames in `bytes`: the last stream each names and its error code.
+    public static func goAways(_ bytes: [UInt8]) -> [(lastStream: Int, code: Int)] {
+        frames(bytes).filter { $0.type == 7 && $0.payload.count >= 8 }.map { frame in
+            let number = { (range: Range<Int>) in frame.payload[range].reduce(0) { $0 << 8 | Int($1) } }
+            return (number(0..<4) & 0x7fff_ffff, number(4..<8))
+        }
+    }
+}

@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import RingsideMembership
 import RingsideSharding
+import RingsideTestSupport
 import Testing
 
 @testable import RingsideCluster
@@ -82,6 +83,22 @@ struct ClusterNodeTests {
                 #expect(!writers.contains("node-2"))
             }
             await #expect(throws: ShardingError.self) { try await nodes[2].changeState(to: .participant) }
+        }
+    }
+
+    @Test func idleConnectionsToTheClusterPortAreClosedAndGossipGoesOn() async throws {
+        let shortIdle: (Int, inout ClusterConfiguration) -> Void = { $1.idleConnectionTimeout = .milliseconds(100) }
+        try await withCluster(3, configure: shortIdle) { nodes in
+            #expect(await eventually { nodes.allSatisfy { $0.peers.count == 3 } })
+            // A connection that only ever sent the preface: a GOAWAY naming no stream, then the close.
+            let address = try #require(HostAndPort(try await nodes[0].waitUntilRunning()))
+            let quiet = rawExchange(port: address.port, RawHTTP2.preface, untilClosed: true)
+            #expect(quiet.closed)
+            #expect(RawHTTP2.goAways(quiet.bytes).contains { $0.lastStream == 0 && $0.code == 0 })
+            // The nodes' own connections close between probes (one a second) and open again when next needed.
+            try await nodes[1].changeState(to: .terminating)
+            #expect(await eventually { everyone(nodes, sees: "node-1") { $0.state == .terminating } })
+            #expect(nodes.allSatisfy { node in node.members.allSatisfy { $0.status == .alive } })
         }
     }
 

@@ -344,20 +344,20 @@ struct RelayHandOffTests {
         try await withProxy(io: io, configuration: configuration) { port in
             // One GET on stream 1 (HPACK: :method GET, :scheme http, :path /, :authority a), then nothing.
             let get: [UInt8] = [0, 0, 6, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84, 0x01, 0x01, 0x61]
-            let afterRequest = rawExchange(port: port, Self.http2Preface + get, untilClosed: true)
+            let afterRequest = rawExchange(port: port, RawHTTP2.preface + get, untilClosed: true)
             #expect(afterRequest.closed)
-            #expect(Self.goAways(afterRequest.bytes).contains { $0.lastStream == 1 && $0.code == 0 })
+            #expect(RawHTTP2.goAways(afterRequest.bytes).contains { $0.lastStream == 1 && $0.code == 0 })
             // A connection that never opens a stream.
-            let quiet = rawExchange(port: port, Self.http2Preface, untilClosed: true)
+            let quiet = rawExchange(port: port, RawHTTP2.preface, untilClosed: true)
             #expect(quiet.closed)
-            #expect(Self.goAways(quiet.bytes).contains { $0.lastStream == 0 && $0.code == 0 })
+            #expect(RawHTTP2.goAways(quiet.bytes).contains { $0.lastStream == 0 && $0.code == 0 })
         }
     }
 
     @Test(arguments: AppIO.allCases) func aConnectionThatStopsInsideTheHTTP2PrefaceIsClosed(io: AppIO) async throws {
         let configuration = proxyConfiguration { $0.headerReadTimeout = .milliseconds(300) }
         try await withProxy(io: io, configuration: configuration) { port in
-            let partial = rawExchange(port: port, Array(Self.http2Preface.prefix(16)), untilClosed: true)
+            let partial = rawExchange(port: port, Array(RawHTTP2.preface.prefix(16)), untilClosed: true)
             #expect(partial.closed)
             #expect(partial.bytes.isEmpty)
         }
@@ -369,8 +369,8 @@ struct RelayHandOffTests {
             // A 20 kB field: over NIO's default of 16 KiB, under max-header-bytes (64 KiB), which the proxy advertises.
             // The client acknowledges the proxy's SETTINGS first (the larger limit holds from then on).
             var block: [UInt8] = [0x82, 0x86, 0x84, 0x01, 0x01, 0x61, 0x00, 5] + Array("x-big".utf8)
-            block += Self.hpackInteger(20_000, prefixBits: 7) + Array(repeating: UInt8(ascii: "b"), count: 20_000)
-            var bytes = Self.http2Preface + [0, 0, 0, 4, 1, 0, 0, 0, 0]
+            block += RawHTTP2.hpackInteger(20_000, prefixBits: 7) + Array(repeating: UInt8(ascii: "b"), count: 20_000)
+            var bytes = RawHTTP2.preface + [0, 0, 0, 4, 1, 0, 0, 0, 0]
             let pieces = stride(from: 0, to: block.count, by: 16_384).map {
                 Array(block[$0..<min($0 + 16_384, block.count)])
             }
@@ -381,46 +381,8 @@ struct RelayHandOffTests {
                 bytes += [0, UInt8(piece.count >> 8), UInt8(piece.count & 0xff), type, flags, 0, 0, 0, 1] + piece
             }
             let raw = rawExchange(port: port, bytes, untilClosed: true)
-            #expect(Self.http2Frames(raw.bytes).contains { $0.type == 1 && $0.stream == 1 })
-            #expect(!Self.goAways(raw.bytes).contains { $0.code != 0 })
-        }
-    }
-
-    /// An HPACK integer (RFC 7541 §5.1) with a `prefixBits`-bit prefix, the prefix's other bits zero.
-    static func hpackInteger(_ value: Int, prefixBits: Int) -> [UInt8] {
-        let limit = (1 << prefixBits) - 1
-        guard value >= limit else { return [UInt8(value)] }
-        var bytes = [UInt8(limit)]
-        var rest = value - limit
-        while rest >= 128 {
-            bytes.append(UInt8(rest % 128 + 128))
-            rest /= 128
-        }
-        return bytes + [UInt8(rest)]
-    }
-
-    /// The frames in `bytes` (which start at a frame).
-    static func http2Frames(_ bytes: [UInt8]) -> [(type: UInt8, stream: Int, payload: [UInt8])] {
-        var frames: [(type: UInt8, stream: Int, payload: [UInt8])] = []
-        var index = 0
-        while index + 9 <= bytes.count {
-            let length = Int(bytes[index]) << 16 | Int(bytes[index + 1]) << 8 | Int(bytes[index + 2])
-            let stream = bytes[index + 5..<index + 9].reduce(0) { $0 << 8 | Int($1) } & 0x7fff_ffff
-            guard index + 9 + length <= bytes.count else { break }
-            frames.append((bytes[index + 3], stream, Array(bytes[index + 9..<index + 9 + length])))
-            index += 9 + length
-        }
-        return frames
-    }
-
-    /// HTTP/2's connection preface and an empty SETTINGS frame.
-    static let http2Preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4, 0, 0, 0, 0, 0]
-
-    /// The GOAWAY frames in `bytes`: the last stream each names and its error code.
-    static func goAways(_ bytes: [UInt8]) -> [(lastStream: Int, code: Int)] {
-        http2Frames(bytes).filter { $0.type == 7 && $0.payload.count >= 8 }.map { frame in
-            let number = { (range: Range<Int>) in frame.payload[range].reduce(0) { $0 << 8 | Int($1) } }
-            return (number(0..<4) & 0x7fff_ffff, number(4..<8))
+            #expect(RawHTTP2.frames(raw.bytes).contains { $0.type == 1 && $0.stream == 1 })
+            #expect(!RawHTTP2.goAways(raw.bytes).contains { $0.code != 0 })
         }
     }
 
