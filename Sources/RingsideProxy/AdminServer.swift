@@ -12,14 +12,18 @@ public struct AdminSources: Sendable {
     public var metricsText: @Sendable () -> String
     /// Why the node is not ready, or nil when it is (backend health, draining).
     public var notReadyReason: @Sendable () -> String?
+    /// How many owners `/v1/lookup` reports when the query does not say (`replicas` in the configuration).
+    public var lookupReplicas: Int
 
     /// Creates the sources.
     public init(
         metricsText: @escaping @Sendable () -> String = { "" },
-        notReadyReason: @escaping @Sendable () -> String? = { nil }
+        notReadyReason: @escaping @Sendable () -> String? = { nil },
+        lookupReplicas: Int = 1
     ) {
         self.metricsText = metricsText
         self.notReadyReason = notReadyReason
+        self.lookupReplicas = lookupReplicas
     }
 }
 
@@ -107,7 +111,15 @@ public enum AdminServer {
             guard let key = query["key"], !key.isEmpty else {
                 return (.badRequest, json, error("the query needs a key: /v1/lookup?key=K[&replicas=N]"))
             }
-            let replicas = query["replicas"].flatMap(Int.init) ?? 1
+            let replicas: Int
+            if let text = query["replicas"] {
+                guard let number = Int(text) else {
+                    return (.badRequest, json, error("replicas must be a whole number, not \"\(text)\""))
+                }
+                replicas = number
+            } else {
+                replicas = sources.lookupReplicas
+            }
             do {
                 let owners = try node.lookup(key, replicas: replicas)
                 let body = JSONWriter.object([

@@ -104,7 +104,8 @@ struct RunCommand: AsyncParsableCommand {
                 node: server.node,
                 sources: AdminSources(
                     metricsText: { registry.emitToString() },
-                    notReadyReason: { health.problem }
+                    notReadyReason: { health.problem },
+                    lookupReplicas: settings.replicas
                 )
             )
         } catch {

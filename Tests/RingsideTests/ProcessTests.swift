@@ -123,7 +123,7 @@ func withProcesses(
 @Suite("ringside processes", .serialized)
 struct ProcessTests {
     @Test func everyKeyIsServedByItsOwnerWhicheverNodeItEntersBy() async throws {
-        try await withProcesses(3) { cluster in
+        try await withProcesses(3, extraArguments: [1: ["--replicas", "2"]]) { cluster in
             var owners: Set<String> = []
             for index in 0..<30 {
                 let key = "account-\(index)"
@@ -138,6 +138,25 @@ struct ProcessTests {
                 }
             }
             #expect(owners.count == 3)
+            // /v1/lookup reports `replicas` owners unless the query says otherwise, the owner first.
+            func lookup(_ query: String) -> TestResponse? {
+                let request = "GET /v1/lookup?\(query) HTTP/1.1\r\nHost: admin\r\n\r\n"
+                return parseResponse(rawExchange(port: cluster.nodes[1].admin, Array(request.utf8)).bytes)
+            }
+            func names(_ response: TestResponse?) -> [String] {
+                let body = String(decoding: response?.body ?? [], as: UTF8.self)
+                return body.components(separatedBy: "\"name\":\"").dropFirst().compactMap {
+                    $0.split(separator: "\"").first
+                }
+                .map(String.init)
+            }
+            let two = names(lookup("key=account-0"))
+            #expect(two.count == 2)
+            #expect(two.first == cluster.owner(of: "account-0", askingNode: cluster.nodes[0]))
+            #expect(names(lookup("key=account-0&replicas=3")).count == 3)
+            #expect(lookup("key=account-0&replicas=many")?.status == 400)
+            #expect(lookup("key=account-0&replicas=0")?.status == 400)
+            #expect(lookup("key=account-0&replicas=4")?.status == 503)
             let metrics = try #require(cluster.admin(cluster.nodes[0], "/metrics"))
             #expect(metrics.contains(#"ringside_requests_total{path="local",code="2xx"}"#))
             #expect(metrics.contains(#"ringside_requests_total{path="forwarded_out",code="2xx"}"#))
