@@ -115,7 +115,12 @@ let package = Package(
 
         .testTarget(name: "RingsideShardingTests", dependencies: ["RingsideSharding"]),
         .testTarget(name: "RingsideMembershipTests", dependencies: ["RingsideMembership", "RingsideSimulation"]),
-        .testTarget(name: "RingsideClusterTests", dependencies: ["RingsideCluster", "RingsideTestSupport"]),
+        .testTarget(
+            name: "RingsideClusterTests",
+            dependencies: [
+                "RingsideCluster", "RingsideTestSupport", .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+            ]
+        ),
         // Helpers that tests and benchmarks share: backends, a raw HTTP client, polling, free ports.
         .target(
             name: "RingsideTestSupport",

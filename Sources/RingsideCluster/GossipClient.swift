@@ -147,8 +147,8 @@ final class GossipClient: Sendable {
             }
     }
 
-    /// Whether `error` means an open connection was lost (closed or reset by the peer), rather than that the peer
-    /// refused a connection, timed out, or answered.
+    /// Whether `error` means an open connection was lost (closed or reset by the peer, or told to go away: the peer
+    /// closes connections that sat idle), rather than that the peer refused a connection, timed out, or answered.
     static func isConnectionLost(_ error: any Error) -> Bool {
         if error is GossipRejectedError || isRefused(error) { return false }
         if let error = error as? ChannelError {
@@ -157,6 +157,7 @@ final class GossipClient: Sendable {
         }
         if let error = error as? IOError { return [ECONNRESET, EPIPE].contains(error.errnoCode) }
         return error is NIOHTTP2Errors.StreamClosed || error is NIOHTTP2Errors.NoSuchStream
+            || error is NIOHTTP2Errors.CreatedStreamAfterGoaway || error is NIOHTTP2Errors.IOOnClosedConnection
     }
 
     /// Whether `error` says the connection was refused (ECONNREFUSED), as opposed to a timeout or a reset.

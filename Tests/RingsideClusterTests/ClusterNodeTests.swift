@@ -1,11 +1,16 @@
 import Logging
 import NIOCore
+import NIOHTTP2
 import RingsideMembership
 import RingsideSharding
 import RingsideTestSupport
 import Testing
 
 @testable import RingsideCluster
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
 func eventually(timeout: Duration = .seconds(15), _ condition: () -> Bool) async -> Bool {
@@ -233,6 +238,14 @@ struct AddressTests {
         #expect(AdvertisedHost.forListener(on: "10.9.8.7") == "10.9.8.7")
         #expect(AdvertisedHost.forListener(on: "ringside-0.ringside") == "ringside-0.ringside")
         #expect(!AdvertisedHost.isWildcard(AdvertisedHost.forListener(on: "0.0.0.0")))
+    }
+
+    @Test func aSendThatMeetsAGoAwayIsTriedAgainOnANewConnection() {
+        #expect(GossipClient.isConnectionLost(NIOHTTP2Errors.createdStreamAfterGoaway()))
+        #expect(GossipClient.isConnectionLost(NIOHTTP2Errors.streamClosed(streamID: 3, errorCode: .refusedStream)))
+        #expect(GossipClient.isConnectionLost(ChannelError.eof))
+        #expect(!GossipClient.isConnectionLost(IOError(errnoCode: ECONNREFUSED, reason: "connect")))
+        #expect(!GossipClient.isConnectionLost(GossipRejectedError(status: nil)))
     }
 
     @Test func aNodeRefusesToAdvertiseAWildcard() async throws {
