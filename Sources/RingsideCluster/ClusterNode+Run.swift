@@ -145,11 +145,15 @@ extension ClusterNode {
         }
     }
 
-    /// Resolves and joins the seeds at once, then every `rejoinInterval`.
+    /// Resolves and joins the seeds at once, then every `rejoinInterval`. While the node knows no other member (its
+    /// seeds resolved to nothing or only to itself, as when every node of a new cluster starts at once and the DNS
+    /// does not list them yet), it tries again after 1 s, then 2 s, 4 s…, up to `rejoinInterval`: nodes that started
+    /// together find each other in seconds instead of each owning every key until the next rejoin.
     func rejoinSeeds() async {
         guard !configuration.seeds.isEmpty else { return }
+        var aloneDelay = Duration.seconds(1)
         while !lifecycle.withLockedValue({ $0.stopRequested }) && !Task.isCancelled {
-            let nextJoin = NIODeadline.now() + TimeAmount(configuration.rejoinInterval)
+            let start = NIODeadline.now()
             let addresses = await resolver.resolve(configuration.seeds)
             if addresses.isEmpty {
                 logger.warning(
@@ -159,7 +163,10 @@ extension ClusterNode {
             } else if let directives = try? withInstance({ $0.join(addresses: addresses, now: $1) }) {
                 perform(directives)
             }
-            await rejoinAlarm.sleep(until: nextJoin)
+            let alone = members.allSatisfy { $0.name == configuration.nodeName || !$0.status.isActive }
+            let wait = alone ? min(aloneDelay, configuration.rejoinInterval) : configuration.rejoinInterval
+            aloneDelay = alone ? aloneDelay * 2 : .seconds(1)
+            await rejoinAlarm.sleep(until: start + TimeAmount(wait))
         }
     }
 
