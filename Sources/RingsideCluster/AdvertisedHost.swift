@@ -10,9 +10,16 @@ import NIOCore
 /// Interfaces are taken in the order the system lists them. Only a machine with nothing but loopback advertises
 /// loopback: there a single node, or several on the one machine, still work.
 public enum AdvertisedHost {
-    /// Whether `host` is a wildcard address: one to listen on, never one to dial.
+    /// Whether `host` is a wildcard address (without brackets, as ``HostAndPort`` holds it): one to listen on, never
+    /// one to dial.
     public static func isWildcard(_ host: String) -> Bool {
-        ["0.0.0.0", "::", "[::]"].contains(host)
+        host == "0.0.0.0" || host == "::"
+    }
+
+    /// Whether another node can dial `address` when it is given as the address to advertise: not a wildcard, not
+    /// port 0.
+    public static func canBeDialled(_ address: HostAndPort) -> Bool {
+        !isWildcard(address.host) && address.port != 0
     }
 
     /// The host to advertise for a listener on `listenHost`: `listenHost` itself unless it is a wildcard.

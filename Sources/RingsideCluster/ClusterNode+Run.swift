@@ -81,7 +81,7 @@ extension ClusterNode {
             )
         }
         if let advertise = configuration.advertiseAddress {
-            guard let parsed = HostAndPort(advertise), !AdvertisedHost.isWildcard(parsed.host), parsed.port != 0 else {
+            guard let parsed = HostAndPort(advertise), AdvertisedHost.canBeDialled(parsed) else {
                 throw ClusterError(
                     code: .invalidAddress,
                     message: "advertise address \"\(advertise)\" is not a host:port other nodes can dial"

@@ -188,7 +188,7 @@ struct RingsideSettings {
             advertise = nil
         } else {
             guard let parsed = Address(advertiseText) else { throw fail("advertise", "is not host:port") }
-            guard !AdvertisedHost.isWildcard(parsed.host), parsed.port != 0 else {
+            guard AdvertisedHost.canBeDialled(parsed) else {
                 throw fail("advertise", "is a wildcard address or port 0, which other nodes cannot dial")
             }
             advertise = advertiseText

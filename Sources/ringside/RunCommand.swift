@@ -80,7 +80,7 @@ struct RunCommand: AsyncParsableCommand {
     }
 
     /// Runs a node with `settings` until SIGTERM or SIGINT.
-    static func serve(_ settings: RingsideSettings, announce: (@Sendable (String) -> Void)? = nil) async throws {
+    static func serve(_ settings: RingsideSettings) async throws {
         let level = settings.logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -115,7 +115,6 @@ struct RunCommand: AsyncParsableCommand {
             )
             throw ExitCode(1)
         }
-        announce?("admin \(admin.localAddress.flatMap(HostAndPort.init)?.description ?? "")")
         let services = ServiceGroup(
             configuration: .init(
                 services: [.init(service: server), .init(service: health)],
