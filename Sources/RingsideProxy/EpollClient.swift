@@ -37,9 +37,9 @@ final class EpollClient: EpollSocket {
 
     private typealias Exchange = RelayExchange<EpollUpstream>
 
-    init(fd: CInt, peer: SocketAddress?, local: SocketAddress?, loop: EpollLoop) {
+    init(fd: CInt, peer: SocketAddress?, loop: EpollLoop) {
         settings = loop.settings
-        rewriter = HeadRewriter(settings: loop.settings, client: peer, local: local, allocator: ByteBufferAllocator())
+        rewriter = HeadRewriter(settings: loop.settings, client: peer, allocator: ByteBufferAllocator())
         reader = RequestReader(
             maxHeadBytes: loop.settings.configuration.maxHeaderBytes,
             sniffsHTTP2: true,

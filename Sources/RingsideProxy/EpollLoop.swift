@@ -244,7 +244,7 @@ final class EpollLoop {
         while !stopping {
             switch LinuxSocket.accept(listener) {
             case .connection(let fd, let peer):
-                let client = EpollClient(fd: fd, peer: peer, local: LinuxSocket.localAddress(fd), loop: self)
+                let client = EpollClient(fd: fd, peer: peer, loop: self)
                 clients[ObjectIdentifier(client)] = client
                 register(client)
             case .none:

@@ -150,12 +150,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
     /// A relay for `channel`, whose first bytes have told it is HTTP/1.1.
     init(settings: RelaySettings, channel: any Channel) {
         self.settings = settings
-        rewriter = HeadRewriter(
-            settings: settings,
-            client: channel.remoteAddress,
-            local: channel.localAddress,
-            allocator: channel.allocator
-        )
+        rewriter = HeadRewriter(settings: settings, client: channel.remoteAddress, allocator: channel.allocator)
         // The sniffer in front has told HTTP/2 apart already.
         reader = RequestReader(maxHeadBytes: settings.configuration.maxHeaderBytes, sniffsHTTP2: false, now: .now())
     }

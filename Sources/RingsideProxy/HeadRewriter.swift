@@ -31,8 +31,8 @@ struct RequestPlan {
 /// routes it and writes the upstream's head in one pass; rewrites response heads; words the relay's own answers.
 ///
 /// Kept lines are copied as they came (``LineRuns``); hop-by-hop and internal fields stay behind, and this proxy's
-/// own are added: `Via`, `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Id` (and `Host` when absent) towards the
-/// upstream, `Via` and `X-Ringside-Node` towards the client.
+/// own are added: `Via`, `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Id` towards the upstream (and `Host`, from
+/// an absolute-form target), `Via` and `X-Ringside-Node` towards the client.
 struct HeadRewriter {
     let settings: RelaySettings
     /// The fields of the head parsed last.
@@ -44,11 +44,9 @@ struct HeadRewriter {
     /// The client's address, and `x-forwarded-for` with only that address.
     private let clientAddress: [UInt8]
     private let forwardedForLine: [UInt8]
-    /// This connection's own address, for a request without `Host`.
-    private let localAddress: SocketAddress?
     private let allocator: ByteBufferAllocator
 
-    init(settings: RelaySettings, client: SocketAddress?, local: SocketAddress?, allocator: ByteBufferAllocator) {
+    init(settings: RelaySettings, client: SocketAddress?, allocator: ByteBufferAllocator) {
         self.settings = settings
         let connectionTag = String(UInt32.random(in: 0 ... .max), radix: 36)
         requestIDPrefix = settings.requestIDPrefix + Array(connectionTag.utf8) + [UInt8(ascii: "-")]
@@ -56,7 +54,6 @@ struct HeadRewriter {
         forwardedForLine =
             clientAddress.isEmpty
             ? [] : Array("x-forwarded-for: ".utf8) + clientAddress + [HTTP1Parsing.cr, HTTP1Parsing.lf]
-        localAddress = local
         self.allocator = allocator
     }
 
@@ -83,10 +80,33 @@ struct HeadRewriter {
         else {
             return .refuse(status: 400, message: "malformed request line", headers: [], closing: true)
         }
+        let targetRange = targetStart..<index
+        // The upstream gets a request line of its own when the client's is not one to pass on as it came.
+        var rewritesStartLine = false
         switch bytes[startLineEnd - 1] {
         case UInt8(ascii: "1"): break
         case UInt8(ascii: "0"): return .handOff  // HTTP/1.0 takes the general path.
-        default: return .refuse(status: 505, message: "only HTTP/1.x is served here", headers: [], closing: true)
+        case UInt8(ascii: "2")...UInt8(ascii: "9"):
+            // A later HTTP/1.x is served as HTTP/1.1 (RFC 9112 §2.3).
+            rewritesStartLine = true
+        default: return .refuse(status: 400, message: "malformed request line", headers: [], closing: true)
+        }
+        if methodEnd == 7 && HTTP1Parsing.has(bytes, at: 0, "CONNECT") {
+            return .refuse(status: 501, message: RequestTarget.connectRefusal, headers: [], closing: true)
+        }
+        var absolute: (authority: Range<Int>, path: Range<Int>)?
+        switch RequestTarget.parse(bytes, targetRange) {
+        case .origin:
+            break
+        case .asterisk:
+            guard methodEnd == 7 && HTTP1Parsing.has(bytes, at: 0, "OPTIONS") else {
+                return .refuse(status: 400, message: RequestTarget.asteriskRefusal, headers: [], closing: true)
+            }
+        case .absolute(let authority, let path):
+            absolute = (authority, path)
+            rewritesStartLine = true
+        case .invalid(let reason):
+            return .refuse(status: 400, message: reason, headers: [], closing: true)
         }
 
         // The fields that decide what happens.
@@ -99,7 +119,7 @@ struct HeadRewriter {
         var forwarded = false
         var final = false
         var deadlineMilliseconds: Int?
-        var hasHost = false
+        var hosts = 0
         var hasProto = false
         var hasRequestID = false
         var keepsTrailers = false
@@ -110,7 +130,10 @@ struct HeadRewriter {
             switch field.kind {
             case .key: if key == nil { key = field.value }
             case .contentLength:
-                guard let length = HTTP1Parsing.decimal(bytes, field.value), contentLength ?? length == length else {
+                guard contentLength == nil else {
+                    return .refuse(status: 400, message: "more than one Content-Length", headers: [], closing: true)
+                }
+                guard let length = HTTP1Parsing.decimal(bytes, field.value) else {
                     return .refuse(status: 400, message: "an invalid Content-Length", headers: [], closing: true)
                 }
                 contentLength = length
@@ -138,12 +161,16 @@ struct HeadRewriter {
             case .hop: forwarded = true
             case .final: final = true
             case .deadline: deadlineMilliseconds = HTTP1Parsing.decimal(bytes, field.value)
-            case .host: hasHost = true
+            case .host: hosts += 1
             case .xForwardedProto: hasProto = true
             case .xRequestID: hasRequestID = true
             case .xForwardedFor: forwardedFor = true
             default: break
             }
+        }
+        guard hosts == 1 else {
+            let message = hosts == 0 ? RequestTarget.noHost : RequestTarget.moreThanOneHost
+            return .refuse(status: 400, message: message, headers: [], closing: true)
         }
         if contentLength != nil && transferEncoding {
             return .refuse(
@@ -153,7 +180,18 @@ struct HeadRewriter {
                 closing: true
             )
         }
-        if transferEncoding || upgrade || expect { return .handOff }
+        if transferEncoding || upgrade || expect {
+            // The general path reads HTTP/1.1 and HTTP/1.0 only.
+            guard !rewritesStartLine || absolute != nil else {
+                return .refuse(
+                    status: 505,
+                    message: "a chunked body, Expect or Upgrade is served with HTTP/1.1 only",
+                    headers: [],
+                    closing: true
+                )
+            }
+            return .handOff
+        }
         let bodyLength = contentLength ?? 0
         if bodyLength > settings.configuration.maxBodyBytes {
             return .refuse(
@@ -193,6 +231,16 @@ struct HeadRewriter {
         // The upstream's head: the request line and the fields that cross, then this proxy's.
         var head = allocator.buffer(capacity: length + 256)
         var lines = LineRuns(0, startLineEnd + 2)
+        if rewritesStartLine {
+            head.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[0..<targetStart]))
+            if let absolute {
+                RequestTarget.writePath(bytes, absolute.path, into: &head)
+            } else {
+                head.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[targetRange]))
+            }
+            head.writeStaticString(" HTTP/1.1\r\n")
+            lines = LineRuns(startLineEnd + 2, startLineEnd + 2)
+        }
         var previousForwardedFor: [Range<Int>] = []
         for field in fields {
             switch field.kind {
@@ -200,6 +248,8 @@ struct HeadRewriter {
                 continue
             case .xForwardedFor:
                 previousForwardedFor.append(field.value)
+                continue
+            case .host where absolute != nil:
                 continue
             default:
                 if listsNames, members.contains(where: { HTTP1Parsing.sameName(bytes, $0, field.name) }) { continue }
@@ -230,9 +280,9 @@ struct HeadRewriter {
             HTTP1Parsing.writeDecimal(requestNumber, into: &head)
             head.writeStaticString("\r\n")
         }
-        if !hasHost {
+        if let absolute {
             head.writeStaticString("host: ")
-            head.writeString(HeaderHygiene.authority(of: localAddress))
+            head.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[absolute.authority]))
             head.writeStaticString("\r\n")
         }
 
@@ -283,6 +333,10 @@ struct HeadRewriter {
             }
             for field in fields {
                 switch field.kind {
+                case .contentLength where facts.contentLength == nil:
+                    // Dropped by the facts for a Transfer-Encoding beside it, which frames the body: RFC 9112 §6.3
+                    // has an intermediary remove the length before it passes such a message on.
+                    continue
                 case let kind where kind.describesFraming:
                     // The body passes through in the framing these describe.
                     break

@@ -177,9 +177,21 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
     }
 
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        var head = head
+        if let refusal = RequestTarget.check(&head) {
+            recordRefusal(refusal.status)
+            refuse(refusal.status, refusal.message, closing: true)
+            return
+        }
         if head.headers.contains(name: "content-length") && head.headers.contains(name: "transfer-encoding") {
             recordRefusal(.badRequest)
             refuse(.badRequest, "a request may not carry both Content-Length and Transfer-Encoding", closing: true)
+            return
+        }
+        if head.version == .http1_0 && head.headers.contains(name: "transfer-encoding") {
+            // RFC 9112 §6.1: HTTP/1.0 has no transfer codings, so the framing cannot be trusted.
+            recordRefusal(.badRequest)
+            refuse(.badRequest, "an HTTP/1.0 request may not carry Transfer-Encoding", closing: true)
             return
         }
         let codings = head.headers[canonicalForm: "transfer-encoding"]

@@ -64,6 +64,7 @@ public final class EchoBackend: ChannelInboundHandler {
             var headers = HTTPHeaders()
             headers.add(name: "x-echo-method", value: request.method.rawValue)
             headers.add(name: "x-echo-uri", value: request.uri)
+            headers.add(name: "x-echo-version", value: "\(request.version.major).\(request.version.minor)")
             for (name, value) in request.headers { headers.add(name: "x-echo-h-\(name.lowercased())", value: value) }
             let status: HTTPResponseStatus
             if request.uri.hasPrefix("/status/"), let code = Int(request.uri.dropFirst(8)) {

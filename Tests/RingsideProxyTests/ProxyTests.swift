@@ -310,17 +310,78 @@ struct RelayHandOffTests {
         }
     }
 
-    @Test(arguments: AppIO.allCases) func aRequestWithoutHostIsGivenTheAddressItReached(io: AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func hostIsRequiredOnceInHTTP11AndGivenToHTTP10(io: AppIO) async throws {
         try await withProxy(io: io) { port in
-            // HTTP/1.1 without Host is the backend's to refuse; HTTP/1.0 may leave it out. Both reach the backend with
-            // a Host it can parse.
-            for version in ["1.1", "1.0"] {
-                let bare = request("GET /bare HTTP/\(version)\n\n")
-                let raw = rawExchange(port: port, bare, untilClosed: version == "1.0")
+            // RFC 9112 §3.2: HTTP/1.1 without Host, or any request with two, is 400 and never reaches the backend.
+            for bad in [
+                "GET /bare HTTP/1.1\n\n", "GET /two HTTP/1.1\nHost: a\nHost: b\n\n",
+                "GET /two HTTP/1.0\nHost: a\nHost: b\n\n",
+            ] {
+                let raw = rawExchange(port: port, request(bad), untilClosed: true)
                 let response = try #require(parseResponse(raw.bytes))
-                #expect(response.status == 200)
-                #expect(response.header("x-echo-h-host") == "127.0.0.1:\(port)")
+                #expect(response.status == 400, "\(bad)")
+                #expect(response.header("x-echo-uri") == nil)
             }
+            // HTTP/1.0 may leave it out: the backend gets the address the client reached.
+            let raw = rawExchange(port: port, request("GET /bare HTTP/1.0\n\n"), untilClosed: true)
+            let response = try #require(parseResponse(raw.bytes))
+            #expect(response.status == 200)
+            #expect(response.header("x-echo-h-host") == "127.0.0.1:\(port)")
+        }
+    }
+
+    @Test(arguments: AppIO.allCases) func anAbsoluteTargetReachesTheBackendInOriginFormWithItsHost(
+        io: AppIO
+    ) async throws {
+        try await withProxy(io: io) { port in
+            // RFC 9112 §3.2.2: the authority of an absolute-form target is the request's host, whatever Host says.
+            let cases: [(request: String, uri: String, host: String)] = [
+                ("GET http://shop.example:8080/cart?id=7 HTTP/1.1\nHost: other\n\n", "/cart?id=7", "shop.example:8080"),
+                ("GET HTTPS://shop.example HTTP/1.1\nHost: shop.example\n\n", "/", "shop.example"),
+                ("GET http://[::1]:81?q HTTP/1.1\nHost: x\n\n", "/?q", "[::1]:81"),
+                (
+                    "POST http://shop.example/up HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n\n1\nz\n0\n\n", "/up",
+                    "shop.example"
+                ),
+                ("GET http://shop.example/old HTTP/1.0\n\n", "/old", "shop.example"),
+            ]
+            for (text, uri, host) in cases {
+                let raw = rawExchange(port: port, request(text), untilClosed: text.contains("HTTP/1.0"))
+                let response = try #require(parseResponse(raw.bytes), "\(text)")
+                #expect(response.status == 200, "\(text)")
+                #expect(response.header("x-echo-uri") == uri, "\(text)")
+                #expect(response.header("x-echo-h-host") == host, "\(text)")
+            }
+        }
+    }
+
+    @Test(arguments: AppIO.allCases) func targetsAndMethodsAReverseProxyDoesNotServeAreRefused(io: AppIO) async throws {
+        try await withProxy(io: io) { port in
+            let cases: [(request: String, status: Int)] = [
+                // A tunnel would turn the connection into opaque bytes the relay would read as HTTP.
+                ("CONNECT shop.example:443 HTTP/1.1\nHost: shop.example:443\n\n", 501),
+                ("GET * HTTP/1.1\nHost: app\n\n", 400),
+                ("GET shop.example/x HTTP/1.1\nHost: app\n\n", 400),
+                ("GET ftp://shop.example/x HTTP/1.1\nHost: app\n\n", 400),
+                ("GET http://user@shop.example/x HTTP/1.1\nHost: app\n\n", 400),
+                ("GET http:///x HTTP/1.1\nHost: app\n\n", 400),
+                // RFC 9112 §6.1: HTTP/1.0 has no transfer codings.
+                ("POST / HTTP/1.0\nHost: app\nTransfer-Encoding: chunked\n\n0\n\n", 400),
+                ("POST / HTTP/1.1\nHost: app\nContent-Length: 3\nContent-Length: 3\n\nabc", 400),
+            ]
+            for (text, status) in cases {
+                let raw = rawExchange(port: port, request(text), untilClosed: true)
+                let response = try #require(parseResponse(raw.bytes), "\(text)")
+                #expect(response.status == status, "\(text)")
+                #expect(response.header("x-echo-uri") == nil, "\(text)")
+            }
+            // The asterisk is OPTIONS's, and passed on.
+            let options = rawExchange(
+                port: port,
+                request("OPTIONS * HTTP/1.1\nHost: app\nConnection: close\n\n"),
+                untilClosed: true
+            )
+            #expect(parseResponse(options.bytes)?.header("x-echo-uri") == "*")
         }
     }
 
@@ -406,10 +467,18 @@ struct RelayHandOffTests {
         }
     }
 
-    @Test(arguments: AppIO.allCases) func otherVersionsAre505AndBadRequestLinesAre400(io: AppIO) async throws {
+    @Test(arguments: AppIO.allCases) func laterHTTP1VersionsAreServedAs11AndBadRequestLinesAre400(
+        io: AppIO
+    ) async throws {
         try await withProxy(io: io) { port in
-            let version = rawExchange(port: port, request("GET / HTTP/1.7\nHost: app\n\n"))
-            #expect(parseResponse(version.bytes)?.status == 505)
+            // RFC 9112 §2.3: a minor version this proxy does not know is served as the highest it does.
+            let later = rawExchange(port: port, request("GET /later HTTP/1.7\nHost: app\n\n"))
+            let response = try #require(parseResponse(later.bytes))
+            #expect(response.status == 200)
+            #expect(response.header("x-echo-uri") == "/later")
+            #expect(response.header("x-echo-version") == "1.1")
+            let major = rawExchange(port: port, request("GET / HTTP/3.0\nHost: app\n\n"), untilClosed: true)
+            #expect([400, 505].contains(parseResponse(major.bytes)?.status ?? 0))
             let target = rawExchange(port: port, request("GET  / HTTP/1.1\nHost: app\n\n"))
             #expect(parseResponse(target.bytes)?.status == 400)
             let folded = rawExchange(port: port, request("GET / HTTP/1.1\nHost: app\n folded\n\n"))
@@ -485,7 +554,7 @@ struct RelayFuzzTests {
                 let response = parseResponse(answer)
                 #expect(response != nil, "request \(index) got an unparsable answer")
                 if let status = response?.status {
-                    #expect([200, 400, 408, 413, 431, 502, 505].contains(status), "request \(index): \(status)")
+                    #expect([200, 400, 408, 413, 431, 501, 502, 505].contains(status), "request \(index): \(status)")
                 }
             }
             // The proxy is still healthy.
@@ -611,6 +680,21 @@ struct RelayResponseTests {
         #expect(text.contains("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Grpc-Status\r\n"))
         #expect(text.contains("x-ringside-node: node-a\r\n"))
         #expect(text.hasSuffix("\r\n\r\n" + chunked))
+    }
+
+    @Test(arguments: AppIO.allCases) func aLengthBesideChunkedFramingIsNotPassedOn(io: AppIO) async throws {
+        // RFC 9112 §6.3: the coding frames the body, and an intermediary removes the length before passing it on, so
+        // that no one further along can read the body by the length instead.
+        let bytes = try await exchange(
+            io: io,
+            backend: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            request: "GET / HTTP/1.1\nHost: app\n\n"
+        )
+        let text = String(decoding: bytes, as: UTF8.self).lowercased()
+        #expect(text.hasPrefix("http/1.1 200 ok\r\n"))
+        #expect(text.contains("transfer-encoding: chunked\r\n"))
+        #expect(!text.contains("content-length"))
+        #expect(text.hasSuffix("\r\n\r\n2\r\nok\r\n0\r\n\r\n"))
     }
 
     @Test(arguments: AppIO.allCases) func aChunkedResponseLeavesItsUpstreamConnectionReusable(io: AppIO) async throws {

@@ -18,7 +18,7 @@ struct RequestReaderTests {
             upstreams: ClusterUpstreams(backendHost: "127.0.0.1", backendPort: 1, configuration: configuration),
             handOff: { _ in }
         )
-        rewriter = HeadRewriter(settings: settings, client: nil, local: nil, allocator: ByteBufferAllocator())
+        rewriter = HeadRewriter(settings: settings, client: nil, allocator: ByteBufferAllocator())
     }
 
     func reader(maxHeadBytes: Int = 1024, sniffing: Bool = false) -> RequestReader {
