@@ -88,8 +88,9 @@ struct ResponseFramer {
         case body(ByteBuffer)
         /// The response is complete; whether the connection may carry another request.
         case end(reusable: Bool)
-        /// The response makes no sense: the connection cannot be used any more.
-        case failed
+        /// The response makes no sense, or the connection ended inside it: the connection cannot be used any more.
+        /// Why, for the client's 502.
+        case failed(String)
     }
 
     private enum State {
@@ -147,7 +148,7 @@ struct ResponseFramer {
             return nextHead(&buffer)
         case .length, .chunked, .untilClose:
             guard buffer.readableBytes > 0 else { return nil }
-            guard let body = takeBody(from: &buffer) else { return failed() }
+            guard let body = takeBody(from: &buffer) else { return failed(Self.brokenChunks) }
             return body.map { .body($0) } ?? next(&buffer)
         }
     }
@@ -159,34 +160,40 @@ struct ResponseFramer {
         switch state {
         case .idle: return nil
         case .untilClose, .ending: return .end(reusable: false)
-        case .head, .length, .chunked: return .failed
+        case .head: return .failed(Self.closedBeforeAnswering)
+        case .length, .chunked: return .failed("the upstream closed in the middle of its response")
         }
     }
 
-    private mutating func failed() -> Event {
+    private mutating func failed(_ reason: String) -> Event {
         state = .idle
-        return .failed
+        return .failed(reason)
     }
+
+    static let closedBeforeAnswering = "the upstream closed before answering"
+    static let brokenChunks = "the upstream's chunked framing is malformed"
+    static let headTooLarge = "the upstream's response head is larger than \(maxHeadBytes >> 10) KiB"
 
     private mutating func nextHead(_ buffer: inout ByteBuffer) -> Event? {
         let parsed = buffer.withUnsafeReadableBytes { HTTP1Parsing.parseHead($0, fields: &fields) }
         switch parsed {
         case .incomplete:
-            guard buffer.readableBytes <= Self.maxHeadBytes else { return failed() }
+            guard buffer.readableBytes <= Self.maxHeadBytes else { return failed(Self.headTooLarge) }
             if buffer.readableBytes > 0 {
                 state = .head(buffer)
                 buffer.moveReaderIndex(to: buffer.writerIndex)
             }
             return nil
-        case .malformed:
-            return failed()
+        case .malformed(let reason):
+            return failed("the upstream's response head is malformed: \(reason)")
         case .complete(let startLineEnd, let length):
+            guard length <= Self.maxHeadBytes else { return failed(Self.headTooLarge) }
             let head = buffer.readSlice(length: length)!
             guard
                 let facts = head.withUnsafeReadableBytes({
                     ResponseFacts(head: $0, startLineEnd: startLineEnd, fields: fields)
                 })
-            else { return failed() }
+            else { return failed("the upstream's status line or body length is malformed") }
             if facts.isInterim { return .interim(head, facts) }
             if !facts.keepsConnection { reusable = false }
             let hasBody = expectsBody && facts.status != 204 && facts.status != 304
@@ -200,7 +207,7 @@ struct ResponseFramer {
                 state = .untilClose
                 reusable = false
             }
-            guard let body = takeBody(from: &buffer) else { return failed() }
+            guard let body = takeBody(from: &buffer) else { return failed(Self.brokenChunks) }
             return .head(head, facts, body: body)
         }
     }
@@ -292,10 +299,10 @@ final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
             case .end(let reusable):
                 self.relay = nil
                 relay.upstreamEnd(reusable: reusable)
-            case .failed:
+            case .failed(let reason):
                 self.relay = nil
                 context.close(promise: nil)
-                relay.upstreamFailed()
+                relay.upstreamFailed(reason)
             }
         }
     }
@@ -315,8 +322,8 @@ final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
         self.relay = nil
         switch framer.closed() {
         case .end: relay?.upstreamEnd(reusable: false)
-        case nil: break
-        default: relay?.upstreamFailed()
+        case .failed(let reason): relay?.upstreamFailed(reason)
+        default: break
         }
         context.fireChannelInactive()
     }

@@ -19,6 +19,9 @@ class EpollSocket {
     unowned(unsafe) let loop: EpollLoop
     /// The socket may have bytes to read: set by epoll's edge, cleared by a short read or one that would block.
     @exclusivity(unchecked) var readable = false
+    /// The peer closed its side or the connection broke. Epoll says so once, often in the same event as the last
+    /// bytes, so from then on only a read that returns the end clears ``readable``: a short read would hide the close.
+    @exclusivity(unchecked) var hungUp = false
     /// The socket has room to write: cleared by a write that could not finish, set by epoll's edge.
     @exclusivity(unchecked) var writable: Bool
 
@@ -33,7 +36,10 @@ class EpollSocket {
 
     /// Notes what epoll reported; returns whether it reported room to write.
     final func note(_ events: UInt32) -> Bool {
-        if events & (ringside_epollin | ringside_epollrdhup | ringside_epollhup | ringside_epollerr) != 0 {
+        if events & (ringside_epollrdhup | ringside_epollhup | ringside_epollerr) != 0 {
+            readable = true
+            hungUp = true
+        } else if events & ringside_epollin != 0 {
             readable = true
         }
         guard events & ringside_epollout != 0 else { return false }
@@ -55,7 +61,7 @@ class EpollSocket {
             let (result, buffer) = loop.read(fd)
             switch result {
             case .bytes(let count):
-                if count < EpollLoop.readSize { readable = false }
+                if count < EpollLoop.readSize && !hungUp { readable = false }
                 received(buffer)
             case .wouldBlock:
                 readable = false

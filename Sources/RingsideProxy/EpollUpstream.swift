@@ -143,10 +143,10 @@ final class EpollUpstream: EpollSocket {
             case .end(let reusable):
                 self.client = nil
                 client.upstreamEnd(reusable: reusable)
-            case .failed:
+            case .failed(let reason):
                 self.client = nil
                 close()
-                client.upstreamFailed()
+                client.upstreamFailed(reason)
             }
         }
     }
@@ -159,8 +159,8 @@ final class EpollUpstream: EpollSocket {
         close()
         switch event {
         case .end: client?.upstreamEnd(reusable: false)
-        case nil: break
-        default: client?.upstreamFailed()
+        case .failed(let reason): client?.upstreamFailed(reason)
+        default: break
         }
     }
 

@@ -352,7 +352,7 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         guard let exchange, let context else { return }
         guard exchange.responseStarted else {
             // Only interim responses, then the end: nothing the client can use.
-            upstreamFailed()
+            upstreamFailed("the upstream sent only interim responses")
             return
         }
         let now = NIODeadline.now()
@@ -391,8 +391,8 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         if isWritable { resumeReads() } else { pauseReads() }
     }
 
-    /// The upstream closed or failed before the response was complete.
-    func upstreamFailed() {
+    /// The upstream closed or failed before the response was complete; `reason` says how, for the client's 502.
+    func upstreamFailed(_ reason: String) {
         guard let exchange, let context else { return }
         dropUpstream(exchange)
         if exchange.responseStarted {
@@ -405,9 +405,9 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         settings.router.upstreamFailed(exchange.route, error: nil)
         // Idempotent requests may go to the next owner even though the first may have seen them.
         if exchange.idempotent {
-            tryNextRoute(exchange, reason: "the upstream closed before answering")
+            tryNextRoute(exchange, reason: reason)
         } else {
-            fail(exchange, status: 502, message: "the upstream closed before answering")
+            fail(exchange, status: 502, message: reason)
         }
     }
 

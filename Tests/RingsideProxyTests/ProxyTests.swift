@@ -649,8 +649,38 @@ struct RelayResponseTests {
             backend: "NOT HTTP\r\n\r\n",
             request: "GET / HTTP/1.1\nHost: app\nConnection: close\n\n"
         )
-        #expect(parseResponse(bytes)?.status == 502)
+        let response = try #require(parseResponse(bytes))
+        #expect(response.status == 502)
+        #expect(String(decoding: response.body, as: UTF8.self).contains("status line or body length is malformed"))
         #expect(closed)
+    }
+
+    @Test(arguments: AppIO.allCases) func a502SaysWhatWasWrongWithTheUpstreamsAnswer(io: AppIO) async throws {
+        let cases: [(answer: String, closes: Bool, says: String)] = [
+            (
+                "HTTP/1.1 200 OK\r\nX-Big: \(String(repeating: "a", count: 70_000))\r\nContent-Length: 0\r\n\r\n",
+                false,
+                "larger than 64 KiB"
+            ),
+            ("HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n", false, "response head is malformed"),
+            ("HTTP/1.1 103 Early Hints\r\n\r\n", true, "closed before answering"),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", false, "chunked framing is malformed"),
+            ("", true, "closed before answering"),
+        ]
+        for (answer, closes, says) in cases {
+            // POST: not idempotent, so the one route's failure is the answer.
+            let bytes = try await exchange(
+                io: io,
+                backend: answer,
+                closes: closes,
+                request: "POST / HTTP/1.1\nHost: app\nContent-Length: 0\nConnection: close\n\n"
+            )
+            // The final answer, after any interim ones; only its start is shown, should it be a large one.
+            let text = String(decoding: bytes, as: UTF8.self)
+            let final =
+                text.range(of: "HTTP/1.1 502 ").map { String(text[$0.lowerBound...]) } ?? String(text.prefix(200))
+            #expect(final.hasPrefix("HTTP/1.1 502 ") && final.contains(says), "\(says): \(final.prefix(200))")
+        }
     }
 
     @Test(arguments: AppIO.allCases) func aBodyUntilCloseReachesTheClientWhichIsThenClosed(io: AppIO) async throws {
@@ -664,6 +694,29 @@ struct RelayResponseTests {
         #expect(text.hasPrefix("HTTP/1.1 200 OK\r\n"))
         #expect(text.lowercased().contains("connection: close\r\n"))
         #expect(text.hasSuffix("\r\n\r\nall of it"))
+    }
+
+    @Test(arguments: AppIO.allCases) func aCloseThatComesWithTheLastBytesEndsTheResponse(io: AppIO) async throws {
+        // Epoll reports the backend's close once, often together with its last bytes: a relay that stopped reading at
+        // a short read would never see the end of a body that runs until the close.
+        let backend = try await CannedBackend.start(
+            answer: "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it",
+            closes: true
+        )
+        defer { backend.channel.close(promise: nil) }
+        try await withProxy(io: io, backendPort: backend.port) { port in
+            for attempt in 1...20 {
+                let raw = rawExchange(
+                    port: port,
+                    request("GET / HTTP/1.1\nHost: app\n\n"),
+                    timeout: .seconds(3),
+                    untilClosed: true
+                )
+                #expect(raw.closed, "attempt \(attempt)")
+                #expect(String(decoding: raw.bytes, as: UTF8.self).hasSuffix("\r\n\r\nall of it"), "attempt \(attempt)")
+                if !raw.closed { break }
+            }
+        }
     }
 
     @Test(arguments: AppIO.allCases) func chunkedTrailersAndInterimResponsesPassThroughVerbatim(io: AppIO) async throws
