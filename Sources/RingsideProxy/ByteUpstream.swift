@@ -246,6 +246,8 @@ final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
     private(set) var context: ChannelHandlerContext?
     var gate = ReadGate()
     private var unflushed = false
+    /// Exchanges this connection has carried, the current one included.
+    private(set) var exchanges = 0
 
     init() {}
 
@@ -256,6 +258,7 @@ final class ByteUpstream: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
     /// Starts an exchange for `relay`; `expectsBody` is false for a HEAD request.
     func bind(_ relay: HTTP1Relay, expectsBody: Bool) {
         self.relay = relay
+        exchanges += 1
         framer.begin(expectsBody: expectsBody)
     }
 

@@ -146,11 +146,13 @@ final class EpollClient: EpollSocket {
 
     // MARK: Upstreams
 
-    private func connect(_ exchange: Exchange) {
+    /// Puts `exchange` on a connection to its route: the one kept from this client's last request, one from the pool,
+    /// or (always when `fresh`) a new one.
+    private func connect(_ exchange: Exchange, fresh: Bool = false) {
         let route = exchange.route
         if let spare {
             self.spare = nil
-            if spare.route == route && spare.isOpen {
+            if spare.route == route && spare.isOpen && !fresh {
                 attach(spare, to: exchange)
                 return
             }
@@ -160,7 +162,7 @@ final class EpollClient: EpollSocket {
             guard let address = loop.address(of: route) else {
                 throw ProxyRefusal(status: .badGateway, message: "\(route) needs a name lookup")
             }
-            attach(try loop.upstream(for: route, at: address), to: exchange)
+            attach(try loop.upstream(for: route, at: address, fresh: fresh), to: exchange)
         } catch {
             settings.router.upstreamFailed(route, error: error)
             tryNextRoute(exchange, reason: "cannot reach \(route): \(error)")
@@ -271,7 +273,13 @@ final class EpollClient: EpollSocket {
     /// The upstream closed or failed before the response was complete; `reason` says how, for the client's 502.
     func upstreamFailed(_ reason: String) {
         guard let exchange else { return }
+        let reused = (exchange.upstream?.exchanges ?? 0) > 1
         dropUpstream(exchange)
+        if !exchange.responseStarted, exchange.retriesOnFreshConnection(after: reused) {
+            settings.metrics.retries.increment()
+            connect(exchange, fresh: true)
+            return
+        }
         if exchange.responseStarted {
             // Mid-response there is no way to tell the client but to close.
             self.exchange = nil

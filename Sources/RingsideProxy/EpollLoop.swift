@@ -296,8 +296,8 @@ final class EpollLoop {
     }
 
     /// An idle connection to `route`, or a new one on its way.
-    func upstream(for route: ProxyRoute, at address: SocketAddress) throws -> EpollUpstream {
-        while let upstream = idle[route]?.popLast() {
+    func upstream(for route: ProxyRoute, at address: SocketAddress, fresh: Bool = false) throws -> EpollUpstream {
+        while !fresh, let upstream = idle[route]?.popLast() {
             if upstream.fd >= 0 { return upstream }
         }
         let (fd, connected) = try LinuxSocket.connect(to: address)

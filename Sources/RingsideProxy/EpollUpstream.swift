@@ -13,6 +13,8 @@ final class EpollUpstream: EpollSocket {
     let connectDeadline: NIODeadline
     /// In its loop's pool of idle connections.
     @exclusivity(unchecked) var isPooled = false
+    /// Exchanges this connection has carried, the current one included.
+    @exclusivity(unchecked) private(set) var exchanges = 0
     @exclusivity(unchecked) private var framer = ResponseFramer()
     @exclusivity(unchecked) private var client: EpollClient?
     @exclusivity(unchecked) private var out = OutboundQueue()
@@ -30,6 +32,7 @@ final class EpollUpstream: EpollSocket {
     /// Starts an exchange for `client`; `expectsBody` is false for a HEAD request.
     func bind(_ client: EpollClient, expectsBody: Bool) {
         self.client = client
+        exchanges += 1
         isPooled = false
         readsPaused = false
         framer.begin(expectsBody: expectsBody)

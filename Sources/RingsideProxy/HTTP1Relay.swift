@@ -253,12 +253,14 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
 
     // MARK: Upstreams
 
-    private func connect(_ exchange: Exchange) {
+    /// Puts `exchange` on a connection to its route: the one kept from this client's last request, one from the pool,
+    /// or (always when `fresh`) a new one.
+    private func connect(_ exchange: Exchange, fresh: Bool = false) {
         guard let context else { return }
         let route = exchange.route
         if let spare {
             self.spare = nil
-            if spare.route == route && spare.lease.channel.isActive {
+            if spare.route == route && spare.lease.channel.isActive && !fresh {
                 attach(spare.lease, upstream: spare.upstream, to: exchange)
                 return
             }
@@ -266,7 +268,8 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         }
         // The callback holds the relay strongly (until the lease or the connect timeout), never weakly: a weak
         // reference would move the relay's reference count to a side table and slow every retain of it.
-        settings.upstreams.leaseBytes(route, on: context.eventLoop).hop(to: context.eventLoop).assumeIsolated()
+        settings.upstreams.leaseBytes(route, on: context.eventLoop, fresh: fresh).hop(to: context.eventLoop)
+            .assumeIsolated()
             .whenComplete { result in
                 guard self.exchange === exchange else {
                     if case .success(let lease) = result { lease.release(false) }
@@ -394,7 +397,13 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
     /// The upstream closed or failed before the response was complete; `reason` says how, for the client's 502.
     func upstreamFailed(_ reason: String) {
         guard let exchange, let context else { return }
+        let reused = (exchange.upstream?.handler.exchanges ?? 0) > 1
         dropUpstream(exchange)
+        if !exchange.responseStarted, exchange.retriesOnFreshConnection(after: reused) {
+            settings.metrics.retries.increment()
+            connect(exchange, fresh: true)
+            return
+        }
         if exchange.responseStarted {
             // Mid-response there is no way to tell the client but to close.
             self.exchange = nil

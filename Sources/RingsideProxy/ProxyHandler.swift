@@ -78,6 +78,29 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
         }
 
         var route: ProxyRoute { routes[attempt] }
+
+        /// Times the head went out, to one route or another.
+        var sends = 0
+        /// The request went out again on a new connection to the same route (at most once).
+        var retriedOnFreshConnection = false
+
+        /// The request can be sent again: its body was kept, or none of it was sent.
+        var canReplay: Bool {
+            replay != nil
+                || (bodyBytes == 0
+                    && pending.allSatisfy {
+                        if case .body = $0 { false } else { true }
+                    })
+        }
+
+        /// Whether to send the request once more to the same route on a new connection, after its kept connection
+        /// closed before answering (see ``RelayExchange/retriesOnFreshConnection(after:)``).
+        func retriesOnFreshConnection() -> Bool {
+            guard lease?.reused == true, ProxyHandler.isIdempotent(head.method), !retriedOnFreshConnection, canReplay
+            else { return false }
+            retriedOnFreshConnection = true
+            return true
+        }
     }
 
     init(
@@ -281,23 +304,25 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
 
     // MARK: Upstreams
 
-    private func connect(_ exchange: Exchange) {
+    /// Puts `exchange` on a connection to its route: a kept one, or (always when `fresh`) a new one.
+    private func connect(_ exchange: Exchange, fresh: Bool = false) {
         guard let context else { return }
         let route = exchange.route
-        upstreams.lease(route, on: context.eventLoop).hop(to: context.eventLoop).assumeIsolated().whenComplete {
-            [weak self] result in
-            guard let self, self.exchange === exchange else {
-                if case .success(let lease) = result { lease.release(false) }
-                return
+        upstreams.lease(route, on: context.eventLoop, fresh: fresh).hop(to: context.eventLoop).assumeIsolated()
+            .whenComplete {
+                [weak self] result in
+                guard let self, self.exchange === exchange else {
+                    if case .success(let lease) = result { lease.release(false) }
+                    return
+                }
+                switch result {
+                case .success(let lease):
+                    self.attach(lease, to: exchange)
+                case .failure(let error):
+                    self.router.upstreamFailed(route, error: error)
+                    self.tryNextRoute(exchange, reason: "cannot reach \(route): \(error)")
+                }
             }
-            switch result {
-            case .success(let lease):
-                self.attach(lease, to: exchange)
-            case .failure(let error):
-                self.router.upstreamFailed(route, error: error)
-                self.tryNextRoute(exchange, reason: "cannot reach \(route): \(error)")
-            }
-        }
     }
 
     private func attach(_ lease: UpstreamLease, to exchange: Exchange) {
@@ -321,7 +346,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
             }
         }
         lease.channel.write(HTTPClientRequestPart.head(head), promise: nil)
-        if exchange.attempt > 0, let replay = exchange.replay {
+        exchange.sends += 1
+        if exchange.sends > 1, let replay = exchange.replay {
             // A replay: the body parts kept from the first attempt, then the end if it came.
             for buffer in replay { lease.channel.write(HTTPClientRequestPart.body(.byteBuffer(buffer)), promise: nil) }
             if exchange.requestEnded {
@@ -343,13 +369,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
             exchange.lease = nil
             lease.release(false)
         }
-        let canReplay =
-            exchange.replay != nil
-            || (exchange.bodyBytes == 0
-                && exchange.pending.allSatisfy {
-                    if case .body = $0 { false } else { true }
-                })
-        guard exchange.attempt + 1 < exchange.routes.count, canReplay else {
+        guard exchange.attempt + 1 < exchange.routes.count, exchange.canReplay else {
             fail(exchange, status: .badGateway, message: reason)
             return
         }
@@ -409,6 +429,16 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
     func upstreamFailed(_ error: (any Error)?) {
         guard let exchange, let context else { return }
         exchange.upstream = nil
+        if !exchange.responseStarted, exchange.retriesOnFreshConnection() {
+            // A kept connection the upstream closed as idle while the request was on its way: once more, anew.
+            if let lease = exchange.lease {
+                exchange.lease = nil
+                lease.release(false)
+            }
+            metrics.retries.increment()
+            connect(exchange, fresh: true)
+            return
+        }
         if !exchange.responseStarted {
             router.upstreamFailed(exchange.route, error: error)
             // Idempotent requests may go to the next owner even though the first may have seen them.

@@ -68,8 +68,8 @@ public struct ProxyRefusal: Error, Sendable {
 /// Opens upstream channels: pooled connections to the backend, streams to peers. A channel it gives speaks
 /// `HTTPClientRequestPart` out and `HTTPClientResponsePart` in, on the event loop it was asked for.
 public protocol UpstreamProvider: Sendable {
-    /// An upstream channel for `route`, on `eventLoop`.
-    func lease(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease>
+    /// An upstream channel for `route`, on `eventLoop`; a new connection, not a kept one, when `fresh`.
+    func lease(_ route: ProxyRoute, on eventLoop: any EventLoop, fresh: Bool) -> EventLoopFuture<UpstreamLease>
 
     /// A new HTTP/1.1 connection for `route`, outside any pool, for a protocol upgrade.
     func freshConnection(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel>
@@ -77,9 +77,9 @@ public protocol UpstreamProvider: Sendable {
     /// Whether every route speaks HTTP/1.1, so that HTTP/1.1 clients can take the byte-level relay.
     var relaysBytes: Bool { get }
 
-    /// A pooled HTTP/1.1 connection for `route` carrying only a ``ByteUpstream``, on `eventLoop`: the relay writes
-    /// requests as bytes and the handler frames the responses.
-    func leaseBytes(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease>
+    /// A pooled HTTP/1.1 connection for `route` carrying only a ``ByteUpstream``, on `eventLoop` (a new one when
+    /// `fresh`): the relay writes requests as bytes and the handler frames the responses.
+    func leaseBytes(_ route: ProxyRoute, on eventLoop: any EventLoop, fresh: Bool) -> EventLoopFuture<UpstreamLease>
 
     /// The backend's address when it is numeric (no name lookup to make), for the app plane's relay loops; nil sends
     /// local requests the general way.
@@ -91,7 +91,11 @@ extension UpstreamProvider {
 
     public var backendAddress: SocketAddress? { nil }
 
-    public func leaseBytes(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
+    public func leaseBytes(
+        _ route: ProxyRoute,
+        on eventLoop: any EventLoop,
+        fresh: Bool
+    ) -> EventLoopFuture<UpstreamLease> {
         eventLoop.makeFailedFuture(
             ProxyRefusal(status: .notImplemented, message: "this upstream provider does not relay bytes")
         )
@@ -110,10 +114,14 @@ public struct UpstreamLease: Sendable {
     public var channel: any Channel
     /// Called once, when the exchange is over: `reusable` when the connection can carry another request.
     public var release: @Sendable (_ reusable: Bool) -> Void
+    /// The connection carried requests before: kept between them, the upstream may have closed it as idle just as
+    /// this one went out.
+    public var reused: Bool
 
     /// Creates a lease.
-    public init(channel: any Channel, release: @escaping @Sendable (_ reusable: Bool) -> Void) {
+    public init(channel: any Channel, reused: Bool = false, release: @escaping @Sendable (_ reusable: Bool) -> Void) {
         self.channel = channel
+        self.reused = reused
         self.release = release
     }
 }

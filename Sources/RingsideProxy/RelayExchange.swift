@@ -19,6 +19,10 @@ final class RelayExchange<Upstream> {
     @exclusivity(unchecked) private var bodyBytes = 0
     /// The upstream connection the request is on, if any.
     @exclusivity(unchecked) var upstream: Upstream?
+    /// Times the head went out, to one route or another.
+    @exclusivity(unchecked) private var sends = 0
+    /// The request went out again on a new connection to the same route (at most once).
+    @exclusivity(unchecked) private(set) var retriedOnFreshConnection = false
     /// Body parts that arrived while no upstream was attached.
     @exclusivity(unchecked) private var pending: [ByteBuffer] = []
     /// The body kept for a replay, while small enough; nil once it is not.
@@ -73,19 +77,21 @@ final class RelayExchange<Upstream> {
     func opening(_ settings: RelaySettings) -> [ByteBuffer] {
         var first: ByteBuffer
         let base = head.readableBytes
-        if attempt == 0 {
+        let isRetry = sends > 0
+        sends += 1
+        if !isRetry {
             first = head
             head = ByteBuffer()
         } else {
             first = head
         }
         settings.routeLines(route, isLast: attempt == routes.count - 1, deadline: deadline, into: &first)
-        if attempt == 0 {
+        if !isRetry {
             // Kept for a retry: the part without the route's headers.
             head = first.getSlice(at: first.readerIndex, length: base)!
         }
         var parts = [first]
-        if attempt > 0, let replay {
+        if isRetry, let replay {
             parts += replay
         } else {
             parts += pending
@@ -94,9 +100,21 @@ final class RelayExchange<Upstream> {
         return parts
     }
 
+    /// The request can be sent again: its body was kept, or none of it was sent.
+    private var canReplay: Bool { replay != nil || (bodyBytes == 0 && pending.isEmpty) }
+
+    /// Whether to send the request once more to the same route on a new connection, after `reusedConnection` closed
+    /// before answering: a connection kept between requests may have been closed by the upstream as idle while this
+    /// request was on its way, which says nothing about the request or the upstream. Only for an idempotent request
+    /// (the upstream may also have crashed on it), once, and when it can be sent again.
+    func retriesOnFreshConnection(after reusedConnection: Bool) -> Bool {
+        guard reusedConnection, idempotent, !retriedOnFreshConnection, canReplay else { return false }
+        retriedOnFreshConnection = true
+        return true
+    }
+
     /// Moves to the next owner when there is one and the request can be sent again (its body kept, or none sent).
     func advance() -> Bool {
-        let canReplay = replay != nil || (bodyBytes == 0 && pending.isEmpty)
         guard attempt + 1 < routes.count, canReplay else { return false }
         attempt += 1
         return true

@@ -27,12 +27,15 @@ final class HTTP1Pool: Sendable {
         self.speaksBytes = speaksBytes
     }
 
-    func lease(host: String, port: Int, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
+    /// A kept connection to `host:port` on `eventLoop`, or a new one (always when `fresh`).
+    func lease(host: String, port: Int, on eventLoop: any EventLoop, fresh: Bool) -> EventLoopFuture<UpstreamLease> {
         let key = Key(host: host, port: port, loop: ObjectIdentifier(eventLoop))
-        while let channel = idle.withLockedValue({ $0[key]?.popLast() }) {
-            if channel.isActive { return eventLoop.makeSucceededFuture(lease(channel, key: key)) }
+        while !fresh, let channel = idle.withLockedValue({ $0[key]?.popLast() }) {
+            if channel.isActive { return eventLoop.makeSucceededFuture(lease(channel, key: key, reused: true)) }
         }
-        return connect(host: host, port: port, on: eventLoop, forProxying: true).map { self.lease($0, key: key) }
+        return connect(host: host, port: port, on: eventLoop, forProxying: true).map {
+            self.lease($0, key: key, reused: false)
+        }
     }
 
     /// A new connection, not from the pool and never returned to it, for an upgrade: HTTP handlers only, and bytes
@@ -66,8 +69,8 @@ final class HTTP1Pool: Sendable {
             .connect(host: host, port: port)
     }
 
-    private func lease(_ channel: any Channel, key: Key) -> UpstreamLease {
-        UpstreamLease(channel: channel) { [self] reusable in
+    private func lease(_ channel: any Channel, key: Key, reused: Bool) -> UpstreamLease {
+        UpstreamLease(channel: channel, reused: reused) { [self] reusable in
             guard reusable, channel.isActive else {
                 channel.close(promise: nil)
                 return
@@ -210,15 +213,20 @@ public final class ClusterUpstreams: UpstreamProvider {
 
     public var backendAddress: SocketAddress? { try? SocketAddress(ipAddress: backendHost, port: backendPort) }
 
-    public func leaseBytes(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
-        connecting(route, on: eventLoop) { bytes.lease(host: $0, port: $1, on: eventLoop) }
+    public func leaseBytes(
+        _ route: ProxyRoute,
+        on eventLoop: any EventLoop,
+        fresh: Bool
+    ) -> EventLoopFuture<UpstreamLease> {
+        connecting(route, on: eventLoop) { bytes.lease(host: $0, port: $1, on: eventLoop, fresh: fresh) }
     }
 
-    public func lease(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
+    /// `fresh` does not apply to an HTTP/2 backend: each request is a stream of its own.
+    public func lease(_ route: ProxyRoute, on eventLoop: any EventLoop, fresh: Bool) -> EventLoopFuture<UpstreamLease> {
         if case .local = route, backendSpeaksHTTP2 {
             return http2.lease(address: HostAndPort(host: backendHost, port: backendPort).description, on: eventLoop)
         }
-        return connecting(route, on: eventLoop) { http1.lease(host: $0, port: $1, on: eventLoop) }
+        return connecting(route, on: eventLoop) { http1.lease(host: $0, port: $1, on: eventLoop, fresh: fresh) }
     }
 
     public func freshConnection(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {

@@ -571,10 +571,15 @@ final class CannedBackend: ChannelInboundHandler, Sendable {
 
     let answer: [UInt8]
     let closes: Bool
+    /// Requests answered on a connection before the next one finds it closed, unanswered (as by a server that closes
+    /// idle connections just as a request comes); nil for no limit.
+    let answersPerConnection: Int?
+    private let answered = NIOLockedValueBox(0)
 
-    init(answer: String, closes: Bool) {
+    init(answer: String, closes: Bool, answersPerConnection: Int? = nil) {
         self.answer = Array(answer.utf8)
         self.closes = closes
+        self.answersPerConnection = answersPerConnection
     }
 
     /// Connections accepted by every canned backend so far, by port.
@@ -598,15 +603,29 @@ final class CannedBackend: ChannelInboundHandler, Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = Array(unwrapInboundIn(data).readableBytesView)
         guard headEnd(bytes) != nil else { return }
+        let count = answered.withLockedValue {
+            $0 += 1
+            return $0
+        }
+        if let limit = answersPerConnection, count > limit {
+            context.close(promise: nil)
+            return
+        }
         let done = context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: answer)))
         if closes { done.assumeIsolated().whenComplete { _ in context.close(promise: nil) } }
     }
 
-    static func start(answer: String, closes: Bool = false) async throws -> (channel: any Channel, port: Int) {
+    static func start(
+        answer: String,
+        closes: Bool = false,
+        answersPerConnection: Int? = nil
+    ) async throws -> (channel: any Channel, port: Int) {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(CannedBackend(answer: answer, closes: closes))
+                    try channel.pipeline.syncOperations.addHandler(
+                        CannedBackend(answer: answer, closes: closes, answersPerConnection: answersPerConnection)
+                    )
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
@@ -716,6 +735,44 @@ struct RelayResponseTests {
                 #expect(String(decoding: raw.bytes, as: UTF8.self).hasSuffix("\r\n\r\nall of it"), "attempt \(attempt)")
                 if !raw.closed { break }
             }
+        }
+    }
+
+    @Test(arguments: AppIO.allCases) func aKeptConnectionClosedUnderARequestIsReplacedForIdempotentOnes(
+        io: AppIO
+    ) async throws {
+        // The backend answers one request a connection and closes the next one's connection unanswered, as a server
+        // closing idle connections does when a request crosses the close.
+        let backend = try await CannedBackend.start(
+            answer: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            answersPerConnection: 1
+        )
+        defer { backend.channel.close(promise: nil) }
+        try await withProxy(io: io, backendPort: backend.port) { port in
+            // Three GETs on one client connection (the byte-level path), then HTTP/1.0 ones (the general path, which
+            // leases per request).
+            let get = "GET / HTTP/1.1\nHost: app\n\n"
+            let raw = rawExchange(
+                port: port,
+                request(get + get + "GET / HTTP/1.1\nHost: app\nConnection: close\n\n"),
+                untilClosed: true
+            )
+            let text = String(decoding: raw.bytes, as: UTF8.self)
+            #expect(text.components(separatedBy: "HTTP/1.1 200 OK").count == 4, "\(text)")
+            for _ in 0..<2 {
+                let old = rawExchange(port: port, request("GET /old HTTP/1.0\nHost: app\n\n"), untilClosed: true)
+                #expect(parseResponse(old.bytes)?.status == 200)
+            }
+            // A POST may have been acted on before the close: it is not sent twice. (It follows a GET on the same
+            // client connection, so it goes out on the upstream connection the GET was answered on.)
+            let post = rawExchange(
+                port: port,
+                request(get + "POST / HTTP/1.1\nHost: app\nContent-Length: 0\nConnection: close\n\n"),
+                untilClosed: true
+            )
+            let answers = String(decoding: post.bytes, as: UTF8.self)
+            #expect(answers.hasPrefix("HTTP/1.1 200 OK"))
+            #expect(answers.contains("HTTP/1.1 502 Bad Gateway"), "\(answers)")
         }
     }
 
