@@ -799,7 +799,7 @@ struct RelayResponseTests {
         let bytes = try await exchange(
             io: io,
             backend: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
-            request: "GET / HTTP/1.1\nHost: app\n\n"
+            request: "GET / HTTP/1.1\nHost: app\nConnection: close\n\n"
         )
         let text = String(decoding: bytes, as: UTF8.self).lowercased()
         #expect(text.hasPrefix("http/1.1 200 ok\r\n"))
