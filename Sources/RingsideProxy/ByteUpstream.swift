@@ -160,7 +160,7 @@ struct ResponseFramer {
         switch state {
         case .idle: return nil
         case .untilClose, .ending: return .end(reusable: false)
-        case .head: return .failed(Self.closedBeforeAnswering)
+        case .head: return .failed("the upstream closed before answering")
         case .length, .chunked: return .failed("the upstream closed in the middle of its response")
         }
     }
@@ -170,7 +170,6 @@ struct ResponseFramer {
         return .failed(reason)
     }
 
-    static let closedBeforeAnswering = "the upstream closed before answering"
     static let brokenChunks = "the upstream's chunked framing is malformed"
     static let headTooLarge = "the upstream's response head is larger than \(maxHeadBytes >> 10) KiB"
 

@@ -81,14 +81,12 @@ struct HeadRewriter {
             return .refuse(status: 400, message: "malformed request line", headers: [], closing: true)
         }
         let targetRange = targetStart..<index
-        // The upstream gets a request line of its own when the client's is not one to pass on as it came.
-        var rewritesStartLine = false
+        // A later HTTP/1.x is served as HTTP/1.1 (RFC 9112 §2.3).
+        let laterMinorVersion: Bool
         switch bytes[startLineEnd - 1] {
-        case UInt8(ascii: "1"): break
+        case UInt8(ascii: "1"): laterMinorVersion = false
         case UInt8(ascii: "0"): return .handOff  // HTTP/1.0 takes the general path.
-        case UInt8(ascii: "2")...UInt8(ascii: "9"):
-            // A later HTTP/1.x is served as HTTP/1.1 (RFC 9112 §2.3).
-            rewritesStartLine = true
+        case UInt8(ascii: "2")...UInt8(ascii: "9"): laterMinorVersion = true
         default: return .refuse(status: 400, message: "malformed request line", headers: [], closing: true)
         }
         if methodEnd == 7 && HTTP1Parsing.has(bytes, at: 0, "CONNECT") {
@@ -104,7 +102,6 @@ struct HeadRewriter {
             }
         case .absolute(let authority, let path):
             absolute = (authority, path)
-            rewritesStartLine = true
         case .invalid(let reason):
             return .refuse(status: 400, message: reason, headers: [], closing: true)
         }
@@ -182,7 +179,7 @@ struct HeadRewriter {
         }
         if transferEncoding || upgrade || expect {
             // The general path reads HTTP/1.1 and HTTP/1.0 only.
-            guard !rewritesStartLine || absolute != nil else {
+            guard !laterMinorVersion else {
                 return .refuse(
                     status: 505,
                     message: "a chunked body, Expect or Upgrade is served with HTTP/1.1 only",
@@ -231,7 +228,8 @@ struct HeadRewriter {
         // The upstream's head: the request line and the fields that cross, then this proxy's.
         var head = allocator.buffer(capacity: length + 256)
         var lines = LineRuns(0, startLineEnd + 2)
-        if rewritesStartLine {
+        if laterMinorVersion || absolute != nil {
+            // A request line of the upstream's own: origin form, HTTP/1.1.
             head.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[0..<targetStart]))
             if let absolute {
                 RequestTarget.writePath(bytes, absolute.path, into: &head)

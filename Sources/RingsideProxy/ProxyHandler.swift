@@ -79,10 +79,16 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
 
         var route: ProxyRoute { routes[attempt] }
 
+        /// Gives the upstream connection back closed, if there is one.
+        func dropLease() {
+            lease?.release(false)
+            lease = nil
+        }
+
         /// Times the head went out, to one route or another.
         var sends = 0
         /// The request went out again on a new connection to the same route (at most once).
-        var retriedOnFreshConnection = false
+        private var retriedOnFreshConnection = false
 
         /// The request can be sent again: its body was kept, or none of it was sent.
         var canReplay: Bool {
@@ -365,10 +371,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
     /// answers 502.
     private func tryNextRoute(_ exchange: Exchange, reason: String) {
         exchange.upstream = nil
-        if let lease = exchange.lease {
-            exchange.lease = nil
-            lease.release(false)
-        }
+        exchange.dropLease()
         guard exchange.attempt + 1 < exchange.routes.count, exchange.canReplay else {
             fail(exchange, status: .badGateway, message: reason)
             return
@@ -431,10 +434,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
         exchange.upstream = nil
         if !exchange.responseStarted, exchange.retriesOnFreshConnection() {
             // A kept connection the upstream closed as idle while the request was on its way: once more, anew.
-            if let lease = exchange.lease {
-                exchange.lease = nil
-                lease.release(false)
-            }
+            exchange.dropLease()
             metrics.retries.increment()
             connect(exchange, fresh: true)
             return
@@ -449,7 +449,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
             }
         } else {
             // Mid-response there is no way to tell the client but to close.
-            if let lease = exchange.lease { lease.release(false) }
+            exchange.dropLease()
             self.exchange = nil
             context.close(promise: nil)
         }
@@ -514,10 +514,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
         guard self.exchange === exchange, let context else { return }
         exchange.upstream?.detach(reusable: false)
         exchange.upstream = nil
-        if let lease = exchange.lease {
-            exchange.lease = nil
-            lease.release(false)
-        }
+        exchange.dropLease()
         self.exchange = nil
         record(exchange, status: exchange.responseStarted ? exchange.status : status)
         if exchange.responseStarted {
@@ -580,7 +577,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
         deadlineCheck?.cancel()
         if let exchange {
             exchange.upstream?.detach(reusable: false)
-            if let lease = exchange.lease { lease.release(false) }
+            exchange.dropLease()
             self.exchange = nil
         }
         context.fireChannelInactive()

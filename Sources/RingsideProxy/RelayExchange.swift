@@ -22,7 +22,7 @@ final class RelayExchange<Upstream> {
     /// Times the head went out, to one route or another.
     @exclusivity(unchecked) private var sends = 0
     /// The request went out again on a new connection to the same route (at most once).
-    @exclusivity(unchecked) private(set) var retriedOnFreshConnection = false
+    @exclusivity(unchecked) private var retriedOnFreshConnection = false
     /// Body parts that arrived while no upstream was attached.
     @exclusivity(unchecked) private var pending: [ByteBuffer] = []
     /// The body kept for a replay, while small enough; nil once it is not.

@@ -477,6 +477,15 @@ struct RelayHandOffTests {
             #expect(response.status == 200)
             #expect(response.header("x-echo-uri") == "/later")
             #expect(response.header("x-echo-version") == "1.1")
+            // The general path (a chunked body) reads HTTP/1.1 and 1.0 only, absolute target or not.
+            for target in ["/", "http://app/"] {
+                let chunked = rawExchange(
+                    port: port,
+                    request("POST \(target) HTTP/1.7\nHost: app\nTransfer-Encoding: chunked\n\n0\n\n"),
+                    untilClosed: true
+                )
+                #expect(parseResponse(chunked.bytes)?.status == 505, "\(target)")
+            }
             let major = rawExchange(port: port, request("GET / HTTP/3.0\nHost: app\n\n"), untilClosed: true)
             #expect([400, 505].contains(parseResponse(major.bytes)?.status ?? 0))
             let target = rawExchange(port: port, request("GET  / HTTP/1.1\nHost: app\n\n"))

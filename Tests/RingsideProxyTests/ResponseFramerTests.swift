@@ -77,6 +77,10 @@ struct ResponseFramerTests {
                 == ["h 200", "body 2", "end/close"]
         )
         #expect(events("HTTP/1.1 2x0 OK\r\n\r\n", piece: 100) == ["failed"])
+        // A head over the limit is refused whether it comes in pieces or at once.
+        let large = "HTTP/1.1 200 OK\r\nX-Big: \(String(repeating: "a", count: 70_000))\r\nContent-Length: 0\r\n\r\n"
+        #expect(events(large, piece: 16_384) == ["failed"])
+        #expect(events(large, piece: 100_000) == ["failed"])
         // Broken chunking with the head: the head is not passed on either.
         #expect(events("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", piece: 100) == ["failed"])
         #expect(
