@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 @main
 struct Ringside: AsyncParsableCommand {
@@ -19,6 +20,28 @@ struct Ringside: AsyncParsableCommand {
         ],
         defaultSubcommand: nil
     )
+
+    /// ArgumentParser's own run, except that a command line `ringside run` cannot parse (a flag it does not know, a
+    /// flag without its value) is invalid configuration like a bad value: exit status 2, naming the flag, where
+    /// ArgumentParser would exit 64.
+    static func main() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        do {
+            var command = try parseAsRoot(arguments)
+            if var command = command as? any AsyncParsableCommand {
+                try await command.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            if arguments.first == RunCommand.configuration.commandName, exitCode(for: error) == .validationFailure {
+                let text = "ringside: invalid configuration: \(message(for: error))"
+                FileHandle.standardError.write(Data((text + "\n").utf8))
+                exit(withError: ExitCode(2))
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 struct VersionCommand: ParsableCommand {

@@ -21,33 +21,63 @@ struct RunCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "A YAML file of settings.") var config: String?
-    @Option(help: "This node's unique name (default: the host name).") var nodeName: String?
-    @Option(help: "Where the application sends keyed requests (default 127.0.0.1:7400).") var listen: String?
-    @Option(help: "Where other nodes send gossip and forwarded requests (default 0.0.0.0:7401).") var clusterListen:
-        String?
-    @Option(help: "Health, readiness, metrics and the JSON API (default 127.0.0.1:7402).") var adminListen: String?
-    @Option(help: "The host:port other nodes dial.") var advertise: String?
-    @Option(help: "Seeds, comma-separated: host:port or dnssrv+NAME.") var join: String?
-    @Option(help: "The cluster's label (default ringside).") var clusterName: String?
-    @Option(help: "The local backend (default http://127.0.0.1:8080).") var backend: String?
-    @Option(help: "The header that carries the shard key (default X-Shard-Key).") var keyHeader: String?
-    @Option(help: "Owners that /v1/lookup reports by default (default 1).") var replicas: String?
-    @Option(help: "participant or viewer (default participant).") var role: String?
-    @Option(help: "Requests without a key: local or reject (default local).") var missingKey: String?
-    @Option(help: "ring, rendezvous or maglev (default ring).") var sharder: String?
-    @Option(help: "End-to-end request timeout (default 60s).") var requestTimeout: String?
-    @Option(help: "Connect timeout to the backend and peers (default 2s).") var connectTimeout: String?
-    @Option(help: "Time allowed to send a request head (default 10s).") var headerReadTimeout: String?
-    @Option(help: "Idle keep-alive timeout (default 75s).") var idleTimeout: String?
-    @Option(help: "How long leaving waits for the news to spread (default 30s).") var drainTimeout: String?
-    @Option(help: "How often seeds are joined again (default 30s).") var rejoinInterval: String?
-    @Option(help: "Largest request head (default 64KiB).") var maxHeaderBytes: String?
-    @Option(help: "Largest request body (default 1GiB).") var maxBodyBytes: String?
-    @Option(help: "Whether responses carry X-Ringside-Node (default true).") var nodeHeader: String?
-    @Option(help: "trace, debug, info, notice, warning, error, critical (default info).") var logLevel: String?
-    @Option(help: "Event loop threads (default: one per core).") var eventLoops: String?
-    @Option(help: "How the app plane serves HTTP/1.1: epoll or nio (default epoll on Linux).") var appIO: String?
+    // Each flag takes the next argument as its value, as getopt does, so that `--event-loops -1` is a bad value of
+    // event-loops (exit status 2, naming it) rather than a flag without one.
+    @Option(parsing: .unconditional, help: "A YAML file of settings.")
+    var config: String?
+    @Option(parsing: .unconditional, help: "This node's unique name (default: the host name).")
+    var nodeName: String?
+    @Option(parsing: .unconditional, help: "Where the application sends keyed requests (default 127.0.0.1:7400).")
+    var listen: String?
+    @Option(
+        parsing: .unconditional,
+        help: "Where other nodes send gossip and forwarded requests (default 0.0.0.0:7401)."
+    )
+    var clusterListen: String?
+    @Option(parsing: .unconditional, help: "Health, readiness, metrics and the JSON API (default 127.0.0.1:7402).")
+    var adminListen: String?
+    @Option(parsing: .unconditional, help: "The host:port other nodes dial.")
+    var advertise: String?
+    @Option(parsing: .unconditional, help: "Seeds, comma-separated: host:port or dnssrv+NAME.")
+    var join: String?
+    @Option(parsing: .unconditional, help: "The cluster's label (default ringside).")
+    var clusterName: String?
+    @Option(parsing: .unconditional, help: "The local backend (default http://127.0.0.1:8080).")
+    var backend: String?
+    @Option(parsing: .unconditional, help: "The header that carries the shard key (default X-Shard-Key).")
+    var keyHeader: String?
+    @Option(parsing: .unconditional, help: "Owners that /v1/lookup reports by default (default 1).")
+    var replicas: String?
+    @Option(parsing: .unconditional, help: "participant or viewer (default participant).")
+    var role: String?
+    @Option(parsing: .unconditional, help: "Requests without a key: local or reject (default local).")
+    var missingKey: String?
+    @Option(parsing: .unconditional, help: "ring, rendezvous or maglev (default ring).")
+    var sharder: String?
+    @Option(parsing: .unconditional, help: "End-to-end request timeout (default 60s).")
+    var requestTimeout: String?
+    @Option(parsing: .unconditional, help: "Connect timeout to the backend and peers (default 2s).")
+    var connectTimeout: String?
+    @Option(parsing: .unconditional, help: "Time allowed to send a request head (default 10s).")
+    var headerReadTimeout: String?
+    @Option(parsing: .unconditional, help: "Idle keep-alive timeout (default 75s).")
+    var idleTimeout: String?
+    @Option(parsing: .unconditional, help: "How long leaving waits for the news to spread (default 30s).")
+    var drainTimeout: String?
+    @Option(parsing: .unconditional, help: "How often seeds are joined again (default 30s).")
+    var rejoinInterval: String?
+    @Option(parsing: .unconditional, help: "Largest request head (default 64KiB).")
+    var maxHeaderBytes: String?
+    @Option(parsing: .unconditional, help: "Largest request body (default 1GiB).")
+    var maxBodyBytes: String?
+    @Option(parsing: .unconditional, help: "Whether responses carry X-Ringside-Node (default true).")
+    var nodeHeader: String?
+    @Option(parsing: .unconditional, help: "trace, debug, info, notice, warning, error, critical (default info).")
+    var logLevel: String?
+    @Option(parsing: .unconditional, help: "Event loop threads (default: one per core).")
+    var eventLoops: String?
+    @Option(parsing: .unconditional, help: "How the app plane serves HTTP/1.1: epoll or nio (default epoll on Linux).")
+    var appIO: String?
 
     var flags: [String: String] {
         let given: [(String, String?)] = [

@@ -325,6 +325,22 @@ struct ProcessTests {
         }
     }
 
+    @Test func anInvalidCommandLineExitsWithStatus2AndNamesTheFlag() throws {
+        let cases: [([String], String)] = [
+            (["--event-loops", "-1"], "event-loops (from --event-loops): \"-1\" is not a whole number"),
+            (["--request-timeout", "-5s"], "request-timeout (from --request-timeout): \"-5s\""),
+            (["--listen", "nonsense"], "listen (from --listen): \"nonsense\""),
+            (["--replica", "2"], "Unknown option '--replica'"),
+            (["--backend"], "Missing value for '--backend"),
+        ]
+        for (arguments, expected) in cases {
+            let result = try Self.runRingside(["run"] + arguments)
+            #expect(result.status == 2, "\(arguments)")
+            #expect(result.errors.hasPrefix("ringside: invalid configuration: "), "\(arguments): \(result.errors)")
+            #expect(result.errors.contains(expected), "\(arguments): \(result.errors)")
+        }
+    }
+
     /// Runs `ringside` with `arguments` to its end.
     static func runRingside(_ arguments: [String]) throws -> (status: Int32, output: String, errors: String) {
         let process = Process()
