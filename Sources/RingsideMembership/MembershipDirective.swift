@@ -4,7 +4,9 @@ import RingsideSharding
 public enum MembershipEvent: Hashable, Sendable {
     /// A member joined (or came back after being dead or gone).
     case joined(Member)
-    /// A member left on purpose.
+    /// A member left on purpose. It can follow ``died(_:)`` for the same member: a member that stops listening as soon
+    /// as its departure has gone out may be declared dead by one that probed it before the news arrived, and the
+    /// departure, at a later incarnation, corrects that.
     case left(Member)
     /// A member's peer state changed.
     case stateChanged(Member, from: PeerState)

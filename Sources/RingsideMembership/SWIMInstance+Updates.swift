@@ -23,6 +23,19 @@ extension SWIMInstance {
             probeNacked(sequence: sequence, refused: refused, now: now)
         case .pingRequest(let sequence, let target, let targetAddress):
             guard !isLeaving else { return }
+            if let departed = records[target]?.member, departed.status == .left {
+                // The target left and may have stopped listening: probed, it would refuse here as it did for the
+                // origin, which would take refusals everywhere for a death. Pass on the departure instead, with a
+                // nack for the origin's Lifeguard count.
+                send(
+                    [
+                        .dead(name: target, incarnation: departed.incarnation, from: target),
+                        .nack(sequence: sequence, refused: false),
+                    ],
+                    to: envelope.senderAddress
+                )
+                return
+            }
             relayProbe(
                 sequence: sequence,
                 target: target,
@@ -126,9 +139,15 @@ extension SWIMInstance {
             refute(incarnation: incarnation, now: now)
             return
         }
-        guard var record = records[name], record.member.status.isActive, incarnation >= record.member.incarnation
-        else { return }
         let leaving = from == name
+        guard var record = records[name], incarnation >= record.member.incarnation else { return }
+        // Dead and departed members stay so, except that a departure announced after the death this node recorded
+        // corrects it: the member left and stopped listening before the news reached here, and a probe refused
+        // everywhere in between read as a death.
+        guard
+            record.member.status.isActive
+                || (leaving && record.member.status == .dead && incarnation > record.member.incarnation)
+        else { return }
         record.member.incarnation = incarnation
         record.member.status = leaving ? .left : .dead
         if leaving, record.member.state.canTransition(to: .gone) { record.member.state = .gone }

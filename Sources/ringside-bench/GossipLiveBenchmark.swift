@@ -197,10 +197,11 @@ final class LiveCluster: Sendable {
             Thread.sleep(forTimeInterval: 0.01)
         }
         let views = reports.sorted { $0.key < $1.key }.map { name, lines in
-            "\(name): \(lines.last { $0.peers != nil }?.peers ?? 0)"
+            let news = lines.filter { $0.member != nil }.suffix(4).map { "\($0.kind) \($0.member ?? "")" }
+            return "\(name): \(lines.last { $0.peers != nil }?.peers ?? 0) (last news: \(news.joined(separator: ", ")))"
         }
         throw ValidationError(
-            "gave up waiting for \(what) after \(Int(timeout)) s; peers seen by each node: \(views.joined(separator: ", "))"
+            "gave up waiting for \(what) after \(Int(timeout)) s; peers seen by each node: \(views.joined(separator: "; "))"
         )
     }
 

@@ -32,6 +32,11 @@ extension ClusterSimulator {
 }
 
 extension MembershipEvent {
+    var isDeparture: Bool {
+        if case .left = self { return true }
+        return false
+    }
+
     var member: Member {
         switch self {
         case .joined(let member), .left(let member), .stateChanged(let member, _), .metadataChanged(let member),
@@ -173,6 +178,69 @@ struct SimulationTests {
         )
         #expect(gone.map { $0 < .seconds(1) } == true)
         #expect(simulator.node("node-6").hasDisseminatedLocalUpdate)
+    }
+
+    /// A node that left stops as soon as its news has gone out, so a member that has not heard yet may probe it and be
+    /// refused, directly and through every helper. Helpers that know it left say so; a member that took the refusals
+    /// for a death (or heard of that death first) corrects it when the departure arrives. In the end every member
+    /// has it departed, and reported that last.
+    @Test(arguments: 1...40)
+    func aNodeThatLeftAndStoppedIsReportedLeftByAll(seed: UInt64) {
+        let simulator = ClusterSimulator(seed: seed)
+        let names = simulator.startConverged(10)
+        simulator.leave("node-9")
+        let disseminated = simulator.run(
+            until: { simulator.node("node-9").hasDisseminatedLocalUpdate },
+            timeout: .seconds(10)
+        )
+        #expect(disseminated != nil)
+        simulator.crash("node-9")
+        let others = names.filter { $0 != "node-9" }
+        let departed = simulator.run(
+            until: { simulator.allSee(others, member: "node-9") { $0.status == .left && $0.state == .gone } },
+            timeout: .seconds(30)
+        )
+        #expect(departed != nil)
+        simulator.run(for: .seconds(5))
+        for observer in others {
+            let last = simulator.events.last { $0.node == observer && $0.event.member.name == "node-9" }?.event
+            #expect(last?.isDeparture == true, "\(observer) reported \(String(describing: last)) last")
+        }
+    }
+
+    /// Asked to probe a member it knows has left, a helper passes on the departure (and a nack) instead of probing an
+    /// address that may refuse, which the asker would take, with its own refusal, for a death.
+    @Test func aHelperAskedToProbeADepartedMemberPassesOnTheDeparture() {
+        let simulator = ClusterSimulator(seed: 11)
+        simulator.startConverged(4)
+        simulator.leave("node-3")
+        let departed = simulator.run(
+            until: { simulator.allSee(["node-0", "node-1"], member: "node-3") { $0.status == .left } },
+            timeout: .seconds(10)
+        )
+        #expect(departed != nil)
+        var helper = simulator.node("node-0")
+        let incarnation = helper.member(named: "node-3")?.incarnation ?? 0
+        let asker = ClusterSimulator.address(of: "node-1")
+        let directives = helper.receive(
+            GossipEnvelope(
+                clusterName: helper.configuration.clusterName,
+                senderName: "node-1",
+                senderAddress: asker,
+                messages: [
+                    .pingRequest(sequence: 77, target: "node-3", targetAddress: ClusterSimulator.address(of: "node-3"))
+                ]
+            ),
+            now: simulator.now
+        )
+        let sent = directives.compactMap { directive -> (String, [GossipMessage])? in
+            if case .send(let address, let messages) = directive { return (address, messages) }
+            return nil
+        }
+        #expect(!sent.contains { $0.0 == ClusterSimulator.address(of: "node-3") }, "probed a departed member")
+        let answer = sent.first { $0.0 == asker }?.1 ?? []
+        #expect(answer.contains(.dead(name: "node-3", incarnation: incarnation, from: "node-3")))
+        #expect(answer.contains(.nack(sequence: 77, refused: false)))
     }
 
     @Test func metadataAndItsDeletionPropagate() {
