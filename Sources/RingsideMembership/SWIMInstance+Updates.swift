@@ -66,10 +66,16 @@ extension SWIMInstance {
     }
 
     /// Answers a sender that still spreads a suspicion or death of this node that this node has already refuted:
-    /// its current state goes straight back, so the sender stops.
+    /// its current state goes straight back, so the sender stops. Likewise for a member this node knows left after
+    /// the rumor's incarnation: the departure goes back (a member that took the leaver's closed port for a death
+    /// learns it left).
     mutating func correctOutdatedRumor(about name: String, incarnation: UInt64, sender: String) {
-        guard name == localMember.name, !isLeaving, incarnation < localMember.incarnation else { return }
-        send([.alive(localMember)], to: sender, piggyback: false)
+        if name == localMember.name {
+            guard !isLeaving, incarnation < localMember.incarnation else { return }
+            send([.alive(localMember)], to: sender, piggyback: false)
+        } else if let departed = records[name]?.member, departed.status == .left, incarnation < departed.incarnation {
+            send([.dead(name: name, incarnation: departed.incarnation, from: name)], to: sender, piggyback: false)
+        }
     }
 
     /// A member's own announcement of its state: accepted when newer than what this node knows.

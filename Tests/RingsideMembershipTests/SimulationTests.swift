@@ -208,9 +208,10 @@ struct SimulationTests {
         }
     }
 
-    /// Asked to probe a member it knows has left, a helper passes on the departure (and a nack) instead of probing an
-    /// address that may refuse, which the asker would take, with its own refusal, for a death.
-    @Test func aHelperAskedToProbeADepartedMemberPassesOnTheDeparture() {
+    /// Four nodes after node-3 left, and what node-0 answers node-1 when handed `message`.
+    func answerAboutADepartedMember(
+        _ message: GossipMessage
+    ) -> (answer: [GossipMessage], probed: Bool, incarnation: UInt64) {
         let simulator = ClusterSimulator(seed: 11)
         simulator.startConverged(4)
         simulator.leave("node-3")
@@ -220,27 +221,41 @@ struct SimulationTests {
         )
         #expect(departed != nil)
         var helper = simulator.node("node-0")
-        let incarnation = helper.member(named: "node-3")?.incarnation ?? 0
         let asker = ClusterSimulator.address(of: "node-1")
         let directives = helper.receive(
             GossipEnvelope(
                 clusterName: helper.configuration.clusterName,
                 senderName: "node-1",
                 senderAddress: asker,
-                messages: [
-                    .pingRequest(sequence: 77, target: "node-3", targetAddress: ClusterSimulator.address(of: "node-3"))
-                ]
+                messages: [message]
             ),
             now: simulator.now
         )
-        let sent = directives.compactMap { directive -> (String, [GossipMessage])? in
-            if case .send(let address, let messages) = directive { return (address, messages) }
-            return nil
+        var answer: [GossipMessage] = []
+        var probed = false
+        for case .send(let address, let messages) in directives {
+            if address == asker { answer += messages }
+            if address == ClusterSimulator.address(of: "node-3") { probed = true }
         }
-        #expect(!sent.contains { $0.0 == ClusterSimulator.address(of: "node-3") }, "probed a departed member")
-        let answer = sent.first { $0.0 == asker }?.1 ?? []
+        return (answer, probed, helper.member(named: "node-3")?.incarnation ?? 0)
+    }
+
+    /// Asked to probe a member it knows has left, a helper passes on the departure (and a nack) instead of probing an
+    /// address that may refuse, which the asker would take, with its own refusal, for a death.
+    @Test func aHelperAskedToProbeADepartedMemberPassesOnTheDeparture() {
+        let (answer, probed, incarnation) = answerAboutADepartedMember(
+            .pingRequest(sequence: 77, target: "node-3", targetAddress: ClusterSimulator.address(of: "node-3"))
+        )
+        #expect(!probed)
         #expect(answer.contains(.dead(name: "node-3", incarnation: incarnation, from: "node-3")))
         #expect(answer.contains(.nack(sequence: 77, refused: false)))
+    }
+
+    /// A member that spreads the death of a member this node knows left later hears of the departure at once.
+    @Test func aDeathRumorOlderThanADepartureIsAnsweredWithTheDeparture() {
+        let (answer, _, incarnation) = answerAboutADepartedMember(.dead(name: "node-3", incarnation: 0, from: "node-2"))
+        #expect(incarnation == 1)
+        #expect(answer == [.dead(name: "node-3", incarnation: 1, from: "node-3")])
     }
 
     @Test func metadataAndItsDeletionPropagate() {
