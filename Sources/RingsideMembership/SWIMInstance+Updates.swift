@@ -23,17 +23,11 @@ extension SWIMInstance {
             probeNacked(sequence: sequence, refused: refused, now: now)
         case .pingRequest(let sequence, let target, let targetAddress):
             guard !isLeaving else { return }
-            if let departed = records[target]?.member, departed.status == .left {
+            if let departure = departure(of: target) {
                 // The target left and may have stopped listening: probed, it would refuse here as it did for the
                 // origin, which would take refusals everywhere for a death. Pass on the departure instead, with a
                 // nack for the origin's Lifeguard count.
-                send(
-                    [
-                        .dead(name: target, incarnation: departed.incarnation, from: target),
-                        .nack(sequence: sequence, refused: false),
-                    ],
-                    to: envelope.senderAddress
-                )
+                send([departure.news, .nack(sequence: sequence, refused: false)], to: envelope.senderAddress)
                 return
             }
             relayProbe(
@@ -73,9 +67,15 @@ extension SWIMInstance {
         if name == localMember.name {
             guard !isLeaving, incarnation < localMember.incarnation else { return }
             send([.alive(localMember)], to: sender, piggyback: false)
-        } else if let departed = records[name]?.member, departed.status == .left, incarnation < departed.incarnation {
-            send([.dead(name: name, incarnation: departed.incarnation, from: name)], to: sender, piggyback: false)
+        } else if let departure = departure(of: name), incarnation < departure.incarnation {
+            send([departure.news], to: sender, piggyback: false)
         }
+    }
+
+    /// When `name` left as far as this node knows: the news of it (the member's own `dead`) and its incarnation.
+    func departure(of name: String) -> (news: GossipMessage, incarnation: UInt64)? {
+        guard let member = records[name]?.member, member.status == .left else { return nil }
+        return (.dead(name: name, incarnation: member.incarnation, from: name), member.incarnation)
     }
 
     /// A member's own announcement of its state: accepted when newer than what this node knows.

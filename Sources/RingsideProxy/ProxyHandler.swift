@@ -87,8 +87,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
 
         /// Times the head went out, to one route or another.
         var sends = 0
-        /// The request went out again on a new connection to the same route (at most once).
-        private var retriedOnFreshConnection = false
+        private var freshRetry = FreshConnectionRetry()
 
         /// The request can be sent again: its body was kept, or none of it was sent.
         var canReplay: Bool {
@@ -99,13 +98,14 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
                     })
         }
 
-        /// Whether to send the request once more to the same route on a new connection, after its kept connection
-        /// closed before answering (see ``RelayExchange/retriesOnFreshConnection(after:)``).
+        /// Whether to send the request once more to the same route on a new connection, after its connection closed
+        /// before answering (``FreshConnectionRetry``).
         func retriesOnFreshConnection() -> Bool {
-            guard lease?.reused == true, ProxyHandler.isIdempotent(head.method), !retriedOnFreshConnection, canReplay
-            else { return false }
-            retriedOnFreshConnection = true
-            return true
+            freshRetry.allows(
+                reusedConnection: lease?.reused == true,
+                idempotent: ProxyHandler.isIdempotent(head.method),
+                canReplay: canReplay
+            )
         }
     }
 

@@ -21,8 +21,7 @@ final class RelayExchange<Upstream> {
     @exclusivity(unchecked) var upstream: Upstream?
     /// Times the head went out, to one route or another.
     @exclusivity(unchecked) private var sends = 0
-    /// The request went out again on a new connection to the same route (at most once).
-    @exclusivity(unchecked) private var retriedOnFreshConnection = false
+    @exclusivity(unchecked) private var freshRetry = FreshConnectionRetry()
     /// Body parts that arrived while no upstream was attached.
     @exclusivity(unchecked) private var pending: [ByteBuffer] = []
     /// The body kept for a replay, while small enough; nil once it is not.
@@ -104,13 +103,9 @@ final class RelayExchange<Upstream> {
     private var canReplay: Bool { replay != nil || (bodyBytes == 0 && pending.isEmpty) }
 
     /// Whether to send the request once more to the same route on a new connection, after `reusedConnection` closed
-    /// before answering: a connection kept between requests may have been closed by the upstream as idle while this
-    /// request was on its way, which says nothing about the request or the upstream. Only for an idempotent request
-    /// (the upstream may also have crashed on it), once, and when it can be sent again.
+    /// before answering (``FreshConnectionRetry``).
     func retriesOnFreshConnection(after reusedConnection: Bool) -> Bool {
-        guard reusedConnection, idempotent, !retriedOnFreshConnection, canReplay else { return false }
-        retriedOnFreshConnection = true
-        return true
+        freshRetry.allows(reusedConnection: reusedConnection, idempotent: idempotent, canReplay: canReplay)
     }
 
     /// Moves to the next owner when there is one and the request can be sent again (its body kept, or none sent).
@@ -144,5 +139,20 @@ final class RelayExchange<Upstream> {
             code: failing ?? status,
             nanoseconds: (now - started).nanoseconds
         )
+    }
+}
+
+/// When an exchange sends its request once more to the same route on a new connection, after the connection it went
+/// out on closed before answering: when that connection was kept between requests, since the upstream may have closed
+/// it as idle while the request was on its way, which says nothing about the request or the upstream. Only for an
+/// idempotent request (the upstream may also have crashed on it), once, and when the request can be sent again. Both
+/// exchange types (the byte relays' ``RelayExchange`` and the general path's) keep one.
+struct FreshConnectionRetry {
+    private var used = false
+
+    mutating func allows(reusedConnection: Bool, idempotent: Bool, canReplay: Bool) -> Bool {
+        guard reusedConnection, idempotent, canReplay, !used else { return false }
+        used = true
+        return true
     }
 }

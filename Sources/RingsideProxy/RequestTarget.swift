@@ -61,6 +61,8 @@ enum RequestTarget: Equatable {
         let hosts = head.headers["host"].count
         if hosts > 1 { return (.badRequest, moreThanOneHost) }
         if hosts == 0 && head.version == .http1_1 { return (.badRequest, noHost) }
+        // Origin form, the common case, without copying the target.
+        if head.uri.utf8.first == UInt8(ascii: "/") { return nil }
         let uri = Array(head.uri.utf8)
         let target = uri.withUnsafeBytes { parse($0, 0..<$0.count) }
         switch target {
