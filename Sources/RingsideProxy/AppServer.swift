@@ -32,7 +32,8 @@ public enum AppServer {
             router: router,
             upstreams: upstreams
         )
-        let http1 = relay.map(relaySetup) ?? generalSetup(configuration, .app, metrics, router, upstreams)
+        let http1 =
+            relay.map { relaySetup($0, upstreams) } ?? generalSetup(configuration, .app, metrics, router, upstreams)
         let pipeline: @Sendable (any Channel) throws -> Void = { channel in
             try channel.pipeline.syncOperations.addHandler(
                 ProtocolSniffer(
@@ -58,13 +59,13 @@ public enum AppServer {
             )
         }
         #if os(Linux)
-        if configuration.appIO == .epoll, let relay {
+        if configuration.appIO == .epoll, let relay, let backend = upstreams.backend {
             return try EpollAppListener(
                 host: host,
                 port: port,
                 loops: Array(group.makeIterator()).count,
                 settings: relay,
-                backend: upstreams.backendAddress,
+                backend: backend,
                 handOff: { fd, bytes in
                     ClientBootstrap(group: group)
                         .channelInitializer { channel in
@@ -91,9 +92,8 @@ public enum AppServer {
         return ChannelAppListener(channel: channel)
     }
 
-    /// How an HTTP/1.1 connection is set up to be proxied, made once a listener: the byte-level ``HTTP1Relay`` when
-    /// every upstream speaks HTTP/1.1, handing over to the general pipeline for what it does not carry; otherwise the
-    /// general pipeline from the start.
+    /// How an HTTP/1.1 connection is set up to be proxied, made once a listener: the engine on NIO channels
+    /// (``HTTP1Relay``) when every upstream speaks HTTP/1.1; otherwise (an `h2c://` backend) the general pipeline.
     static func http1Setup(
         configuration: ProxyConfiguration,
         plane: ProxyHandler.Plane,
@@ -108,11 +108,11 @@ public enum AppServer {
             router: router,
             upstreams: upstreams
         )
-        return relay.map(relaySetup) ?? generalSetup(configuration, plane, metrics, router, upstreams)
+        return relay.map { relaySetup($0, upstreams) } ?? generalSetup(configuration, plane, metrics, router, upstreams)
     }
 
-    /// What the byte-level relay of a listener shares, handing over to the general pipeline; nil when an upstream
-    /// does not speak HTTP/1.1 (an `h2c://` backend), so that the general pipeline serves every connection.
+    /// What the engine's connections of a listener share; nil when an upstream does not speak HTTP/1.1 (an `h2c://`
+    /// backend), so that the general pipeline serves every connection.
     static func relaySettings(
         configuration: ProxyConfiguration,
         plane: ProxyHandler.Plane,
@@ -126,14 +126,20 @@ public enum AppServer {
             plane: plane,
             metrics: metrics,
             router: router,
-            upstreams: upstreams,
-            handOff: generalSetup(configuration, plane, metrics, router, upstreams)
+            backend: upstreams.backendURL
         )
     }
 
     /// Puts an ``HTTP1Relay`` with `settings` on a connection.
-    private static func relaySetup(_ settings: RelaySettings) -> @Sendable (any Channel) throws -> Void {
-        { channel in try channel.pipeline.syncOperations.addHandler(HTTP1Relay(settings: settings, channel: channel)) }
+    private static func relaySetup(
+        _ settings: RelaySettings,
+        _ upstreams: any UpstreamProvider
+    ) -> @Sendable (any Channel) throws -> Void {
+        { channel in
+            try channel.pipeline.syncOperations.addHandler(
+                HTTP1Relay(settings: settings, upstreams: upstreams, channel: channel)
+            )
+        }
     }
 
     /// Sets a connection up for the general HTTP/1.1 pipeline (NIO's codec and ``ProxyHandler``).

@@ -15,10 +15,9 @@ struct RequestReaderTests {
             plane: .app,
             metrics: ProxyMetrics(),
             router: LocalRouter(),
-            upstreams: ClusterUpstreams(backendHost: "127.0.0.1", backendPort: 1, configuration: configuration),
-            handOff: { _ in }
+            backend: "http://127.0.0.1:1"
         )
-        rewriter = HeadRewriter(settings: settings, client: nil, allocator: ByteBufferAllocator())
+        rewriter = HeadRewriter(settings: settings, client: nil, local: nil, allocator: ByteBufferAllocator())
     }
 
     func reader(maxHeadBytes: Int = 1024, sniffing: Bool = false) -> RequestReader {

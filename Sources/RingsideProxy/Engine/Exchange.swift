@@ -1,10 +1,9 @@
 import NIOCore
 
-/// One request on its way through the HTTP/1.1 relay, and its response, whichever I/O carries them (``HTTP1Relay`` on
-/// NIO channels, ``EpollClient`` on a relay loop; `Upstream` is how each holds its upstream connection): the owners to
-/// try, the head and the body kept for another try, what the response said. Only its connection's thread touches it,
-/// so its stored properties skip the run-time exclusivity checks (see ``EpollSocket``).
-final class RelayExchange<Upstream> {
+/// One request on its way through the engine, and its response: the owners to try, the head and the body kept for
+/// another try, how much of the body is still to come, what the response said. Only its connection's thread touches
+/// it, so its stored properties skip the run-time exclusivity checks (see ``EpollSocket``).
+final class Exchange {
     let routes: [ProxyRoute]
     @exclusivity(unchecked) private(set) var attempt = 0
     /// The upstream head without the route's headers and the final blank line.
@@ -12,24 +11,46 @@ final class RelayExchange<Upstream> {
     let idempotent: Bool
     let expectsBody: Bool
     let clientKeepAlive: Bool
+    let upgrade: Bool
+    let upstreamKeepAlive: Bool
     let started: NIODeadline
     let deadline: NIODeadline
-    /// Body bytes still to come from the client.
-    @exclusivity(unchecked) private(set) var bodyRemaining: Int
+    /// Where the request body ends.
+    @exclusivity(unchecked) private var framing: Framing
     @exclusivity(unchecked) private var bodyBytes = 0
-    /// The upstream connection the request is on, if any.
-    @exclusivity(unchecked) var upstream: Upstream?
     /// Times the head went out, to one route or another.
     @exclusivity(unchecked) private var sends = 0
     @exclusivity(unchecked) private var freshRetry = FreshConnectionRetry()
-    /// Body parts that arrived while no upstream was attached.
+    /// Body parts that arrived while no upstream was attached, and their size.
     @exclusivity(unchecked) private var pending: [ByteBuffer] = []
+    @exclusivity(unchecked) private(set) var pendingBytes = 0
     /// The body kept for a replay, while small enough; nil once it is not.
     @exclusivity(unchecked) private var replay: [ByteBuffer]? = []
     @exclusivity(unchecked) private(set) var responseStarted = false
     @exclusivity(unchecked) private(set) var status = 200
     /// The response runs until the upstream closes: the client's connection closes after it.
     @exclusivity(unchecked) private(set) var closesAfter = false
+
+    /// Requests whose bodies fit are kept for a replay on the next owner.
+    static let replayableBodyBytes = 64 << 10
+
+    private enum Framing {
+        case length(remaining: Int)
+        case chunked(ChunkedFraming)
+        case ended
+    }
+
+    /// What the start of the client's bytes held of the body.
+    enum BodyPart {
+        /// Nothing to pass on now (no body left, or the bytes wait for an upstream).
+        case none
+        /// Bytes for the upstream.
+        case bytes(ByteBuffer)
+        /// The chunked framing is broken.
+        case malformed
+        /// The body has grown past the limit.
+        case tooLarge
+    }
 
     /// Takes `plan`'s head away, so that the exchange holds the only reference and the route's lines are written in
     /// place.
@@ -40,51 +61,69 @@ final class RelayExchange<Upstream> {
         idempotent = plan.idempotent
         expectsBody = plan.expectsBody
         clientKeepAlive = plan.clientKeepAlive
-        bodyRemaining = plan.bodyLength
+        upgrade = plan.upgrade
+        upstreamKeepAlive = plan.upstreamKeepAlive
+        switch plan.body {
+        case .length(let length): framing = length > 0 ? .length(remaining: length) : .ended
+        case .chunked: framing = .chunked(ChunkedFraming())
+        }
         self.started = started
         deadline = started + plan.budget
     }
 
     var route: ProxyRoute { routes[attempt] }
-    var requestEnded: Bool { bodyRemaining == 0 }
 
-    /// Takes the body bytes at the start of `inbound`, up to the end of the body (nil when it holds none), keeping
-    /// them for a replay while the body is small enough; with no upstream attached they wait for one.
-    func takeBody(from inbound: inout ByteBuffer?) -> ByteBuffer? {
-        guard var buffer = inbound, bodyRemaining > 0 else { return nil }
-        let take = min(bodyRemaining, buffer.readableBytes)
+    /// The whole request body has come from the client.
+    var requestEnded: Bool {
+        if case .ended = framing { return true }
+        return false
+    }
+
+    /// Takes the body bytes at the start of `inbound`, up to the end of the body, keeping them for a replay while the
+    /// body is small enough; unless `attached`, they wait for an upstream. Bytes past the end stay in `inbound`.
+    func takeBody(from inbound: inout ByteBuffer?, attached: Bool, limit: Int) -> BodyPart {
+        guard var buffer = inbound else { return .none }
+        let take: Int
+        switch framing {
+        case .ended:
+            return .none
+        case .length(let remaining):
+            take = min(remaining, buffer.readableBytes)
+            framing = remaining == take ? .ended : .length(remaining: remaining - take)
+        case .chunked(var chunks):
+            guard let (count, ended) = buffer.withUnsafeReadableBytes({ chunks.consume($0) }) else { return .malformed }
+            take = count
+            framing = ended ? .ended : .chunked(chunks)
+        }
         let slice = buffer.readSlice(length: take)!
         inbound = buffer.readableBytes > 0 ? buffer : nil
-        bodyRemaining -= take
         bodyBytes += take
+        guard bodyBytes <= limit else { return .tooLarge }
+        guard take > 0 else { return .none }
         if replay != nil {
-            if bodyBytes <= ProxyHandler.replayableBodyBytes {
+            if bodyBytes <= Self.replayableBodyBytes {
                 replay!.append(slice)
             } else {
                 replay = nil
             }
         }
-        if upstream == nil {
+        guard attached else {
             pending.append(slice)
-            return nil
+            pendingBytes += take
+            return .none
         }
-        return slice
+        return .bytes(slice)
     }
 
     /// What to write to a newly attached upstream: the head with the current route's lines (in place the first time,
     /// on a copy for a retry), then the body so far (the replay on a retry, otherwise what waited).
-    func opening(_ settings: RelaySettings) -> [ByteBuffer] {
-        var first: ByteBuffer
+    func opening(_ settings: RelaySettings, now: NIODeadline) -> [ByteBuffer] {
         let base = head.readableBytes
         let isRetry = sends > 0
         sends += 1
-        if !isRetry {
-            first = head
-            head = ByteBuffer()
-        } else {
-            first = head
-        }
-        settings.routeLines(route, isLast: attempt == routes.count - 1, deadline: deadline, into: &first)
+        var first = head
+        if !isRetry { head = ByteBuffer() }
+        settings.routeLines(route, isLast: attempt == routes.count - 1, deadline: deadline, now: now, into: &first)
         if !isRetry {
             // Kept for a retry: the part without the route's headers.
             head = first.getSlice(at: first.readerIndex, length: base)!
@@ -96,6 +135,7 @@ final class RelayExchange<Upstream> {
             parts += pending
         }
         pending = []
+        pendingBytes = 0
         return parts
     }
 
@@ -122,17 +162,16 @@ final class RelayExchange<Upstream> {
         return true
     }
 
-    /// Notes a response head; true when the client's connection closes after this response.
+    /// Notes a final response head; true when the client's connection closes after this response.
     func responseHead(_ facts: ResponseFacts) -> Bool {
-        guard !facts.isInterim else { return false }
         responseStarted = true
         status = facts.status
         closesAfter = facts.bodyUntilClose && expectsBody && facts.status != 204 && facts.status != 304
-        return !clientKeepAlive || closesAfter
+        return !clientKeepAlive || closesAfter || !requestEnded
     }
 
     /// Records the exchange in `metrics` as over at `now`: under the response's status, or under `failing` when it
-    /// ended with the relay's own answer or cut off mid-response.
+    /// ended with the engine's own answer or cut off mid-response.
     func record(in metrics: ProxyMetrics, on plane: ProxyHandler.Plane, at now: NIODeadline, failing: Int? = nil) {
         metrics.record(
             ProxyMetrics.Path(plane: plane, route: route),
@@ -145,8 +184,7 @@ final class RelayExchange<Upstream> {
 /// When an exchange sends its request once more to the same route on a new connection, after the connection it went
 /// out on closed before answering: when that connection was kept between requests, since the upstream may have closed
 /// it as idle while the request was on its way, which says nothing about the request or the upstream. Only for an
-/// idempotent request (the upstream may also have crashed on it), once, and when the request can be sent again. Both
-/// exchange types (the byte relays' ``RelayExchange`` and the general path's) keep one.
+/// idempotent request (the upstream may also have crashed on it), once, and when the request can be sent again.
 struct FreshConnectionRetry {
     private var used = false
 

@@ -1,38 +1,60 @@
 import NIOCore
 import NIOHTTP1
 
-/// What a request head asks of the relay, read by ``HeadRewriter``.
+/// What a request head asks of the engine, read by ``HeadRewriter``.
 enum RequestDecision {
-    /// The general pipeline serves it: HTTP/1.0, a chunked or `Expect` body, a protocol upgrade.
-    case handOff
     /// Answered here, without an upstream; `closing` closes the connection after the answer.
     case refuse(status: Int, message: String, headers: [(String, String)], closing: Bool)
     /// Proxied as planned.
     case forward(RequestPlan)
 }
 
+/// How a request's body is framed (RFC 9112 §6).
+enum RequestBody: Equatable {
+    /// `Content-Length`: this many bytes (0 without one).
+    case length(Int)
+    /// `Transfer-Encoding: chunked`, passed on as it came.
+    case chunked
+}
+
 /// A request on its way to an upstream.
 struct RequestPlan {
     /// The owners to try, best first.
     var routes: [ProxyRoute]
-    /// The upstream head without the route's headers (``HeadRewriter/routeLines(_:into:)``) and the final blank line.
+    /// The upstream head without the route's headers (``RelaySettings/routeLines(_:isLast:deadline:now:into:)``) and
+    /// the final blank line.
     var head: ByteBuffer
     var idempotent: Bool
     /// False for HEAD: the response has no body whatever its fields say.
     var expectsBody: Bool
+    /// The client's connection may carry another request after this one.
     var clientKeepAlive: Bool
-    /// The `Content-Length` of the request body (0 without one).
-    var bodyLength: Int
+    var body: RequestBody
+    /// The client waits for `100 Continue` before it sends the body; the engine says it, the upstream never hears
+    /// of it.
+    var expectsContinue: Bool
+    /// The request asks to switch protocols (`Connection: upgrade`): a 101 turns the connection into a tunnel.
+    var upgrade: Bool
+    /// The upstream's connection cannot carry another request after this one (an HTTP/1.0 request).
+    var upstreamKeepAlive: Bool
     /// The time the request may take: this node's limit, or less if the node that forwarded it has less left.
     var budget: TimeAmount
 }
 
-/// The relay's work on heads, for one client connection and apart from how its bytes travel: reads a request head,
-/// routes it and writes the upstream's head in one pass; rewrites response heads; words the relay's own answers.
+/// The engine's work on heads, for one client connection and apart from how its bytes travel: reads a request head,
+/// decides what it is (refused, or routed), and writes the upstream's head in one pass; rewrites response heads.
+///
+/// Every rule about what a request may say lives here, once. Refused, with the connection closed after the answer:
+/// a malformed request line, a `Connection` that names a framing field (`Content-Length`, `Transfer-Encoding`,
+/// `Host`), `Content-Length` with `Transfer-Encoding`, a transfer coding other than `chunked` alone (501), HTTP/1.0
+/// with a transfer coding, an HTTP/1.1 request without exactly one `Host`, two key headers, `CONNECT` (501), an
+/// expectation other than `100-continue` (417), an upgrade with a body. (Bare LF, obs-fold and control characters are
+/// refused by ``HTTP1Parsing/parseHead(_:fields:key:)``.)
 ///
 /// Kept lines are copied as they came (``LineRuns``); hop-by-hop and internal fields stay behind, and this proxy's
-/// own are added: `Via`, `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Id` towards the upstream (and `Host`, from
-/// an absolute-form target), `Via` and `X-Ringside-Node` towards the client.
+/// own are added: `Via`, `X-Forwarded-For`, `X-Forwarded-Proto` (set by the proxy on the app plane, whatever the
+/// client said; a peer's is kept), `X-Request-Id` towards the upstream (and `Host`, from an absolute-form target or
+/// for an HTTP/1.0 request without one), `Via` and `X-Ringside-Node` towards the client.
 struct HeadRewriter {
     let settings: RelaySettings
     /// The fields of the head parsed last.
@@ -44,9 +66,11 @@ struct HeadRewriter {
     /// The client's address, and `x-forwarded-for` with only that address.
     private let clientAddress: [UInt8]
     private let forwardedForLine: [UInt8]
+    /// `host: ADDRESS:PORT` with the address the client reached, for a request that came without `Host`.
+    private let localHostLine: [UInt8]
     private let allocator: ByteBufferAllocator
 
-    init(settings: RelaySettings, client: SocketAddress?, allocator: ByteBufferAllocator) {
+    init(settings: RelaySettings, client: SocketAddress?, local: SocketAddress?, allocator: ByteBufferAllocator) {
         self.settings = settings
         let connectionTag = String(UInt32.random(in: 0 ... .max), radix: 36)
         requestIDPrefix = settings.requestIDPrefix + Array(connectionTag.utf8) + [UInt8(ascii: "-")]
@@ -54,6 +78,7 @@ struct HeadRewriter {
         forwardedForLine =
             clientAddress.isEmpty
             ? [] : Array("x-forwarded-for: ".utf8) + clientAddress + [HTTP1Parsing.cr, HTTP1Parsing.lf]
+        localHostLine = Array("host: \(HeaderHygiene.authority(of: local))\r\n".utf8)
         self.allocator = allocator
     }
 
@@ -62,15 +87,19 @@ struct HeadRewriter {
         HTTP1Parsing.parseHead(bytes, fields: &fields, key: settings.keyName)
     }
 
+    private static func refusal(_ status: Int, _ message: String) -> RequestDecision {
+        .refuse(status: status, message: message, headers: [], closing: true)
+    }
+
     /// Reads the request head at the start of `bytes` (parsed by ``parseRequest(_:)``), routes it, and writes the
     /// upstream's head.
     mutating func request(_ bytes: UnsafeRawBufferPointer, startLineEnd: Int, length: Int) -> RequestDecision {
-        // Request line: method SP target SP HTTP/1.1
+        // Request line: method SP target SP HTTP/1.x
         var index = 0
         while index < startLineEnd && HTTP1Parsing.isToken(bytes[index]) { index += 1 }
         let methodEnd = index
         guard methodEnd > 0, index < startLineEnd, bytes[index] == 32 else {
-            return .refuse(status: 400, message: "malformed request line", headers: [], closing: true)
+            return Self.refusal(400, "malformed request line")
         }
         index += 1
         let targetStart = index
@@ -78,16 +107,17 @@ struct HeadRewriter {
         guard index > targetStart, index + 9 == startLineEnd, bytes[index] == 32,
             HTTP1Parsing.has(bytes, at: index + 1, "HTTP/1.")
         else {
-            return .refuse(status: 400, message: "malformed request line", headers: [], closing: true)
+            return Self.refusal(400, "malformed request line")
         }
         let targetRange = targetStart..<index
         // A later HTTP/1.x is served as HTTP/1.1 (RFC 9112 §2.3).
         let laterMinorVersion: Bool
+        let http10: Bool
         switch bytes[startLineEnd - 1] {
-        case UInt8(ascii: "1"): laterMinorVersion = false
-        case UInt8(ascii: "0"): return .handOff  // HTTP/1.0 takes the general path.
-        case UInt8(ascii: "2")...UInt8(ascii: "9"): laterMinorVersion = true
-        default: return .refuse(status: 400, message: "malformed request line", headers: [], closing: true)
+        case UInt8(ascii: "1"): (laterMinorVersion, http10) = (false, false)
+        case UInt8(ascii: "0"): (laterMinorVersion, http10) = (false, true)
+        case UInt8(ascii: "2")...UInt8(ascii: "9"): (laterMinorVersion, http10) = (true, false)
+        default: return Self.refusal(400, "malformed request line")
         }
         if methodEnd == 7 && HTTP1Parsing.has(bytes, at: 0, "CONNECT") {
             return .refuse(status: 501, message: RequestTarget.connectRefusal, headers: [], closing: true)
@@ -98,21 +128,25 @@ struct HeadRewriter {
             break
         case .asterisk:
             guard methodEnd == 7 && HTTP1Parsing.has(bytes, at: 0, "OPTIONS") else {
-                return .refuse(status: 400, message: RequestTarget.asteriskRefusal, headers: [], closing: true)
+                return Self.refusal(400, RequestTarget.asteriskRefusal)
             }
         case .absolute(let authority, let path):
             absolute = (authority, path)
         case .invalid(let reason):
-            return .refuse(status: 400, message: reason, headers: [], closing: true)
+            return Self.refusal(400, reason)
         }
 
         // The fields that decide what happens.
         var key: Range<Int>?
+        var keys = 0
         var contentLength: Int?
-        var transferEncoding = false
-        var upgrade = false
-        var expect = false
+        var transferEncodings = 0
+        var chunkedAlone = true
+        var upgradeField = false
+        var expectContinue = false
+        var otherExpectation = false
         var close = false
+        var upgradeListed = false
         var forwarded = false
         var final = false
         var deadlineMilliseconds: Int?
@@ -125,18 +159,25 @@ struct HeadRewriter {
         var connectionSeen = false
         for field in fields {
             switch field.kind {
-            case .key: if key == nil { key = field.value }
+            case .key:
+                keys += 1
+                if !field.value.isEmpty { key = field.value }
             case .contentLength:
-                guard contentLength == nil else {
-                    return .refuse(status: 400, message: "more than one Content-Length", headers: [], closing: true)
-                }
+                guard contentLength == nil else { return Self.refusal(400, "more than one Content-Length") }
                 guard let length = HTTP1Parsing.decimal(bytes, field.value) else {
-                    return .refuse(status: 400, message: "an invalid Content-Length", headers: [], closing: true)
+                    return Self.refusal(400, "an invalid Content-Length")
                 }
                 contentLength = length
-            case .transferEncoding: transferEncoding = true
-            case .upgrade: upgrade = true
-            case .expect: expect = true
+            case .transferEncoding:
+                transferEncodings += 1
+                if !HTTP1Parsing.equals(bytes, field.value, "chunked") { chunkedAlone = false }
+            case .upgrade: upgradeField = true
+            case .expect:
+                if HTTP1Parsing.equals(bytes, field.value, "100-continue") {
+                    expectContinue = true
+                } else {
+                    otherExpectation = true
+                }
             case .connection:
                 if !connectionSeen {
                     connectionSeen = true
@@ -147,10 +188,19 @@ struct HeadRewriter {
                 for member in members[before...] {
                     if HTTP1Parsing.equals(bytes, member, "close") {
                         close = true
+                    } else if HTTP1Parsing.equals(bytes, member, "keep-alive") {
+                        continue
                     } else if HTTP1Parsing.equals(bytes, member, "upgrade") {
-                        upgrade = true
-                    } else if !HTTP1Parsing.equals(bytes, member, "keep-alive") {
-                        listsNames = true
+                        upgradeListed = true
+                    } else {
+                        // A field named here is dropped on the way; one that frames the message cannot be, or the
+                        // upstream would read the body as the next request (RFC 9110 §7.6.1).
+                        switch HTTP1Parsing.kind(of: bytes, name: member, key: []) {
+                        case .contentLength, .transferEncoding, .host:
+                            return Self.refusal(400, "a Connection header that names a framing field")
+                        default:
+                            listsNames = true
+                        }
                     }
                 }
             case .te:
@@ -165,39 +215,28 @@ struct HeadRewriter {
             default: break
             }
         }
-        guard hosts == 1 else {
-            let message = hosts == 0 ? RequestTarget.noHost : RequestTarget.moreThanOneHost
-            return .refuse(status: 400, message: message, headers: [], closing: true)
+        if hosts > 1 { return Self.refusal(400, RequestTarget.moreThanOneHost) }
+        if hosts == 0 && !http10 { return Self.refusal(400, RequestTarget.noHost) }
+        if keys > 1 { return Self.refusal(400, "more than one \(settings.configuration.keyHeader) header") }
+        if contentLength != nil && transferEncodings > 0 {
+            return Self.refusal(400, "a request may not carry both Content-Length and Transfer-Encoding")
         }
-        if contentLength != nil && transferEncoding {
-            return .refuse(
-                status: 400,
-                message: "a request may not carry both Content-Length and Transfer-Encoding",
-                headers: [],
-                closing: true
-            )
-        }
-        if transferEncoding || upgrade || expect {
-            // The general path reads HTTP/1.1 and HTTP/1.0 only.
-            guard !laterMinorVersion else {
-                return .refuse(
-                    status: 505,
-                    message: "a chunked body, Expect or Upgrade is served with HTTP/1.1 only",
-                    headers: [],
-                    closing: true
-                )
+        if transferEncodings > 0 {
+            // RFC 9112 §6.1: HTTP/1.0 has no transfer codings, so the framing cannot be trusted.
+            if http10 { return Self.refusal(400, "an HTTP/1.0 request may not carry Transfer-Encoding") }
+            guard transferEncodings == 1, chunkedAlone else {
+                return Self.refusal(501, "the only transfer coding this proxy passes on is chunked")
             }
-            return .handOff
         }
-        let bodyLength = contentLength ?? 0
-        if bodyLength > settings.configuration.maxBodyBytes {
-            return .refuse(
-                status: 413,
-                message: "the request body is larger than \(settings.configuration.maxBodyBytes) bytes",
-                headers: [],
-                closing: true
-            )
+        if otherExpectation && !http10 { return Self.refusal(417, "the only expectation served is 100-continue") }
+        let body: RequestBody = transferEncodings > 0 ? .chunked : .length(contentLength ?? 0)
+        // An upgrade is HTTP/1.1's (RFC 9110 §7.8), asked for by both fields, and switches before any body.
+        let upgrade = !http10 && upgradeField && upgradeListed
+        if upgrade && body != .length(0) { return Self.refusal(400, "an upgrade request with a body") }
+        if case .length(let bodyLength) = body, bodyLength > settings.configuration.maxBodyBytes {
+            return Self.refusal(413, "the request body is larger than \(settings.configuration.maxBodyBytes) bytes")
         }
+        let clientKeepAlive = http10 ? false : !close
 
         // Routing.
         let request = RoutingRequest(
@@ -206,22 +245,20 @@ struct HeadRewriter {
             isFinalCandidate: final
         )
         let routes: [ProxyRoute]
+        // A refusal here is an answer to a well-framed request: the connection goes on unless a body would have to
+        // be read past first.
+        let closesAfterRefusal = body != .length(0) || !clientKeepAlive || upgrade
         switch settings.router.routes(for: request) {
         case .success(let found) where !found.isEmpty:
             routes = found
         case .success:
-            return .refuse(
-                status: 503,
-                message: "no node owns this key",
-                headers: [],
-                closing: bodyLength > 0 || close
-            )
+            return .refuse(status: 503, message: "no node owns this key", headers: [], closing: closesAfterRefusal)
         case .failure(let refusal):
             return .refuse(
                 status: Int(refusal.status.code),
                 message: refusal.message,
                 headers: refusal.headers.map { ($0.name, $0.value) },
-                closing: bodyLength > 0 || close
+                closing: closesAfterRefusal
             )
         }
 
@@ -229,32 +266,43 @@ struct HeadRewriter {
         var head = allocator.buffer(capacity: length + 256)
         var lines = LineRuns(0, startLineEnd + 2)
         if laterMinorVersion || absolute != nil {
-            // A request line of the upstream's own: origin form, HTTP/1.1.
+            // A request line of the upstream's own: origin form, HTTP/1.1 (or 1.0 as it came).
             head.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[0..<targetStart]))
             if let absolute {
                 RequestTarget.writePath(bytes, absolute.path, into: &head)
             } else {
                 head.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[targetRange]))
             }
-            head.writeStaticString(" HTTP/1.1\r\n")
+            if http10 { head.writeStaticString(" HTTP/1.0\r\n") } else { head.writeStaticString(" HTTP/1.1\r\n") }
             lines = LineRuns(startLineEnd + 2, startLineEnd + 2)
         }
+        let trustsProto = settings.plane == .cluster
         var previousForwardedFor: [Range<Int>] = []
         for field in fields {
             switch field.kind {
+            case .transferEncoding:
+                // Checked to be `chunked` alone: the body crosses as it came, so its framing does too.
+                break
+            case .upgrade where upgrade:
+                break
             case let kind where kind.isHopByHop || kind.isInternal:
                 continue
             case .xForwardedFor:
                 previousForwardedFor.append(field.value)
                 continue
+            case .xForwardedProto where !trustsProto:
+                continue
+            case .expect where expectContinue:
+                continue
             case .host where absolute != nil:
                 continue
             default:
                 if listsNames, members.contains(where: { HTTP1Parsing.sameName(bytes, $0, field.name) }) { continue }
-                lines.keep(field, from: bytes, into: &head)
             }
+            lines.keep(field, from: bytes, into: &head)
         }
         lines.write(bytes, into: &head)
+        if upgrade { head.writeStaticString("connection: upgrade\r\n") }
         if keepsTrailers { head.writeStaticString("te: trailers\r\n") }
         let address = clientAddress
         if !forwardedFor {
@@ -271,7 +319,7 @@ struct HeadRewriter {
             }
             head.writeStaticString("\r\n")
         }
-        head.writeBytes(hasProto ? settings.viaLine : settings.protoAndViaLines)
+        head.writeBytes(trustsProto && hasProto ? settings.viaLine : settings.protoAndViaLines)
         requestNumber += 1
         if !hasRequestID {
             head.writeBytes(requestIDPrefix)
@@ -282,6 +330,8 @@ struct HeadRewriter {
             head.writeStaticString("host: ")
             head.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[absolute.authority]))
             head.writeStaticString("\r\n")
+        } else if hosts == 0 {
+            head.writeBytes(localHostLine)
         }
 
         // The request's time: this node's limit, or less if the node that forwarded it has less left.
@@ -295,21 +345,26 @@ struct HeadRewriter {
                 head: head,
                 idempotent: ProxyHandler.isIdempotent(method),
                 expectsBody: !isHead,
-                clientKeepAlive: !close,
-                bodyLength: bodyLength,
+                clientKeepAlive: clientKeepAlive,
+                body: body,
+                expectsContinue: expectContinue && !http10,
+                upgrade: upgrade,
+                upstreamKeepAlive: !http10,
                 budget: budget
             )
         )
     }
 
     /// The client's response head for an upstream's `head` (its fields in `fields`): `servedHere` adds
-    /// `X-Ringside-Node`, `closing` adds `Connection: close`; room is left for `bodyBytes` more.
+    /// `X-Ringside-Node`, `closing` adds `Connection: close`, `upgraded` keeps `Upgrade` and says
+    /// `Connection: upgrade` (a 101 that switches protocols); room is left for `bodyBytes` more.
     mutating func response(
         _ head: ByteBuffer,
         facts: ResponseFacts,
         fields: [HeaderField],
         servedHere: Bool,
         closing: Bool,
+        upgraded: Bool = false,
         bodyBytes: Int
     ) -> ByteBuffer {
         var out = allocator.buffer(capacity: head.readableBytes + 128 + bodyBytes)
@@ -338,6 +393,8 @@ struct HeadRewriter {
                 case let kind where kind.describesFraming:
                     // The body passes through in the framing these describe.
                     break
+                case .upgrade where upgraded:
+                    break
                 case let kind where kind.isHopByHop:
                     continue
                 case .node where !settings.configuration.addsNodeHeader:
@@ -352,7 +409,11 @@ struct HeadRewriter {
             lines.write(bytes, into: &out)
         }
         out.writeBytes(servedHere && !facts.isInterim ? settings.viaAndNodeLines : settings.viaLine)
-        if closing { out.writeStaticString("connection: close\r\n") }
+        if upgraded {
+            out.writeStaticString("connection: upgrade\r\n")
+        } else if closing {
+            out.writeStaticString("connection: close\r\n")
+        }
         out.writeStaticString("\r\n")
         return out
     }
@@ -367,7 +428,8 @@ extension HeadRewriter {
         fields: [HeaderField],
         body: ByteBuffer?,
         route: ProxyRoute,
-        closing: Bool
+        closing: Bool,
+        upgraded: Bool = false
     ) -> (head: ByteBuffer, body: ByteBuffer?) {
         let servedHere: Bool =
             if case .local = route { settings.configuration.addsNodeHeader && !facts.hasNodeHeader } else { false }
@@ -377,6 +439,7 @@ extension HeadRewriter {
             fields: fields,
             servedHere: servedHere,
             closing: closing,
+            upgraded: upgraded,
             bodyBytes: min(body?.readableBytes ?? 0, 4096)
         )
         guard var body, body.readableBytes <= 4096 else { return (out, body) }

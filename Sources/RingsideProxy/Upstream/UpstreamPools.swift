@@ -211,7 +211,11 @@ public final class ClusterUpstreams: UpstreamProvider {
 
     public var relaysBytes: Bool { !backendSpeaksHTTP2 }
 
-    public var backendAddress: SocketAddress? { try? SocketAddress(ipAddress: backendHost, port: backendPort) }
+    public var backend: HostAndPort? { HostAndPort(host: backendHost, port: backendPort) }
+
+    public var backendURL: String {
+        "\(backendSpeaksHTTP2 ? "h2c" : "http")://\(HostAndPort(host: backendHost, port: backendPort))"
+    }
 
     public func leaseBytes(
         _ route: ProxyRoute,

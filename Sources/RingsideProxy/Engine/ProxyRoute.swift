@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import RingsideCluster
 
 /// Where a request goes.
 public enum ProxyRoute: Hashable, Sendable {
@@ -81,15 +82,20 @@ public protocol UpstreamProvider: Sendable {
     /// `fresh`): the relay writes requests as bytes and the handler frames the responses.
     func leaseBytes(_ route: ProxyRoute, on eventLoop: any EventLoop, fresh: Bool) -> EventLoopFuture<UpstreamLease>
 
-    /// The backend's address when it is numeric (no name lookup to make), for the app plane's relay loops; nil sends
-    /// local requests the general way.
-    var backendAddress: SocketAddress? { get }
+    /// Where the backend is, for the app plane's relay loops (which resolve a name themselves); nil keeps the app
+    /// plane on NIO channels.
+    var backend: HostAndPort? { get }
+
+    /// The backend's URL, as answers and logs name it.
+    var backendURL: String { get }
 }
 
 extension UpstreamProvider {
     public var relaysBytes: Bool { false }
 
-    public var backendAddress: SocketAddress? { nil }
+    public var backend: HostAndPort? { nil }
+
+    public var backendURL: String { "the local backend" }
 
     public func leaseBytes(
         _ route: ProxyRoute,

@@ -109,8 +109,9 @@ final class EpollLoop {
     /// Gives a client connection's socket, and what was read of it, to the general pipeline.
     let handOff: @Sendable (CInt, ByteBuffer?) -> Void
     /// Where `.local` goes.
-    private let backend: SocketAddress?
-    @exclusivity(unchecked) private var peerAddresses: [String: SocketAddress?] = [:]
+    private let backend: HostAndPort
+    /// Addresses of routes, resolved when they are names, and until when each holds.
+    @exclusivity(unchecked) private var addresses: [ProxyRoute: (address: SocketAddress, until: NIODeadline)] = [:]
 
     private static let listenerToken: UInt64 = 0
     private static let wakeToken: UInt64 = 1
@@ -142,7 +143,7 @@ final class EpollLoop {
     init(
         settings: RelaySettings,
         listener: CInt,
-        backend: SocketAddress?,
+        backend: HostAndPort,
         handOff: @escaping @Sendable (CInt, ByteBuffer?) -> Void
     ) throws {
         self.settings = settings
@@ -250,7 +251,7 @@ final class EpollLoop {
         while !stopping {
             switch LinuxSocket.accept(listener) {
             case .connection(let fd, let peer):
-                let client = EpollClient(fd: fd, peer: peer, loop: self)
+                let client = EpollClient(fd: fd, peer: peer, local: LinuxSocket.localAddress(fd), loop: self)
                 clients[ObjectIdentifier(client)] = client
                 register(client)
             case .none:
@@ -269,7 +270,7 @@ final class EpollLoop {
     private func beginStopping() {
         stopping = true
         if !acceptPaused { _ = epoll_ctl(epoll, EPOLL_CTL_DEL, listener, nil) }
-        for client in Array(clients.values) { client.stopWhenIdle() }
+        for client in Array(clients.values) { client.drain() }
     }
 
     var isStopping: Bool { stopping }
@@ -281,19 +282,35 @@ final class EpollLoop {
 
     // MARK: Upstream connections
 
-    /// Where `route` is, as an address to connect to without a name lookup; nil when it takes one.
-    func address(of route: ProxyRoute) -> SocketAddress? {
+    /// Where `route` is: a numeric address as it is, a name resolved again once ``resolvedAddressLifetime`` has
+    /// passed (a name lookup blocks the loop for its duration, once a name and lifetime).
+    func address(of route: ProxyRoute) throws -> SocketAddress {
+        if let known = addresses[route], now < known.until { return known.address }
+        let target: HostAndPort
         switch route {
         case .local:
-            return backend
+            target = backend
         case .peer(_, let address):
-            if let known = peerAddresses[address] { return known }
-            let parsed = DirectAddress.parse(address)
-            if peerAddresses.count > 4096 { peerAddresses = [:] }
-            peerAddresses[address] = parsed
-            return parsed
+            guard let parsed = HostAndPort(address) else {
+                throw LinuxSocket.Failure(call: "parse the address \(address)", code: EINVAL)
+            }
+            target = parsed
         }
+        let address: SocketAddress
+        let lifetime: TimeAmount
+        if let numeric = try? SocketAddress(ipAddress: target.host, port: target.port) {
+            (address, lifetime) = (numeric, .hours(24))
+        } else {
+            address = try SocketAddress.makeAddressResolvingHost(target.host, port: target.port)
+            lifetime = Self.resolvedAddressLifetime
+        }
+        if addresses.count > 4096 { addresses = [:] }
+        addresses[route] = (address, now + lifetime)
+        return address
     }
+
+    /// How long a name's address is used before it is looked up again.
+    static let resolvedAddressLifetime = TimeAmount.seconds(30)
 
     /// An idle connection to `route`, or a new one on its way.
     func upstream(for route: ProxyRoute, at address: SocketAddress, fresh: Bool = false) throws -> EpollUpstream {
@@ -301,13 +318,7 @@ final class EpollLoop {
             if upstream.fd >= 0 { return upstream }
         }
         let (fd, connected) = try LinuxSocket.connect(to: address)
-        let upstream = EpollUpstream(
-            fd: fd,
-            route: route,
-            connected: connected,
-            connectDeadline: now + TimeAmount(settings.configuration.connectTimeout),
-            loop: self
-        )
+        let upstream = EpollUpstream(fd: fd, route: route, connected: connected, loop: self)
         register(upstream)
         return upstream
     }
@@ -367,15 +378,6 @@ final class EpollLoop {
         event.events = events
         event.data.u64 = token
         _ = epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event)
-    }
-}
-
-/// Addresses the relay connects to without a name lookup.
-enum DirectAddress {
-    /// `host:port` with a numeric host, as an address; nil for anything else.
-    static func parse(_ text: String) -> SocketAddress? {
-        guard let target = HostAndPort(text) else { return nil }
-        return try? SocketAddress(ipAddress: target.host, port: target.port)
     }
 }
 #endif

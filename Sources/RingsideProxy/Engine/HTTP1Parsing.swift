@@ -222,13 +222,14 @@ enum HTTP1Parsing {
         return true
     }
 
-    /// Whether `bytes[range]` is `lowercase` (bytes) in any case.
+    /// Whether `bytes[range]` is the key header's name `lowercase` in any case. Any token character may be in it
+    /// (`_`, `^`, `~`…), so letters alone are folded: `| 0x20` would make `_` a DEL and `^` a `~`.
     @inline(__always)
-    static func equals(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ lowercase: [UInt8]) -> Bool {
+    static func equalsKey(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ lowercase: [UInt8]) -> Bool {
         guard range.count == lowercase.count else { return false }
         var offset = 0
         for index in range {
-            guard bytes[index] | 0x20 == lowercase[offset] else { return false }
+            guard lowercased(bytes[index]) == lowercase[offset] else { return false }
             offset += 1
         }
         return true
@@ -236,7 +237,7 @@ enum HTTP1Parsing {
 
     /// The kind of the field named `bytes[name]`; `key` is the key header's name in lowercase.
     static func kind(of bytes: UnsafeRawBufferPointer, name: Range<Int>, key: [UInt8]) -> FieldKind {
-        if name.count == key.count && equals(bytes, name, key) { return .key }
+        if name.count == key.count && equalsKey(bytes, name, key) { return .key }
         switch name.count {
         case 2: return equals(bytes, name, "te") ? .te : .other
         case 4: return equals(bytes, name, "host") ? .host : .other

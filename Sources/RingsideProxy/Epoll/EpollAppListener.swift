@@ -1,5 +1,6 @@
 #if os(Linux)
 import Glibc
+import RingsideCluster
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -23,7 +24,7 @@ final class EpollAppListener: AppListener {
         port: Int,
         loops: Int,
         settings: RelaySettings,
-        backend: SocketAddress?,
+        backend: HostAndPort,
         handOff: @escaping @Sendable (CInt, ByteBuffer?) -> Void
     ) throws {
         let address = try SocketAddress.makeAddressResolvingHost(host, port: port)

@@ -1,0 +1,109 @@
+import NIOCore
+import NIOHTTP1
+
+/// What every connection of one listener shares: the settings, the router, and the bytes the engine writes on every
+/// request, made once.
+final class RelaySettings: Sendable {
+    let configuration: ProxyConfiguration
+    let plane: ProxyHandler.Plane
+    let metrics: ProxyMetrics
+    let router: any ProxyRouter
+    /// The backend's URL, as the engine's answers name it.
+    let backend: String
+    let keyName: [UInt8]
+    let viaLine: [UInt8]
+    let protoAndViaLines: [UInt8]
+    let nodeLine: [UInt8]
+    let viaAndNodeLines: [UInt8]
+    let hopLine: [UInt8]
+    let deadlinePrefix: [UInt8]
+    let finalLine: [UInt8]
+    let requestIDPrefix: [UInt8]
+    let headerTimeout: TimeAmount
+    let idleTimeout: TimeAmount
+    let requestTimeout: TimeAmount
+    let connectTimeout: TimeAmount
+    /// How often a connection checks its deadlines: one timer a connection, a clock read a request.
+    let checkInterval: TimeAmount
+
+    init(
+        configuration: ProxyConfiguration,
+        plane: ProxyHandler.Plane,
+        metrics: ProxyMetrics,
+        router: any ProxyRouter,
+        backend: String
+    ) {
+        self.configuration = configuration
+        self.backend = backend
+        self.plane = plane
+        self.metrics = metrics
+        self.router = router
+        let name = configuration.nodeName
+        keyName = Array(configuration.keyHeader.lowercased().utf8)
+        viaLine = Array("via: 1.1 ringside-\(name)\r\n".utf8)
+        nodeLine = Array("\(HeaderHygiene.nodeHeader): \(name)\r\n".utf8)
+        protoAndViaLines = Array("x-forwarded-proto: http\r\n".utf8) + viaLine
+        viaAndNodeLines = viaLine + nodeLine
+        hopLine = Array("\(HeaderHygiene.hopHeader): \(name)\r\n".utf8)
+        deadlinePrefix = Array("\(HeaderHygiene.deadlineHeader): ".utf8)
+        finalLine = Array("\(HeaderHygiene.finalHeader): 1\r\n".utf8)
+        requestIDPrefix = Array("x-request-id: \(name)-".utf8)
+        headerTimeout = TimeAmount(configuration.headerReadTimeout)
+        idleTimeout = TimeAmount(configuration.idleTimeout)
+        requestTimeout = TimeAmount(configuration.requestTimeout)
+        connectTimeout = TimeAmount(configuration.connectTimeout)
+        let shortest = min(headerTimeout, idleTimeout, requestTimeout).nanoseconds
+        checkInterval = .nanoseconds(max(10_000_000, min(shortest / 8, 1_000_000_000)))
+    }
+}
+
+extension RelaySettings {
+    /// The lines a route adds to a request head, then the blank line that ends it: towards a peer, the hop headers
+    /// (`x-ringside-hop`, the time left at `now`, and `x-ringside-final` on the last candidate).
+    func routeLines(
+        _ route: ProxyRoute,
+        isLast: Bool,
+        deadline: NIODeadline,
+        now: NIODeadline,
+        into head: inout ByteBuffer
+    ) {
+        if case .peer = route {
+            head.writeBytes(hopLine)
+            let remaining = max(0, (deadline - now).nanoseconds / 1_000_000)
+            head.writeBytes(deadlinePrefix)
+            HTTP1Parsing.writeDecimal(UInt64(remaining), into: &head)
+            head.writeStaticString("\r\n")
+            if isLast { head.writeBytes(finalLine) }
+        }
+        head.writeStaticString("\r\n")
+    }
+
+    /// How the engine's answers and logs name `route`: the backend's URL, or the peer's name and address.
+    func describe(_ route: ProxyRoute) -> String {
+        switch route {
+        case .local: "the backend \(backend)"
+        case .peer(let name, let address): "peer \(name) (\(address))"
+        }
+    }
+
+    /// The engine's own answer: `status` with `message` as plain text.
+    func answer(
+        _ status: Int,
+        _ message: String,
+        headers: [(String, String)],
+        closing: Bool,
+        allocator: ByteBufferAllocator
+    ) -> ByteBuffer {
+        let reason = HTTPResponseStatus(statusCode: status).reasonPhrase
+        let body = message + "\n"
+        var out = allocator.buffer(capacity: 256 + body.utf8.count)
+        out.writeString("HTTP/1.1 \(status) \(reason)\r\n")
+        for (name, value) in headers { out.writeString("\(name): \(value)\r\n") }
+        out.writeString("content-type: text/plain; charset=utf-8\r\ncontent-length: \(body.utf8.count)\r\n")
+        out.writeBytes(nodeLine)
+        if closing { out.writeStaticString("connection: close\r\n") }
+        out.writeStaticString("\r\n")
+        out.writeString(body)
+        return out
+    }
+}
