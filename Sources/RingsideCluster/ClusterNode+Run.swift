@@ -250,12 +250,15 @@ extension ClusterNode {
             case .event(let event):
                 events.append(event)
             case .rejected(let rejection):
+                // A foreign cluster's node sends an envelope every probe: one line a second says so.
+                guard let held = logLimiter.allow("refused gossip") else { continue }
                 logger.warning(
                     "refused gossip",
                     metadata: [
                         "ringside.peer": "\(rejection.senderName)",
                         "ringside.peer.address": "\(rejection.senderAddress)",
                         "ringside.reason": "\(rejection.reason)",
+                        "ringside.suppressed": "\(held)",
                     ]
                 )
             }

@@ -38,6 +38,8 @@ public final class ClusterNode: Service, Sendable {
     let publishing = NIOLock()
     let client: GossipClient
     let metrics = ClusterMetrics()
+    /// Holds back repeated warnings about what other hosts send.
+    let logLimiter = LogRateLimiter()
     let traffic = GossipTraffic()
     let resolver: SeedResolver
     let forwardedStreams: ClusterStreamInitializer?

@@ -73,8 +73,9 @@ public final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandl
     }
 
     /// Sets `channel` up as an HTTP/2 server connection (h2c) whose every stream speaks HTTP/1-style parts to a handler
-    /// that `makeHandler` makes for it. With an `idleTimeout`, a connection with no open stream for that long is sent a
-    /// GOAWAY and closed (see ``HTTP2IdleTimer``). `maxHeaderListSize` is the largest header block a client may send
+    /// that `makeHandler` makes for it. A connection error ends the connection once its GOAWAY is out
+    /// (``GoAwayWatcher``). With an `idleTimeout`, a connection with no open stream for that long is sent a GOAWAY and
+    /// closed (see ``HTTP2IdleTimer``). `maxHeaderListSize` is the largest header block a client may send
     /// (advertised in SETTINGS; NIO's default is 16 KiB).
     public static func configureHTTP2Streams(
         _ channel: any Channel,
@@ -83,6 +84,7 @@ public final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandl
         handler makeHandler: @escaping @Sendable () -> any ChannelHandler
     ) throws {
         let timer = idleTimeout.map { HTTP2IdleTimer(channel: channel, timeout: $0) }
+        try channel.pipeline.syncOperations.addHandler(GoAwayWatcher())
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         if let maxHeaderListSize {
             connection.initialSettings.removeAll { $0.parameter == .maxHeaderListSize }

@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 import NIOHTTP1
 import NIOHTTP2
@@ -23,14 +24,16 @@ public enum AppServer {
         configuration: ProxyConfiguration,
         router: any ProxyRouter,
         upstreams: any UpstreamProvider,
-        metrics: ProxyMetrics = ProxyMetrics()
+        metrics: ProxyMetrics = ProxyMetrics(),
+        logger: Logger = Logger(label: "ringside.proxy")
     ) async throws -> any AppListener {
         let relay = relaySettings(
             configuration: configuration,
             plane: .app,
             metrics: metrics,
             router: router,
-            upstreams: upstreams
+            upstreams: upstreams,
+            logger: logger
         )
         let http1 =
             relay.map { relaySetup($0, upstreams) } ?? generalSetup(configuration, .app, metrics, router, upstreams)
@@ -99,14 +102,16 @@ public enum AppServer {
         plane: ProxyHandler.Plane,
         metrics: ProxyMetrics,
         router: any ProxyRouter,
-        upstreams: any UpstreamProvider
+        upstreams: any UpstreamProvider,
+        logger: Logger
     ) -> @Sendable (any Channel) throws -> Void {
         let relay = relaySettings(
             configuration: configuration,
             plane: plane,
             metrics: metrics,
             router: router,
-            upstreams: upstreams
+            upstreams: upstreams,
+            logger: logger
         )
         return relay.map { relaySetup($0, upstreams) } ?? generalSetup(configuration, plane, metrics, router, upstreams)
     }
@@ -118,7 +123,8 @@ public enum AppServer {
         plane: ProxyHandler.Plane,
         metrics: ProxyMetrics,
         router: any ProxyRouter,
-        upstreams: any UpstreamProvider
+        upstreams: any UpstreamProvider,
+        logger: Logger
     ) -> RelaySettings? {
         guard upstreams.relaysBytes else { return nil }
         return RelaySettings(
@@ -126,7 +132,8 @@ public enum AppServer {
             plane: plane,
             metrics: metrics,
             router: router,
-            backend: upstreams.backendURL
+            backend: upstreams.backendURL,
+            logger: logger
         )
     }
 

@@ -47,4 +47,20 @@ public struct ProxyConfiguration: Sendable {
 
     /// A configuration for the node named `nodeName`, defaults elsewhere.
     public init(nodeName: String) { self.nodeName = nodeName }
+
+    /// Why `name` cannot be the key header, or nil when it can: it must be an RFC 9110 token (ASCII letters, digits
+    /// and ``!#$%&'*+-.^_`|~``) that names no field the proxy itself reads or sets on the way: a framing field
+    /// (`Content-Length`, `Transfer-Encoding`), `Host`, a hop-by-hop field, or an `x-ringside-*` field.
+    public static func keyHeaderProblem(_ name: String) -> String? {
+        let bytes = Array(name.utf8)
+        guard !bytes.isEmpty, bytes.allSatisfy(HTTP1Parsing.isToken) else {
+            return "is not a header name (an RFC 9110 token: letters, digits and !#$%&'*+-.^_`|~)"
+        }
+        let kind = bytes.withUnsafeBytes { HTTP1Parsing.kind(of: $0, name: 0..<$0.count, key: []) }
+        if kind.describesFraming || kind == .host || kind.isHopByHop {
+            return "names a field that frames or routes the message, or describes one connection; choose another"
+        }
+        if name.lowercased().hasPrefix("x-ringside-") { return "names a field Ringside keeps for itself" }
+        return nil
+    }
 }

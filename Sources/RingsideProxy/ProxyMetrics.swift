@@ -37,6 +37,9 @@ public final class ProxyMetrics: Sendable {
     /// By path (in `Path.allCases` order), then status class.
     private let requests: [[Counter]]
     private let durations: [Timer]
+    /// Responses the proxy made itself, by status.
+    private let generated: [Int: Counter]
+    private let generatedOther: Counter
     let retries = Counter(label: "ringside_request_retries_total")
     let misroutes = Counter(label: "ringside_request_misroutes_total")
 
@@ -47,9 +50,36 @@ public final class ProxyMetrics: Sendable {
                 Counter(label: "ringside_requests_total", dimensions: [("path", path.rawValue), ("code", "\($0)xx")])
             }
         }
+        generated = Dictionary(
+            uniqueKeysWithValues: Self.generatedReasons.map { code, reason in
+                (
+                    code,
+                    Counter(
+                        label: "ringside_generated_responses_total",
+                        dimensions: [("code", "\(code)"), ("reason", reason)]
+                    )
+                )
+            }
+        )
+        generatedOther = Counter(
+            label: "ringside_generated_responses_total",
+            dimensions: [("code", "other"), ("reason", "other")]
+        )
         durations = Path.allCases.map {
             Timer(label: "ringside_request_duration_seconds", dimensions: [("path", $0.rawValue)])
         }
+    }
+
+    /// What each status the proxy answers with itself means, as the `reason` label says it.
+    static let generatedReasons: [Int: String] = [
+        400: "bad_request", 403: "not_from_a_peer", 408: "head_timeout", 413: "body_too_large", 417: "expectation",
+        421: "not_owner", 431: "head_too_large", 499: "client_closed", 501: "not_implemented", 502: "bad_gateway",
+        503: "no_owner", 504: "upstream_timeout",
+    ]
+
+    /// Counts a response the proxy made itself.
+    func generated(_ code: Int) {
+        (generated[code] ?? generatedOther).increment()
     }
 
     /// Records a finished request.

@@ -70,7 +70,8 @@ public final class RingsideServer: Service, Sendable {
             plane: .cluster,
             metrics: metrics,
             router: router,
-            upstreams: upstreams
+            upstreams: upstreams,
+            logger: logger
         )
         self.proxy = proxy
         self.appHost = appHost
@@ -90,7 +91,8 @@ public final class RingsideServer: Service, Sendable {
             configuration: proxy,
             router: ClusterRouter(node: node, configuration: proxy),
             upstreams: upstreams,
-            metrics: metrics
+            metrics: metrics,
+            logger: logger
         )
         appAddress.withLockedValue { $0 = app.localAddress }
         logger.info(

@@ -153,6 +153,13 @@ public enum RawHTTP2 {
     /// HTTP/2's connection preface and an empty SETTINGS frame.
     public static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4, 0, 0, 0, 0, 0]
 
+    /// The preface, then DATA on a stream that was never opened (a connection error, RFC 9113 §5.1), then 200 more
+    /// such frames that a server should never read.
+    public static let connectionErrorThenJunk: [UInt8] = {
+        let data: [UInt8] = [0, 0, 1, 0, 0, 0, 0, 0, 1, UInt8(ascii: "x")]
+        return preface + Array((0..<201).map { _ in data }.joined())
+    }()
+
     /// The GOAWAY frames in `bytes`: the last stream each names and its error code.
     public static func goAways(_ bytes: [UInt8]) -> [(lastStream: Int, code: Int)] {
         frames(bytes).filter { $0.type == 7 && $0.payload.count >= 8 }.map { frame in

@@ -8,6 +8,20 @@ import NIOPosix
 import Glibc
 #endif
 
+/// The request heads a test backend received, in order.
+public final class RequestLog: Sendable {
+    private let heads = NIOLockedValueBox<[HTTPRequestHead]>([])
+
+    public init() {}
+
+    /// Every head so far.
+    public var all: [HTTPRequestHead] { heads.withLockedValue { $0 } }
+    /// `METHOD URI` of every head so far.
+    public var lines: [String] { all.map { "\($0.method.rawValue) \($0.uri)" } }
+
+    func append(_ head: HTTPRequestHead) { heads.withLockedValue { $0.append(head) } }
+}
+
 /// A backend for tests: answers every request at once with `x-echo-*` headers describing it, then streams the request
 /// body back as it arrives. `/status/N` answers with status N and no body; `/discard` reads the body and answers with
 /// its length; `/generate/N` streams N bytes, as fast as the connection takes them.
@@ -29,17 +43,19 @@ public final class EchoBackend: ChannelInboundHandler {
     private var toGenerate = 0
     private var generating = false
     private var keepAlive = true
+    private let log: RequestLog?
 
-    public init() {}
+    /// A backend that notes every request head in `log`.
+    public init(log: RequestLog? = nil) { self.log = log }
 
-    /// Starts a backend on a free port of 127.0.0.1.
-    public static func start() async throws -> (channel: any Channel, port: Int) {
+    /// Starts a backend on a free port of 127.0.0.1, noting every request head in `log`.
+    public static func start(log: RequestLog? = nil) async throws -> (channel: any Channel, port: Int) {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(EchoBackend())
+                    try channel.pipeline.syncOperations.addHandler(EchoBackend(log: log))
                 }
             }
             .bind(host: "127.0.0.1", port: 0)
@@ -48,7 +64,9 @@ public final class EchoBackend: ChannelInboundHandler {
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        let part = unwrapInboundIn(data)
+        if case .head(let head) = part { log?.append(head) }
+        switch part {
         case .head(let request) where request.uri == "/discard":
             mode = .discard(0)
         case .head(let request) where request.uri.hasPrefix("/generate/"):

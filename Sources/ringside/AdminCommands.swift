@@ -75,18 +75,8 @@ struct LookupCommand: AsyncParsableCommand {
 
 /// One GET over HTTP/1.1, for the admin commands and the demo.
 enum AdminClient {
-    /// Why a connection failed, in the words of the system ("Connection refused") rather than NIO's types.
-    static func reason(_ error: any Error) -> String {
-        if let failure = error as? NIOConnectionError {
-            if let first = failure.connectionErrors.first?.error { return reason(first) }
-            if failure.dnsAError != nil || failure.dnsAAAAError != nil { return "cannot resolve \(failure.host)" }
-        }
-        if let failure = error as? IOError { return String(cString: strerror(failure.errnoCode)) }
-        if case ChannelError.connectTimeout(let timeout) = error {
-            return "no connection within \(timeout.nanoseconds / 1_000_000) ms"
-        }
-        return "\(error)"
-    }
+    /// Why a connection failed, in the words of the system.
+    static func reason(_ error: any Error) -> String { ConnectionFailureText.reason(error) }
 
     struct Response {
         var status: Int

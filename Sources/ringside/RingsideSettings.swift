@@ -216,9 +216,7 @@ struct RingsideSettings {
         backend = backendAddress
         backendSpeaksHTTP2 = scheme == "h2c"
         keyHeader = value("key-header").0
-        guard !keyHeader.isEmpty, keyHeader.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
-            throw fail("key-header", "is not a header name")
-        }
+        if let problem = ProxyConfiguration.keyHeaderProblem(keyHeader) { throw fail("key-header", problem) }
         guard let replicaCount = Int(value("replicas").0), (1...16).contains(replicaCount) else {
             throw fail("replicas", "is not a whole number from 1 to 16")
         }

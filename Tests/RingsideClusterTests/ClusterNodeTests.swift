@@ -107,6 +107,16 @@ struct ClusterNodeTests {
         }
     }
 
+    @Test func anHTTP2ConnectionErrorEndsTheConnectionAfterOneGoAway() async throws {
+        try await withCluster(1) { nodes in
+            let address = try #require(HostAndPort(try await nodes[0].waitUntilRunning()))
+            let raw = rawExchange(port: address.port, RawHTTP2.connectionErrorThenJunk, untilClosed: true)
+            #expect(raw.closed)
+            #expect(RawHTTP2.goAways(raw.bytes).count == 1)
+            #expect(RawHTTP2.goAways(raw.bytes).allSatisfy { $0.code != 0 })
+        }
+    }
+
     @Test func aNodeThatStopsWithoutLeavingIsDetected() async throws {
         try await withCluster(5) { nodes in
             #expect(await eventually { nodes.allSatisfy { $0.peers.count == 5 } })

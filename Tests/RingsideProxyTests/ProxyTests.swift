@@ -28,9 +28,10 @@ func withProxy(
     configuration: ProxyConfiguration = proxyConfiguration(),
     router: any ProxyRouter = LocalRouter(),
     backendPort: Int? = nil,
+    log: RequestLog? = nil,
     _ body: (_ proxyPort: Int) async throws -> Void
 ) async throws {
-    let backend = try await EchoBackend.start()
+    let backend = try await EchoBackend.start(log: log)
     let (proxy, upstreams) = try await startProxy(
         io: io,
         configuration: configuration,

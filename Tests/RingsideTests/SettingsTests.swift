@@ -57,6 +57,14 @@ struct SettingsTests {
             (["advertise": "0.0.0.0:7401"], "advertise (from --advertise)"),
             (["advertise": "[::]:7401"], "advertise (from --advertise)"),
             (["advertise": "10.0.0.1:0"], "advertise (from --advertise)"),
+            (["key-header": "Content-Length"], "key-header (from --key-header)"),
+            (["key-header": "transfer-encoding"], "key-header (from --key-header)"),
+            (["key-header": "Host"], "key-header (from --key-header)"),
+            (["key-header": "Connection"], "key-header (from --key-header)"),
+            (["key-header": "x-ringside-hop"], "key-header (from --key-header)"),
+            (["key-header": "X-Ringside-Key"], "key-header (from --key-header)"),
+            (["key-header": "Schlüssel"], "key-header (from --key-header)"),
+            (["key-header": "X Key"], "key-header (from --key-header)"),
         ]
     )
     func invalidValuesNameTheKeyAndWhereTheyCameFrom(flags: [String: String], expected: String) {
@@ -64,6 +72,13 @@ struct SettingsTests {
             try RingsideSettings.load(configFile: nil, environment: [:], flags: flags)
         }
         #expect(error?.description.contains(expected) == true)
+    }
+
+    @Test func theKeyHeaderMayBeAnyTokenThatIsNotTheProxysOwn() throws {
+        for name in ["X-Tenant.Id", "X_Shard_Key", "tenant~id", "K"] {
+            let settings = try RingsideSettings.load(configFile: nil, environment: [:], flags: ["key-header": name])
+            #expect(settings.keyHeader == name)
+        }
     }
 
     @Test func environmentErrorsNameTheVariable() {

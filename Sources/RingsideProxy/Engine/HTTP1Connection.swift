@@ -56,6 +56,7 @@ struct HTTP1Connection {
     }
 
     let settings: RelaySettings
+    private let client: SocketAddress?
     private var rewriter: HeadRewriter
     private var reader: RequestReader
     private var framer = ResponseFramer()
@@ -81,6 +82,7 @@ struct HTTP1Connection {
         now: NIODeadline
     ) {
         self.settings = settings
+        self.client = client
         rewriter = HeadRewriter(settings: settings, client: client, local: local, allocator: allocator)
         reader = RequestReader(
             maxHeadBytes: settings.configuration.maxHeaderBytes,
@@ -286,7 +288,7 @@ struct HTTP1Connection {
         guard case .connecting(let route, _) = upstream, case .exchange(let exchange) = state else { return }
         upstream = .none
         settings.router.upstreamFailed(route, error: error)
-        tryNextRoute(exchange, reason: "cannot reach \(settings.describe(route)): \(error)", now)
+        tryNextRoute(exchange, reason: "cannot reach \(settings.describe(route)): \(settings.describe(error))", now)
     }
 
     private var isKept: Bool {
@@ -501,7 +503,7 @@ struct HTTP1Connection {
         }
         state = .idle
         let closing = !exchange.requestEnded || !exchange.clientKeepAlive || draining
-        answer(status, message, headers: [], closing: closing, now)
+        answer(status, message, headers: [], closing: closing, route: exchange.route, now)
         processInbound(now)
     }
 
@@ -514,16 +516,19 @@ struct HTTP1Connection {
         _ now: NIODeadline
     ) {
         settings.metrics.record(ProxyMetrics.Path(unroutedOn: settings.plane), code: status, nanoseconds: 0)
-        answer(status, message, headers: headers, closing: closing, now)
+        answer(status, message, headers: headers, closing: closing, route: nil, now)
     }
 
+    /// Every answer the engine makes itself goes out here, counted and logged.
     private mutating func answer(
         _ status: Int,
         _ message: String,
         headers: [(String, String)],
         closing: Bool,
+        route: ProxyRoute?,
         _ now: NIODeadline
     ) {
+        settings.generated(status, message, route: route, client: client)
         emit(
             .writeClient(
                 settings.answer(status, message, headers: headers, closing: closing, allocator: ByteBufferAllocator())

@@ -1,5 +1,11 @@
+import Logging
 import NIOCore
 import NIOHTTP1
+import RingsideCluster
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What every connection of one listener shares: the settings, the router, and the bytes the engine writes on every
 /// request, made once.
@@ -10,6 +16,9 @@ final class RelaySettings: Sendable {
     let router: any ProxyRouter
     /// The backend's URL, as the engine's answers name it.
     let backend: String
+    let logger: Logger
+    /// Holds back repeated lines about the engine's own answers: one a status and second.
+    let logLimiter = LogRateLimiter()
     let keyName: [UInt8]
     let viaLine: [UInt8]
     let protoAndViaLines: [UInt8]
@@ -31,10 +40,12 @@ final class RelaySettings: Sendable {
         plane: ProxyHandler.Plane,
         metrics: ProxyMetrics,
         router: any ProxyRouter,
-        backend: String
+        backend: String,
+        logger: Logger = Logger(label: "ringside.proxy")
     ) {
         self.configuration = configuration
         self.backend = backend
+        self.logger = logger
         self.plane = plane
         self.metrics = metrics
         self.router = router
@@ -84,6 +95,32 @@ extension RelaySettings {
         case .local: "the backend \(backend)"
         case .peer(let name, let address): "peer \(name) (\(address))"
         }
+    }
+
+    /// Counts and logs an answer the engine made itself: `status` with `message`, for a request on its way to `route`
+    /// (nil when it had none) from `client`. 5xx answers are warnings (a backend or peer is in trouble), others
+    /// notices; either way at most one line a status and second, saying how many were held back.
+    func generated(_ status: Int, _ message: String, route: ProxyRoute?, client: SocketAddress?) {
+        metrics.generated(status)
+        let level: Logger.Level = status >= 500 ? .warning : .notice
+        guard logger.logLevel <= level, let held = logLimiter.allow(String(status)) else { return }
+        var metadata: Logger.Metadata = [
+            "ringside.status": "\(status)",
+            "ringside.reason": "\(message)",
+            "ringside.plane": "\(plane == .app ? "app" : "cluster")",
+            "ringside.client": "\(client.flatMap(HostAndPort.init)?.description ?? "-")",
+        ]
+        if let route { metadata["ringside.route"] = "\(describe(route))" }
+        if held > 0 { metadata["ringside.suppressed"] = "\(held)" }
+        logger.log(level: level, "answered a request itself", metadata: metadata)
+    }
+
+    /// Why a connection could not be made, in the system's words.
+    func describe(_ error: any Error) -> String {
+        #if os(Linux)
+        if let failure = error as? LinuxSocket.Failure { return String(cString: strerror(failure.code)) }
+        #endif
+        return ConnectionFailureText.reason(error)
     }
 
     /// The engine's own answer: `status` with `message` as plain text.
