@@ -340,17 +340,23 @@ enum HTTP1Parsing {
 }
 
 /// Finds the end of a chunked body (RFC 9112 §7.1) as it streams past, without copying or changing it: chunk sizes,
-/// extensions, data, and the trailer section.
+/// extensions, data, and the trailer section. What it passes on, a strict parser reads the same way: a size is hex
+/// digits, then optional whitespace, then extensions (visible characters) or the CRLF; a trailer line is a field
+/// (a token, a colon, a value without control characters), never folded.
 struct ChunkedFraming {
     private enum State {
         case size
+        /// Whitespace after the size: more of it, an extension, or the CR.
+        case sizeWhitespace
         case sizeExtension
         case sizeLF
         case data
         case dataCR
         case dataLF
         case trailerStart
-        case trailerLine
+        /// A trailer field's name, one token character of it at least.
+        case trailerName
+        case trailerValue
         case trailerLF
         case finalLF
         case ended
@@ -386,17 +392,29 @@ struct ChunkedFraming {
                     guard digits < 15 else { return nil }
                     size = size << 4 | value
                     digits += 1
-                } else if byte == HTTP1Parsing.cr, digits > 0 {
+                } else if digits == 0 {
+                    return nil
+                } else if byte == HTTP1Parsing.cr {
                     state = .sizeLF
-                } else if byte == UInt8(ascii: ";") || byte == 32 || byte == 9, digits > 0 {
+                } else if byte == UInt8(ascii: ";") {
                     state = .sizeExtension
+                } else if byte == 32 || byte == 9 {
+                    state = .sizeWhitespace
                 } else {
+                    return nil
+                }
+            case .sizeWhitespace:
+                if byte == HTTP1Parsing.cr {
+                    state = .sizeLF
+                } else if byte == UInt8(ascii: ";") {
+                    state = .sizeExtension
+                } else if byte != 32 && byte != 9 {
                     return nil
                 }
             case .sizeExtension:
                 if byte == HTTP1Parsing.cr {
                     state = .sizeLF
-                } else if byte == HTTP1Parsing.lf {
+                } else if !Self.isFieldCharacter(byte) {
                     return nil
                 }
             case .sizeLF:
@@ -410,9 +428,24 @@ struct ChunkedFraming {
                 guard byte == HTTP1Parsing.lf else { return nil }
                 state = .size
             case .trailerStart:
-                state = byte == HTTP1Parsing.cr ? .finalLF : .trailerLine
-            case .trailerLine:
-                if byte == HTTP1Parsing.cr { state = .trailerLF }
+                if byte == HTTP1Parsing.cr {
+                    state = .finalLF
+                } else {
+                    guard HTTP1Parsing.isToken(byte) else { return nil }
+                    state = .trailerName
+                }
+            case .trailerName:
+                if byte == UInt8(ascii: ":") {
+                    state = .trailerValue
+                } else if !HTTP1Parsing.isToken(byte) {
+                    return nil
+                }
+            case .trailerValue:
+                if byte == HTTP1Parsing.cr {
+                    state = .trailerLF
+                } else if !Self.isFieldCharacter(byte) {
+                    return nil
+                }
             case .trailerLF:
                 guard byte == HTTP1Parsing.lf else { return nil }
                 state = .trailerStart
@@ -426,6 +459,9 @@ struct ChunkedFraming {
         }
         return (index, state == .ended)
     }
+
+    /// A character a field value or a chunk extension may hold: visible, space, tab, or obs-text.
+    private static func isFieldCharacter(_ byte: UInt8) -> Bool { byte >= 32 ? byte != 127 : byte == 9 }
 
     private static func hexValue(_ byte: UInt8) -> Int? {
         switch byte {

@@ -103,7 +103,8 @@ struct HeadRewriter {
         }
         index += 1
         let targetStart = index
-        while index < startLineEnd && bytes[index] > 32 && bytes[index] != 127 { index += 1 }
+        // A target is ASCII (RFC 9112 §3.2, RFC 3986): visible characters only.
+        while index < startLineEnd && bytes[index] > 32 && bytes[index] < 127 { index += 1 }
         guard index > targetStart, index + 9 == startLineEnd, bytes[index] == 32,
             HTTP1Parsing.has(bytes, at: index + 1, "HTTP/1.")
         else {
