@@ -128,7 +128,9 @@ struct HTTP1ParsingTests {
     }
 
     @Test func extensionsWhitespaceAndTrailerFieldsAreTaken() {
-        for text in ["5 ;a=b\r\nhello\r\n0\r\n\r\n", "5\t\r\nhello\r\n0\r\nX-T: v\r\nY:\r\n\r\n", "0;q=\"a b\"\r\n\r\n"] {
+        for text in [
+            "5 ;a=b\r\nhello\r\n0\r\n\r\n", "5\t\r\nhello\r\n0\r\nX-T: v\r\nY:\r\n\r\n", "0;q=\"a b\"\r\n\r\n",
+        ] {
             var framing = ChunkedFraming()
             let result = Array(text.utf8).withUnsafeBytes { framing.consume($0) }
             #expect(result?.ended == true, "\(text.debugDescription)")
