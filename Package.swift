@@ -113,6 +113,17 @@ let package = Package(
             ]
         ),
 
+        // The engine's fuzz target: libFuzzer's entry when built with -sanitize=fuzzer -DFUZZING (Tests/Fuzz/run), a
+        // replayer of inputs otherwise.
+        .executableTarget(
+            name: "ringside-fuzz",
+            dependencies: [
+                "RingsideProxy",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
         .testTarget(name: "RingsideShardingTests", dependencies: ["RingsideSharding"]),
         .testTarget(name: "RingsideMembershipTests", dependencies: ["RingsideMembership", "RingsideSimulation"]),
         .testTarget(

@@ -1,7 +1,7 @@
 import NIOCore
 
 /// What the engine asks its driver to do, in the order it asks.
-enum HTTP1Action {
+package enum HTTP1Action {
     /// Write these bytes to the client.
     case writeClient(ByteBuffer)
     /// Take a kept connection to the route from the pool, or open one (always a new one when `fresh`), and report
@@ -33,7 +33,7 @@ enum HTTP1Action {
 ///
 /// After any refusal the connection closes and nothing behind the refused request is read: a request that cannot be
 /// framed without guessing never reaches an upstream, and neither does anything pipelined behind it.
-struct HTTP1Connection {
+package struct HTTP1Connection {
     private enum State {
         /// Between requests, or reading a head.
         case idle
@@ -55,7 +55,7 @@ struct HTTP1Connection {
         case kept(ProxyRoute)
     }
 
-    let settings: RelaySettings
+    package let settings: RelaySettings
     private let client: SocketAddress?
     private var rewriter: HeadRewriter
     private var reader: RequestReader
@@ -73,7 +73,7 @@ struct HTTP1Connection {
     private static let continueLine = ByteBuffer(string: "HTTP/1.1 100 Continue\r\n\r\n")
 
     /// A connection from `client`, which reached `local`; `sniffsHTTP2` when nothing has told HTTP/2 apart before it.
-    init(
+    package init(
         settings: RelaySettings,
         client: SocketAddress?,
         local: SocketAddress?,
@@ -92,7 +92,7 @@ struct HTTP1Connection {
     }
 
     /// The next thing to do, in order; nil when there is nothing left.
-    mutating func nextAction() -> HTTP1Action? {
+    package mutating func nextAction() -> HTTP1Action? {
         guard taken < actions.count else {
             if taken > 0 {
                 actions.removeAll(keepingCapacity: true)
@@ -108,7 +108,7 @@ struct HTTP1Connection {
 
     /// Whether the driver should read the client now: not while a pipelined request waits its turn, nor while too
     /// much of a body waits for an upstream, nor once the connection is closing.
-    var readsClient: Bool {
+    package var readsClient: Bool {
         switch state {
         case .idle, .tunnel: true
         case .closing: false
@@ -118,13 +118,13 @@ struct HTTP1Connection {
     }
 
     /// Whether the connection is done with (closing, or handed over).
-    var isClosing: Bool {
+    package var isClosing: Bool {
         if case .closing = state { return true }
         return false
     }
 
     /// Whether nothing is under way: no request, and no part of a head.
-    var isIdle: Bool {
+    package var isIdle: Bool {
         if case .idle = state { return !reader.headStarted }
         return false
     }
@@ -137,7 +137,7 @@ struct HTTP1Connection {
     // MARK: Client events
 
     /// Bytes from the client.
-    mutating func clientBytes(_ bytes: ByteBuffer, now: NIODeadline) {
+    package mutating func clientBytes(_ bytes: ByteBuffer, now: NIODeadline) {
         switch state {
         case .closing:
             return
@@ -154,7 +154,7 @@ struct HTTP1Connection {
 
     /// The client closed its side or the connection broke: whatever is under way is given up (the driver closes the
     /// connection itself).
-    mutating func clientClosed(now: NIODeadline) {
+    package mutating func clientClosed(now: NIODeadline) {
         if case .exchange(let exchange) = state {
             exchange.record(in: settings.metrics, on: settings.plane, at: now, failing: 499)
         }
@@ -164,13 +164,13 @@ struct HTTP1Connection {
     }
 
     /// Starts draining: an idle connection closes now, a busy one after its response, which says so.
-    mutating func drain(now: NIODeadline) {
+    package mutating func drain(now: NIODeadline) {
         draining = true
         if isIdle { close() }
     }
 
     /// Checks the connection's deadlines, as the driver does every ``RelaySettings/checkInterval``.
-    mutating func tick(now: NIODeadline) {
+    package mutating func tick(now: NIODeadline) {
         switch state {
         case .idle:
             if isKept, reader.waited(at: now) >= settings.checkInterval { dropUpstream(reusable: true) }
@@ -277,14 +277,14 @@ struct HTTP1Connection {
 
     /// The connection asked for with ``HTTP1Action/connect(_:fresh:)`` is ready; `reused` when it was kept from an
     /// earlier request.
-    mutating func upstreamConnected(reused: Bool, now: NIODeadline) {
+    package mutating func upstreamConnected(reused: Bool, now: NIODeadline) {
         guard case .connecting(let route, _) = upstream, case .exchange(let exchange) = state else { return }
         upstream = .attached(route, reused: reused)
         send(exchange, now)
     }
 
     /// The connection asked for could not be made.
-    mutating func upstreamConnectFailed(_ error: any Error, now: NIODeadline) {
+    package mutating func upstreamConnectFailed(_ error: any Error, now: NIODeadline) {
         guard case .connecting(let route, _) = upstream, case .exchange(let exchange) = state else { return }
         upstream = .none
         settings.router.upstreamFailed(route, error: error)
@@ -321,7 +321,7 @@ struct HTTP1Connection {
     // MARK: Responses
 
     /// Bytes from the upstream connection.
-    mutating func upstreamBytes(_ bytes: ByteBuffer, now: NIODeadline) {
+    package mutating func upstreamBytes(_ bytes: ByteBuffer, now: NIODeadline) {
         switch state {
         case .tunnel:
             emit(.writeClient(bytes))
@@ -438,7 +438,7 @@ struct HTTP1Connection {
     }
 
     /// The upstream connection closed (the driver has closed it).
-    mutating func upstreamClosed(now: NIODeadline) {
+    package mutating func upstreamClosed(now: NIODeadline) {
         switch upstream {
         case .none:
             return

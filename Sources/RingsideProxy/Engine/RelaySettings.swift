@@ -9,9 +9,9 @@ import Glibc
 
 /// What every connection of one listener shares: the settings, the router, and the bytes the engine writes on every
 /// request, made once.
-final class RelaySettings: Sendable {
+package final class RelaySettings: Sendable {
     let configuration: ProxyConfiguration
-    let plane: ProxyHandler.Plane
+    let plane: ProxyPlane
     let metrics: ProxyMetrics
     let router: any ProxyRouter
     /// The backend's URL, as the engine's answers name it.
@@ -35,9 +35,9 @@ final class RelaySettings: Sendable {
     /// How often a connection checks its deadlines: one timer a connection, a clock read a request.
     let checkInterval: TimeAmount
 
-    init(
+    package init(
         configuration: ProxyConfiguration,
-        plane: ProxyHandler.Plane,
+        plane: ProxyPlane,
         metrics: ProxyMetrics,
         router: any ProxyRouter,
         backend: String,
@@ -143,4 +143,12 @@ extension RelaySettings {
         out.writeString(body)
         return out
     }
+}
+
+/// Which listener a connection came to, for metrics and logs.
+package enum ProxyPlane: Sendable {
+    /// The app listener: requests from the local application.
+    case app
+    /// The cluster port: requests other nodes forwarded.
+    case cluster
 }

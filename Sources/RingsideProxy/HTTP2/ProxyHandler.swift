@@ -22,13 +22,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
     /// Requests whose bodies fit are kept for a replay on the next owner.
     static let replayableBodyBytes = 64 << 10
 
-    /// Which listener this handler serves, for metrics.
-    enum Plane: Sendable {
-        /// The app listener: requests from the local application.
-        case app
-        /// The cluster port: requests other nodes forwarded.
-        case cluster
-    }
+    /// Which listener a connection came to, for metrics.
+    typealias Plane = ProxyPlane
 
     private let configuration: ProxyConfiguration
     private let plane: Plane
