@@ -38,6 +38,9 @@ public struct ProxyConfiguration: Sendable {
     public var connectTimeout: Duration = .seconds(2)
     /// Idle keep-alive connections kept per event loop and upstream.
     public var maxIdleConnectionsPerUpstream = 64
+    /// How long a kept upstream connection may sit idle in its pool before it is closed (nginx's upstream
+    /// `keepalive_timeout` is 60 s too).
+    public var upstreamIdleTimeout: Duration = .seconds(60)
     /// How the app plane serves HTTP/1.1 connections: relay loops on epoll where there is epoll, NIO elsewhere.
     #if os(Linux)
     public var appIO = AppIO.epoll

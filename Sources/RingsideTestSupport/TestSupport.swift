@@ -11,6 +11,7 @@ import Glibc
 /// The request heads a test backend received, in order.
 public final class RequestLog: Sendable {
     private let heads = NIOLockedValueBox<[HTTPRequestHead]>([])
+    private let connections = NIOLockedValueBox(0)
 
     public init() {}
 
@@ -19,7 +20,11 @@ public final class RequestLog: Sendable {
     /// `METHOD URI` of every head so far.
     public var lines: [String] { all.map { "\($0.method.rawValue) \($0.uri)" } }
 
+    /// Connections open to the backend now.
+    public var openConnections: Int { connections.withLockedValue { $0 } }
+
     func append(_ head: HTTPRequestHead) { heads.withLockedValue { $0.append(head) } }
+    func opened(_ change: Int) { connections.withLockedValue { $0 += change } }
 }
 
 /// A backend for tests: answers every request at once with `x-echo-*` headers describing it, then streams the request
@@ -61,6 +66,16 @@ public final class EchoBackend: ChannelInboundHandler {
             .bind(host: "127.0.0.1", port: 0)
             .get()
         return (channel, channel.localAddress!.port!)
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        log?.opened(1)
+        context.fireChannelActive()
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        log?.opened(-1)
+        context.fireChannelInactive()
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {

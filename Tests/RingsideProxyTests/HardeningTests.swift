@@ -114,6 +114,19 @@ struct HardeningTests {
         }
     }
 
+    @Test(arguments: AppIO.allCases) func idleUpstreamConnectionsAreClosed(io: AppIO) async throws {
+        let log = RequestLog()
+        let configuration = proxyConfiguration { $0.upstreamIdleTimeout = .milliseconds(300) }
+        try await withProxy(io: io, configuration: configuration, log: log) { port in
+            for index in 0..<3 {
+                let raw = rawExchange(port: port, request("GET /\(index) HTTP/1.1\nHost: app\n\n"))
+                #expect(parseResponse(raw.bytes)?.status == 200)
+            }
+            #expect(log.lines.count == 3)
+            #expect(await eventually { log.openConnections == 0 })
+        }
+    }
+
     @Test(arguments: AppIO.allCases) func a502NamesTheBackendItCouldNotReach(io: AppIO) async throws {
         try await withProxy(io: io, backendPort: freePort()) { port in
             let raw = rawExchange(port: port, request("GET / HTTP/1.1\nHost: app\n\n"))

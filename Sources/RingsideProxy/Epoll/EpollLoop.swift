@@ -212,6 +212,7 @@ final class EpollLoop {
                     client.checkDeadlines(now)
                     runDeferred()
                 }
+                closeIdleUpstreams()
             }
             if !stopping, control.stopRequested {
                 beginStopping()
@@ -333,7 +334,17 @@ final class EpollLoop {
             return
         }
         upstream.isPooled = true
+        upstream.pooledAt = now
         idle[upstream.route, default: []].append(upstream)
+    }
+
+    /// Closes the pooled connections that have been idle for ``ProxyConfiguration/upstreamIdleTimeout`` (the oldest
+    /// are first in each pool).
+    private func closeIdleUpstreams() {
+        let limit = TimeAmount(settings.configuration.upstreamIdleTimeout)
+        for route in Array(idle.keys) {
+            while let oldest = idle[route]?.first, now - oldest.pooledAt >= limit { oldest.close() }
+        }
     }
 
     /// An idle upstream connection closed, or sent what nobody asked for.

@@ -12,6 +12,8 @@ final class EpollUpstream: EpollSocket {
     @exclusivity(unchecked) private(set) var isConnecting: Bool
     /// In its loop's pool of idle connections.
     @exclusivity(unchecked) var isPooled = false
+    /// When it went into the pool last.
+    @exclusivity(unchecked) var pooledAt = NIODeadline.uptimeNanoseconds(0)
     /// Clients this connection has served, the current one included.
     @exclusivity(unchecked) private(set) var uses = 0
     @exclusivity(unchecked) private var client: EpollClient?

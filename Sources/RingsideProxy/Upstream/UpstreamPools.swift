@@ -10,8 +10,15 @@ import RingsideCluster
 final class HTTP1Pool: Sendable {
     private let connectTimeout: TimeAmount
     private let maxIdle: Int
+    private let maxIdleTime: TimeAmount
     private let speaksBytes: Bool
-    private let idle = NIOLockedValueBox<[Key: [any Channel]]>([:])
+    /// Per key, oldest first.
+    private let idle = NIOLockedValueBox<[Key: [Idle]]>([:])
+
+    private struct Idle {
+        var channel: any Channel
+        var since: NIODeadline
+    }
 
     private struct Key: Hashable {
         var host: String
@@ -21,16 +28,17 @@ final class HTTP1Pool: Sendable {
 
     /// A pool whose connections carry NIO's HTTP/1.1 client handlers and an ``UpstreamHandler``, or, when
     /// `speaksBytes`, only a ``ByteUpstream`` (for the byte-level relay).
-    init(connectTimeout: Duration, maxIdle: Int, speaksBytes: Bool = false) {
+    init(connectTimeout: Duration, maxIdle: Int, maxIdleTime: Duration, speaksBytes: Bool = false) {
         self.connectTimeout = TimeAmount(connectTimeout)
         self.maxIdle = maxIdle
+        self.maxIdleTime = TimeAmount(maxIdleTime)
         self.speaksBytes = speaksBytes
     }
 
     /// A kept connection to `host:port` on `eventLoop`, or a new one (always when `fresh`).
     func lease(host: String, port: Int, on eventLoop: any EventLoop, fresh: Bool) -> EventLoopFuture<UpstreamLease> {
         let key = Key(host: host, port: port, loop: ObjectIdentifier(eventLoop))
-        while !fresh, let channel = idle.withLockedValue({ $0[key]?.popLast() }) {
+        while !fresh, let channel = idle.withLockedValue({ $0[key]?.popLast()?.channel }) {
             if channel.isActive { return eventLoop.makeSucceededFuture(lease(channel, key: key, reused: true)) }
         }
         return connect(host: host, port: port, on: eventLoop, forProxying: true).map {
@@ -77,18 +85,33 @@ final class HTTP1Pool: Sendable {
             }
             let kept = idle.withLockedValue { idle in
                 guard idle[key, default: []].count < maxIdle else { return false }
-                idle[key, default: []].append(channel)
+                idle[key, default: []].append(Idle(channel: channel, since: .now()))
                 return true
             }
             if !kept { channel.close(promise: nil) }
         }
     }
 
+    /// Closes the connections that have been idle for the pool's idle time at `now`.
+    func closeIdle(at now: NIODeadline) {
+        let old = idle.withLockedValue { idle in
+            var old: [any Channel] = []
+            for key in Array(idle.keys) {
+                let entries = idle[key]!
+                let keep = entries.firstIndex { now - $0.since < maxIdleTime } ?? entries.count
+                old += entries[..<keep].map(\.channel)
+                idle[key] = keep == entries.count ? nil : Array(entries[keep...])
+            }
+            return old
+        }
+        for channel in old { channel.close(promise: nil) }
+    }
+
     /// Closes every idle connection.
     func shutdown() {
         let channels = idle.withLockedValue { idle in
             defer { idle = [:] }
-            return idle.values.flatMap { $0 }
+            return idle.values.flatMap { $0.map(\.channel) }
         }
         for channel in channels { channel.close(promise: nil) }
     }
@@ -185,6 +208,8 @@ public final class ClusterUpstreams: UpstreamProvider {
     private let backendHost: String
     private let backendPort: Int
     private let backendSpeaksHTTP2: Bool
+    /// Closes pooled connections idle for ``ProxyConfiguration/upstreamIdleTimeout``, a quarter of it at a time.
+    private let idleSweep: RepeatedTask
 
     /// Upstreams for a backend at `backendHost:backendPort`, spoken to in HTTP/1.1 with keep-alive, or in HTTP/2
     /// (h2c, prior knowledge) when `backendSpeaksHTTP2`.
@@ -199,14 +224,25 @@ public final class ClusterUpstreams: UpstreamProvider {
         self.backendSpeaksHTTP2 = backendSpeaksHTTP2
         http1 = HTTP1Pool(
             connectTimeout: configuration.connectTimeout,
-            maxIdle: configuration.maxIdleConnectionsPerUpstream
+            maxIdle: configuration.maxIdleConnectionsPerUpstream,
+            maxIdleTime: configuration.upstreamIdleTimeout
         )
         bytes = HTTP1Pool(
             connectTimeout: configuration.connectTimeout,
             maxIdle: configuration.maxIdleConnectionsPerUpstream,
+            maxIdleTime: configuration.upstreamIdleTimeout,
             speaksBytes: true
         )
         http2 = HTTP2Pool(connectTimeout: configuration.connectTimeout)
+        let pools = [http1, bytes]
+        let sweep = TimeAmount(configuration.upstreamIdleTimeout).nanoseconds / 4
+        idleSweep = MultiThreadedEventLoopGroup.singleton.next().scheduleRepeatedTask(
+            initialDelay: .nanoseconds(sweep),
+            delay: .nanoseconds(max(sweep, 10_000_000))
+        ) { _ in
+            let now = NIODeadline.now()
+            for pool in pools { pool.closeIdle(at: now) }
+        }
     }
 
     public var relaysBytes: Bool { !backendSpeaksHTTP2 }
@@ -263,6 +299,7 @@ public final class ClusterUpstreams: UpstreamProvider {
 
     /// Closes every pooled connection.
     public func shutdown() {
+        idleSweep.cancel()
         http1.shutdown()
         bytes.shutdown()
         http2.shutdown()
