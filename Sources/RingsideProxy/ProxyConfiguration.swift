@@ -38,6 +38,10 @@ public struct ProxyConfiguration: Sendable {
     public var connectTimeout: Duration = .seconds(2)
     /// Idle keep-alive connections kept per event loop and upstream.
     public var maxIdleConnectionsPerUpstream = 64
+    /// Connections open or opening to one upstream from one event loop (NIO's pools); past that, requests wait.
+    public var maxConnectionsPerUpstream = 256
+    /// Requests that may wait for a connection to one upstream on one event loop; past that, 503.
+    public var maxPendingPerUpstream = 256
     /// How long a kept upstream connection may sit idle in its pool before it is closed (nginx's upstream
     /// `keepalive_timeout` is 60 s too).
     public var upstreamIdleTimeout: Duration = .seconds(60)

@@ -1,4 +1,5 @@
 import NIOCore
+import NIOPosix
 import RingsideTestSupport
 import Testing
 
@@ -136,5 +137,32 @@ struct HardeningTests {
             #expect(body.contains("the backend http://127.0.0.1:"), "\(body)")
             #expect(!body.contains("local"), "\(body)")
         }
+    }
+}
+
+@Suite("Upstream connection bounds")
+struct UpstreamBoundsTests {
+    @Test func leasesPastTheBoundWaitThenAreRefused() async throws {
+        let backend = try await EchoBackend.start()
+        defer { backend.channel.close(promise: nil) }
+        let pool = HTTP1Pool(
+            configuration: proxyConfiguration {
+                $0.maxConnectionsPerUpstream = 2
+                $0.maxPendingPerUpstream = 1
+            },
+            speaksBytes: true
+        )
+        defer { pool.shutdown() }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let lease = { pool.lease(host: "127.0.0.1", port: backend.port, on: loop, fresh: false) }
+        let first = try await lease().get()
+        _ = try await lease().get()
+        let waiting = lease()
+        await #expect(throws: UpstreamBusy.self) { try await lease().get() }
+        // A connection given back goes to the request that waited.
+        first.release(true)
+        let third = try await waiting.get()
+        #expect(third.reused)
+        #expect(third.channel === first.channel)
     }
 }

@@ -287,6 +287,11 @@ package struct HTTP1Connection {
     package mutating func upstreamConnectFailed(_ error: any Error, now: NIODeadline) {
         guard case .connecting(let route, _) = upstream, case .exchange(let exchange) = state else { return }
         upstream = .none
+        if let busy = error as? UpstreamBusy {
+            // Too many requests already wait for this upstream: the request is refused, not moved elsewhere.
+            fail(exchange, status: 503, message: "\(settings.describe(route)) is busy: \(busy)", now)
+            return
+        }
         settings.router.upstreamFailed(route, error: error)
         tryNextRoute(exchange, reason: "cannot reach \(settings.describe(route)): \(settings.describe(error))", now)
     }

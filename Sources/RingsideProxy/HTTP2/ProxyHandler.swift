@@ -313,7 +313,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
             .whenComplete {
                 [weak self] result in
                 guard let self, self.exchange === exchange else {
-                    if case .success(let lease) = result { lease.release(false) }
+                    // Not used (the stream went away, reset perhaps): it goes back for the next request.
+                    if case .success(let lease) = result { lease.release(true) }
                     return
                 }
                 switch result {

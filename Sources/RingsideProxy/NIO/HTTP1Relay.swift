@@ -144,7 +144,8 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         upstreams.leaseBytes(route, on: eventLoop, fresh: fresh).hop(to: eventLoop).assumeIsolated()
             .whenComplete { result in
                 guard self.connectOutstanding, self.connectGeneration == generation else {
-                    if case .success(let lease) = result { lease.release(false) }
+                    // Not used: it goes back (to a request waiting for one, when the upstream is at its bound).
+                    if case .success(let lease) = result { lease.release(true) }
                     return
                 }
                 self.connectOutstanding = false

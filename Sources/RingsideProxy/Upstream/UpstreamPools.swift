@@ -7,18 +7,18 @@ import RingsideCluster
 
 /// Keep-alive HTTP/1.1 connections, pooled per address and event loop, so that a request never leaves the event loop
 /// of the connection it arrived on: to the backend, and to peers' cluster ports for forwarded requests.
+///
+/// Connections per address and event loop are bounded (``ProxyConfiguration/maxConnectionsPerUpstream``), as Envoy's
+/// circuit breakers bound them: past the bound a lease waits for a connection to come back or close, in a queue of
+/// ``ProxyConfiguration/maxPendingPerUpstream``, and past that it fails at once with ``UpstreamBusy`` (503).
 final class HTTP1Pool: Sendable {
     private let connectTimeout: TimeAmount
     private let maxIdle: Int
     private let maxIdleTime: TimeAmount
+    private let maxOpen: Int
+    private let maxWaiting: Int
     private let speaksBytes: Bool
-    /// Per key, oldest first.
-    private let idle = NIOLockedValueBox<[Key: [Idle]]>([:])
-
-    private struct Idle {
-        var channel: any Channel
-        var since: NIODeadline
-    }
+    private let slots = NIOLockedValueBox<[Key: Slot]>([:])
 
     private struct Key: Hashable {
         var host: String
@@ -26,24 +26,98 @@ final class HTTP1Pool: Sendable {
         var loop: ObjectIdentifier
     }
 
+    private struct Idle {
+        var channel: any Channel
+        var since: NIODeadline
+    }
+
+    private struct Waiter {
+        var promise: EventLoopPromise<UpstreamLease>
+        var eventLoop: any EventLoop
+    }
+
+    /// One address on one event loop: its idle connections (oldest first), how many are open or opening, and the
+    /// leases waiting for one.
+    private struct Slot {
+        var idle: [Idle] = []
+        var open = 0
+        var waiting: [Waiter] = []
+    }
+
     /// A pool whose connections carry NIO's HTTP/1.1 client handlers and an ``UpstreamHandler``, or, when
-    /// `speaksBytes`, only a ``ByteUpstream`` (for the byte-level relay).
-    init(connectTimeout: Duration, maxIdle: Int, maxIdleTime: Duration, speaksBytes: Bool = false) {
-        self.connectTimeout = TimeAmount(connectTimeout)
-        self.maxIdle = maxIdle
-        self.maxIdleTime = TimeAmount(maxIdleTime)
+    /// `speaksBytes`, only a ``ByteUpstream`` (for the engine's NIO driver).
+    init(configuration: ProxyConfiguration, speaksBytes: Bool = false) {
+        connectTimeout = TimeAmount(configuration.connectTimeout)
+        maxIdle = configuration.maxIdleConnectionsPerUpstream
+        maxIdleTime = TimeAmount(configuration.upstreamIdleTimeout)
+        maxOpen = configuration.maxConnectionsPerUpstream
+        maxWaiting = configuration.maxPendingPerUpstream
         self.speaksBytes = speaksBytes
     }
 
-    /// A kept connection to `host:port` on `eventLoop`, or a new one (always when `fresh`).
+    private enum Decision {
+        case reuse(any Channel)
+        case connect
+        case wait(EventLoopFuture<UpstreamLease>)
+        case busy(open: Int, waiting: Int)
+    }
+
+    /// A kept connection to `host:port` on `eventLoop`, or a new one (always when `fresh`, unless the bound is
+    /// reached), or the next one free.
     func lease(host: String, port: Int, on eventLoop: any EventLoop, fresh: Bool) -> EventLoopFuture<UpstreamLease> {
         let key = Key(host: host, port: port, loop: ObjectIdentifier(eventLoop))
-        while !fresh, let channel = idle.withLockedValue({ $0[key]?.popLast()?.channel }) {
-            if channel.isActive { return eventLoop.makeSucceededFuture(lease(channel, key: key, reused: true)) }
+        let decision = slots.withLockedValue { slots -> Decision in
+            var slot = slots[key, default: Slot()]
+            defer { slots[key] = slot }
+            while !fresh, let entry = slot.idle.popLast() {
+                if entry.channel.isActive { return .reuse(entry.channel) }
+            }
+            if slot.open < maxOpen {
+                slot.open += 1
+                return .connect
+            }
+            guard slot.waiting.count < maxWaiting else { return .busy(open: slot.open, waiting: slot.waiting.count) }
+            let promise = eventLoop.makePromise(of: UpstreamLease.self)
+            slot.waiting.append(Waiter(promise: promise, eventLoop: eventLoop))
+            return .wait(promise.futureResult)
         }
-        return connect(host: host, port: port, on: eventLoop, forProxying: true).map {
-            self.lease($0, key: key, reused: false)
+        switch decision {
+        case .reuse(let channel):
+            return eventLoop.makeSucceededFuture(lease(channel, key: key, reused: true))
+        case .connect:
+            return open(key, on: eventLoop)
+        case .wait(let future):
+            return future
+        case .busy(let open, let waiting):
+            return eventLoop.makeFailedFuture(UpstreamBusy(open: open, waiting: waiting))
         }
+    }
+
+    /// Opens a connection counted in `key`'s slot already; when it closes (or fails to open), the slot has room for
+    /// the next lease waiting.
+    private func open(_ key: Key, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
+        let opening = connect(host: key.host, port: key.port, on: eventLoop, forProxying: true)
+        opening.whenComplete { result in
+            switch result {
+            case .success(let channel): channel.closeFuture.whenComplete { _ in self.closed(key) }
+            case .failure: self.closed(key)
+            }
+        }
+        return opening.map { self.lease($0, key: key, reused: false) }
+    }
+
+    /// A connection of `key` closed: the first lease waiting gets a new one.
+    private func closed(_ key: Key) {
+        let waiter = slots.withLockedValue { slots -> Waiter? in
+            guard var slot = slots[key] else { return nil }
+            defer { slots[key] = slot.open == 0 && slot.idle.isEmpty && slot.waiting.isEmpty ? nil : slot }
+            slot.open -= 1
+            slot.idle.removeAll { !$0.channel.isActive }
+            guard !slot.waiting.isEmpty else { return nil }
+            slot.open += 1
+            return slot.waiting.removeFirst()
+        }
+        if let waiter { open(key, on: waiter.eventLoop).cascade(to: waiter.promise) }
     }
 
     /// A new connection, not from the pool and never returned to it, for an upgrade: HTTP handlers only, and bytes
@@ -83,38 +157,54 @@ final class HTTP1Pool: Sendable {
                 channel.close(promise: nil)
                 return
             }
-            let kept = idle.withLockedValue { idle in
-                guard idle[key, default: []].count < maxIdle else { return false }
-                idle[key, default: []].append(Idle(channel: channel, since: .now()))
-                return true
+            // To the first lease waiting, or to the idle ones while there is room.
+            let (waiter, kept) = slots.withLockedValue { slots -> (Waiter?, Bool) in
+                var slot = slots[key, default: Slot()]
+                defer { slots[key] = slot }
+                if !slot.waiting.isEmpty { return (slot.waiting.removeFirst(), true) }
+                guard slot.idle.count < maxIdle else { return (nil, false) }
+                slot.idle.append(Idle(channel: channel, since: .now()))
+                return (nil, true)
             }
-            if !kept { channel.close(promise: nil) }
+            if let waiter {
+                waiter.promise.succeed(lease(channel, key: key, reused: true))
+            } else if !kept {
+                channel.close(promise: nil)
+            }
         }
     }
 
     /// Closes the connections that have been idle for the pool's idle time at `now`.
     func closeIdle(at now: NIODeadline) {
-        let old = idle.withLockedValue { idle in
+        let old = slots.withLockedValue { slots in
             var old: [any Channel] = []
-            for key in Array(idle.keys) {
-                let entries = idle[key]!
+            for key in Array(slots.keys) {
+                let entries = slots[key]!.idle
                 let keep = entries.firstIndex { now - $0.since < maxIdleTime } ?? entries.count
                 old += entries[..<keep].map(\.channel)
-                idle[key] = keep == entries.count ? nil : Array(entries[keep...])
+                slots[key]!.idle = Array(entries[keep...])
             }
             return old
         }
         for channel in old { channel.close(promise: nil) }
     }
 
-    /// Closes every idle connection.
+    /// Closes every idle connection and fails the leases waiting.
     func shutdown() {
-        let channels = idle.withLockedValue { idle in
-            defer { idle = [:] }
-            return idle.values.flatMap { $0.map(\.channel) }
+        let (channels, waiters) = slots.withLockedValue { slots in
+            defer { slots = [:] }
+            return (slots.values.flatMap { $0.idle.map(\.channel) }, slots.values.flatMap(\.waiting))
         }
         for channel in channels { channel.close(promise: nil) }
+        for waiter in waiters { waiter.promise.fail(ChannelError.ioOnClosedChannel) }
     }
+}
+
+/// The connections to an upstream are at their bound and too many requests wait for one: answered 503.
+struct UpstreamBusy: Error, CustomStringConvertible {
+    var open: Int
+    var waiting: Int
+    var description: String { "\(open) connections open and \(waiting) requests waiting for one" }
 }
 
 /// HTTP/2 connections (h2c, prior knowledge), one per address and event loop, each request a stream of its own: to
@@ -222,17 +312,8 @@ public final class ClusterUpstreams: UpstreamProvider {
         self.backendHost = backendHost
         self.backendPort = backendPort
         self.backendSpeaksHTTP2 = backendSpeaksHTTP2
-        http1 = HTTP1Pool(
-            connectTimeout: configuration.connectTimeout,
-            maxIdle: configuration.maxIdleConnectionsPerUpstream,
-            maxIdleTime: configuration.upstreamIdleTimeout
-        )
-        bytes = HTTP1Pool(
-            connectTimeout: configuration.connectTimeout,
-            maxIdle: configuration.maxIdleConnectionsPerUpstream,
-            maxIdleTime: configuration.upstreamIdleTimeout,
-            speaksBytes: true
-        )
+        http1 = HTTP1Pool(configuration: configuration)
+        bytes = HTTP1Pool(configuration: configuration, speaksBytes: true)
         http2 = HTTP2Pool(connectTimeout: configuration.connectTimeout)
         let pools = [http1, bytes]
         let sweep = TimeAmount(configuration.upstreamIdleTimeout).nanoseconds / 4
