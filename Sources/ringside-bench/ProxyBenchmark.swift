@@ -47,6 +47,12 @@ struct ProxyBenchmark: ParsableCommand {
     )
     var placement = Placement.shared
 
+    @Option(
+        help:
+            "The host name or address Ringside nodes are given for the backend (localhost measures a backend named by host name, which the relay loops resolve)."
+    )
+    var backendHost = "127.0.0.1"
+
     @Option(parsing: .upToNextOption, help: "Targets to measure.")
     var targets = ["backend", "ringside_local", "ringside_forward", "nginx", "nginx_chain", "haproxy"]
 
@@ -85,12 +91,13 @@ struct ProxyBenchmark: ParsableCommand {
         case "backend":
             (url, processes) = ("http://127.0.0.1:\(backend.port)/", [])
         case "ringside_local":
-            let node = try bench.startRingside(name: "solo", backendPort: backend.port)
+            let node = try bench.startRingside(name: "solo", backendHost: backendHost, backendPort: backend.port)
             (url, processes) = ("http://127.0.0.1:\(node.app)/", [node.process])
         case "ringside_forward":
-            let owner = try bench.startRingside(name: "owner", backendPort: backend.port)
+            let owner = try bench.startRingside(name: "owner", backendHost: backendHost, backendPort: backend.port)
             let entry = try bench.startRingside(
                 name: "entry",
+                backendHost: backendHost,
                 backendPort: backend.port,
                 extra: ["--role", "viewer", "--join", "127.0.0.1:\(owner.cluster)"]
             )
@@ -281,7 +288,12 @@ final class Bench {
         var admin: Int
     }
 
-    func startRingside(name: String, backendPort: Int, extra: [String] = []) throws -> RingsideNode {
+    func startRingside(
+        name: String,
+        backendHost: String = "127.0.0.1",
+        backendPort: Int,
+        extra: [String] = []
+    ) throws -> RingsideNode {
         let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
             .appendingPathComponent("ringside").path
         let node = RingsideNode(
@@ -295,7 +307,7 @@ final class Bench {
             [
                 "run", "--node-name", name, "--listen", "127.0.0.1:\(node.app)", "--cluster-listen",
                 "127.0.0.1:\(node.cluster)",
-                "--admin-listen", "127.0.0.1:\(node.admin)", "--backend", "http://127.0.0.1:\(backendPort)",
+                "--admin-listen", "127.0.0.1:\(node.admin)", "--backend", "http://\(backendHost):\(backendPort)",
                 "--event-loops", "1", "--log-level", "error",
             ] + extra
         )
