@@ -212,6 +212,12 @@ add("cl-exact-boundary", crlf("POST /a HTTP/1.1\nHost: app\nContent-Length: 1\n\
 add("cl-zero-then-request", crlf("POST /a HTTP/1.1\nHost: app\nContent-Length: 0\n\nGET /b HTTP/1.1\nHost: app\n\n"))
 
 
+# What the first probe of the engine found (a stall past one read of pipelined requests; fields a client may not set).
+add("pipeline-400", crlf("GET /p HTTP/1.1\nHost: app\nX-Shard-Key: k1\n\n") * 400)
+add("chunk-space-then-ext", crlf("POST / HTTP/1.1\nHost: app\nTransfer-Encoding: chunked\n\n1 ;a=b\nA\n0\n\n") + NEXT)
+add("client-node-headers", crlf("GET / HTTP/1.1\nHost: app\nX-Ringside-Node: z\nX-Ringside-Not-Owner: z\n\n"))
+
+
 def main():
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "requests.jsonl")
     names = [case["name"] for case in CASES]

@@ -5,6 +5,10 @@ import Testing
 
 @testable import RingsideProxy
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What an attacker tried against the data plane, on both drivers: each of these reached a backend, or answered
 /// wrongly, before the one engine.
 @Suite("Hostile requests on loopback")
@@ -112,6 +116,31 @@ struct HardeningTests {
             #expect(raw.closed)
             #expect(RawHTTP2.goAways(raw.bytes).count == 1)
             #expect(RawHTTP2.goAways(raw.bytes).allSatisfy { $0.code != 0 })
+        }
+    }
+
+    @Test(arguments: AppIO.allCases) func manyPipelinedRequestsAreAllServedAndAClientThatLeavesThemIsDropped(
+        io: AppIO
+    ) async throws {
+        try await withProxy(io: io) { port in
+            // More than one read's worth (16 KiB) of requests in one send: all of them are answered.
+            let one = request("GET /p HTTP/1.1\nHost: app\n\n")
+            let fd = try #require(connectLoopback(port: port))
+            #expect(sendAll(fd, Array(Array(repeating: one, count: 800).joined())))
+            var received: [UInt8] = []
+            let status = Array("HTTP/1.1 200".utf8)
+            func answers(_ bytes: [UInt8]) -> Int { bytes.ranges(of: status).count }
+            receive(fd, into: &received, timeout: .seconds(10)) { answers($0) >= 800 }
+            #expect(answers(received) == 800)
+            close(fd)
+            // A client that leaves its pipelined requests unread and closes takes nothing down.
+            for _ in 0..<3 {
+                let gone = try #require(connectLoopback(port: port))
+                _ = sendAll(gone, Array(Array(repeating: one, count: 800).joined()))
+                close(gone)
+            }
+            let after = rawExchange(port: port, request("GET /after HTTP/1.1\nHost: app\n\n"))
+            #expect(parseResponse(after.bytes)?.status == 200)
         }
     }
 

@@ -341,13 +341,12 @@ enum HTTP1Parsing {
 
 /// Finds the end of a chunked body (RFC 9112 §7.1) as it streams past, without copying or changing it: chunk sizes,
 /// extensions, data, and the trailer section. What it passes on, a strict parser reads the same way: a size is hex
-/// digits, then optional whitespace, then extensions (visible characters) or the CRLF; a trailer line is a field
+/// digits, then extensions (visible characters) or the CRLF, no whitespace between (RFC 9112 allows some; strict
+/// servers such as h11 do not, so none is passed on); a trailer line is a field
 /// (a token, a colon, a value without control characters), never folded.
 struct ChunkedFraming {
     private enum State {
         case size
-        /// Whitespace after the size: more of it, an extension, or the CR.
-        case sizeWhitespace
         case sizeExtension
         case sizeLF
         case data
@@ -398,17 +397,7 @@ struct ChunkedFraming {
                     state = .sizeLF
                 } else if byte == UInt8(ascii: ";") {
                     state = .sizeExtension
-                } else if byte == 32 || byte == 9 {
-                    state = .sizeWhitespace
                 } else {
-                    return nil
-                }
-            case .sizeWhitespace:
-                if byte == HTTP1Parsing.cr {
-                    state = .sizeLF
-                } else if byte == UInt8(ascii: ";") {
-                    state = .sizeExtension
-                } else if byte != 32 && byte != 9 {
                     return nil
                 }
             case .sizeExtension:

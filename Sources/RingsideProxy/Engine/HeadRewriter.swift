@@ -288,6 +288,9 @@ struct HeadRewriter {
                 break
             case let kind where kind.isHopByHop || kind.isInternal:
                 continue
+            case .node, .notOwner:
+                // Said by this proxy to its clients and peers, never taken from a client.
+                continue
             case .xForwardedFor:
                 previousForwardedFor.append(field.value)
                 continue
@@ -366,6 +369,7 @@ struct HeadRewriter {
         servedHere: Bool,
         closing: Bool,
         upgraded: Bool = false,
+        fromBackend: Bool = false,
         bodyBytes: Int
     ) -> ByteBuffer {
         var out = allocator.buffer(capacity: head.readableBytes + 128 + bodyBytes)
@@ -399,6 +403,9 @@ struct HeadRewriter {
                 case let kind where kind.isHopByHop:
                     continue
                 case .node where !settings.configuration.addsNodeHeader:
+                    continue
+                case .notOwner where servedHere || fromBackend:
+                    // Only a peer's engine says it; a backend's would send the client's request to another owner.
                     continue
                 default:
                     if listsNames, members.contains(where: { HTTP1Parsing.sameName(bytes, $0, field.name) }) {
@@ -441,6 +448,7 @@ extension HeadRewriter {
             servedHere: servedHere,
             closing: closing,
             upgraded: upgraded,
+            fromBackend: route == .local,
             bodyBytes: min(body?.readableBytes ?? 0, 4096)
         )
         guard var body, body.readableBytes <= 4096 else { return (out, body) }

@@ -53,6 +53,7 @@ enum HeaderHygiene {
         clientAddress: String?,
         scheme: String,
         via: String,
+        trustsForwardedProto: Bool = false,
         requestID: () -> String
     ) -> HTTPRequestHead {
         var head = head
@@ -60,6 +61,8 @@ enum HeaderHygiene {
         head.headers.remove(name: hopHeader)
         head.headers.remove(name: deadlineHeader)
         head.headers.remove(name: finalHeader)
+        head.headers.remove(name: nodeHeader)
+        head.headers.remove(name: notOwnerHeader)
         if let clientAddress {
             let previous = head.headers["x-forwarded-for"].joined(separator: ", ")
             head.headers.replaceOrAdd(
@@ -67,6 +70,8 @@ enum HeaderHygiene {
                 value: previous.isEmpty ? clientAddress : "\(previous), \(clientAddress)"
             )
         }
+        // Set by the proxy; a peer's (forwarded requests) is kept.
+        if !trustsForwardedProto { head.headers.remove(name: "x-forwarded-proto") }
         if !head.headers.contains(name: "x-forwarded-proto") {
             head.headers.add(name: "x-forwarded-proto", value: scheme)
         }

@@ -19,6 +19,8 @@ final class EpollClient: EpollSocket {
     @exclusivity(unchecked) private var upstreamHeld = false
     /// Closing once what is queued is written.
     @exclusivity(unchecked) private var closing = false
+    /// A resumption of reads is asked for already.
+    @exclusivity(unchecked) private var resumeAsked = false
     /// Handing over to the HTTP/2 server once what is queued is written, with these bytes.
     @exclusivity(unchecked) private var handOff: ByteBuffer??
 
@@ -42,10 +44,18 @@ final class EpollClient: EpollSocket {
 
     override func ready(_ events: UInt32) {
         if note(events) { flushOut() }
+        // A client that closed its side while its pipelined requests wait has gone: they are not sent.
+        if hungUp, !engine.readsClient, !closing {
+            clientGone()
+            return
+        }
         pumpReads()
     }
 
-    override func resumed() { pumpReads() }
+    override func resumed() {
+        resumeAsked = false
+        pumpReads()
+    }
 
     private func pumpReads() {
         let open = pumpReads(
@@ -61,6 +71,9 @@ final class EpollClient: EpollSocket {
     /// The client closed or the connection broke.
     private func clientGone() {
         guard fd >= 0 else { return }
+        // Nothing more can be written to it.
+        closing = true
+        out.removeAll()
         engine.clientClosed(now: loop.now)
         perform()
         close()
@@ -94,6 +107,12 @@ final class EpollClient: EpollSocket {
             }
         }
         flushOut()
+        // Reads held while a request waited its turn go on once the engine takes bytes again: the socket has them
+        // already, and epoll, edge-triggered, will not say so twice.
+        if readable, !resumeAsked, engine.readsClient, !holdForUpstream, !closing {
+            resumeAsked = true
+            loop.later(self)
+        }
     }
 
     private func connect(_ route: ProxyRoute, fresh: Bool) {

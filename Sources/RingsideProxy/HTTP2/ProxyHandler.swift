@@ -207,6 +207,11 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
             refuse(refusal.status, refusal.message, closing: true)
             return
         }
+        if head.headers[canonicalForm: configuration.keyHeader].count > 1 {
+            recordRefusal(.badRequest)
+            refuse(.badRequest, "more than one \(configuration.keyHeader) header", closing: true)
+            return
+        }
         if head.headers.contains(name: "content-length") && head.headers.contains(name: "transfer-encoding") {
             recordRefusal(.badRequest)
             refuse(.badRequest, "a request may not carry both Content-Length and Transfer-Encoding", closing: true)
@@ -272,6 +277,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
             clientAddress: context.channel.remoteAddress?.ipAddress,
             scheme: scheme,
             via: "ringside-\(nodeName)",
+            trustsForwardedProto: plane == .cluster,
             requestID: { "\(nodeName)-\(tag)-\(number)" }
         )
         forwarded.headers.remove(name: "expect")
