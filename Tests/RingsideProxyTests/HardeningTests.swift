@@ -144,6 +144,23 @@ struct HardeningTests {
         }
     }
 
+    @Test(arguments: AppIO.allCases) func aBackendNamedByHostNameIsServedAndNamedInA502(io: AppIO) async throws {
+        let log = RequestLog()
+        try await withProxy(io: io, backendHost: "localhost", log: log) { port in
+            let raw = rawExchange(port: port, request("POST /named HTTP/1.1\nHost: app\nContent-Length: 2\n\nhi"))
+            let response = try #require(parseResponse(raw.bytes))
+            #expect(response.status == 200)
+            #expect(response.body == Array("hi".utf8))
+            #expect(log.lines == ["POST /named"])
+        }
+        try await withProxy(io: io, backendHost: "no-such-host.invalid") { port in
+            let raw = rawExchange(port: port, request("GET / HTTP/1.1\nHost: app\n\n"))
+            let response = try #require(parseResponse(raw.bytes))
+            #expect(response.status == 502)
+            #expect(String(decoding: response.body, as: UTF8.self).contains("http://no-such-host.invalid:"))
+        }
+    }
+
     @Test(arguments: AppIO.allCases) func idleUpstreamConnectionsAreClosed(io: AppIO) async throws {
         let log = RequestLog()
         let configuration = proxyConfiguration { $0.upstreamIdleTimeout = .milliseconds(300) }

@@ -27,6 +27,7 @@ func withProxy(
     io: AppIO,
     configuration: ProxyConfiguration = proxyConfiguration(),
     router: any ProxyRouter = LocalRouter(),
+    backendHost: String = "127.0.0.1",
     backendPort: Int? = nil,
     log: RequestLog? = nil,
     _ body: (_ proxyPort: Int) async throws -> Void
@@ -36,6 +37,7 @@ func withProxy(
         io: io,
         configuration: configuration,
         router: router,
+        backendHost: backendHost,
         backendPort: backendPort ?? backend.port
     )
     do {
@@ -56,12 +58,13 @@ func startProxy(
     io: AppIO,
     configuration: ProxyConfiguration = proxyConfiguration(),
     router: any ProxyRouter = LocalRouter(),
+    backendHost: String = "127.0.0.1",
     backendPort: Int
 ) async throws -> (listener: any AppListener, upstreams: ClusterUpstreams) {
     var configuration = configuration
     configuration.appIO = io
     let upstreams = ClusterUpstreams(
-        backendHost: "127.0.0.1",
+        backendHost: backendHost,
         backendPort: backendPort,
         configuration: configuration
     )

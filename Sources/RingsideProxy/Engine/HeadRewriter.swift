@@ -66,8 +66,8 @@ struct HeadRewriter {
     /// The client's address, and `x-forwarded-for` with only that address.
     private let clientAddress: [UInt8]
     private let forwardedForLine: [UInt8]
-    /// `host: ADDRESS:PORT` with the address the client reached, for a request that came without `Host`.
-    private let localHostLine: [UInt8]
+    /// The address the client reached, the `Host` of a request that came without one (formatted only then).
+    private let local: SocketAddress?
     private let allocator: ByteBufferAllocator
 
     init(settings: RelaySettings, client: SocketAddress?, local: SocketAddress?, allocator: ByteBufferAllocator) {
@@ -78,7 +78,7 @@ struct HeadRewriter {
         forwardedForLine =
             clientAddress.isEmpty
             ? [] : Array("x-forwarded-for: ".utf8) + clientAddress + [HTTP1Parsing.cr, HTTP1Parsing.lf]
-        localHostLine = Array("host: \(HeaderHygiene.authority(of: local))\r\n".utf8)
+        self.local = local
         self.allocator = allocator
     }
 
@@ -335,7 +335,7 @@ struct HeadRewriter {
             head.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[absolute.authority]))
             head.writeStaticString("\r\n")
         } else if hosts == 0 {
-            head.writeBytes(localHostLine)
+            head.writeString("host: \(HeaderHygiene.authority(of: local))\r\n")
         }
 
         // The request's time: this node's limit, or less if the node that forwarded it has less left.

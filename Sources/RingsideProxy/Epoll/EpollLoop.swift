@@ -274,8 +274,6 @@ final class EpollLoop {
         for client in Array(clients.values) { client.drain() }
     }
 
-    var isStopping: Bool { stopping }
-
     /// A client connection is over: closed, or handed over to the general pipeline.
     func clientEnded(_ client: EpollClient) {
         clients[ObjectIdentifier(client)] = nil

@@ -19,9 +19,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
-    /// Requests whose bodies fit are kept for a replay on the next owner.
-    static let replayableBodyBytes = 64 << 10
-
     /// Which listener a connection came to, for metrics.
     typealias Plane = ProxyPlane
 
@@ -177,7 +174,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
             }
             if let kept = exchange.replay {
                 exchange.replay =
-                    kept.reduce(buffer.readableBytes) { $0 + $1.readableBytes } <= Self.replayableBodyBytes
+                    kept.reduce(buffer.readableBytes) { $0 + $1.readableBytes }
+                        <= RingsideProxy.Exchange.replayableBodyBytes
                     ? kept + [buffer] : nil
             }
             send(.body(.byteBuffer(buffer)), in: exchange)

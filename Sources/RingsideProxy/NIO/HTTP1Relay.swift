@@ -101,12 +101,6 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         perform()
     }
 
-    /// Starts draining this connection: an idle one closes now, a busy one after its response.
-    func drain() {
-        engine.drain(now: .now())
-        perform()
-    }
-
     // MARK: The engine's actions
 
     /// Performs what the engine asked for, then flushes both ways and sets the client's reads.
