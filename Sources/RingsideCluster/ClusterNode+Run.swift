@@ -96,7 +96,6 @@ extension ClusterNode {
                 group: group,
                 maxBodyBytes: maxBody,
                 idleTimeout: configuration.idleConnectionTimeout,
-                forwarded: forwardedStreams,
                 forwardedConnections: forwardedConnections
             ) { [weak self] bytes in
                 self?.receive(bytes) ?? false

@@ -42,8 +42,7 @@ public final class ClusterNode: Service, Sendable {
     let logLimiter = LogRateLimiter()
     let traffic = GossipTraffic()
     let resolver: SeedResolver
-    let forwardedStreams: ClusterStreamInitializer?
-    let forwardedConnections: ClusterStreamInitializer?
+    let forwardedConnections: ClusterConnectionInitializer?
     /// Wakes the protocol driver when an input brings the next deadline forward, or to stop.
     let protocolAlarm: Alarm
     /// Wakes the seed rejoiner to stop.
@@ -71,21 +70,18 @@ public final class ClusterNode: Service, Sendable {
 
     /// A node that will run with `configuration` on `group`'s event loops.
     /// The data plane's forwarded requests share the cluster port, on connections of their own: `forwardedConnections`,
-    /// when given, sets up an HTTP/1.1 connection (told from gossip's HTTP/2 by its first bytes); `forwardedStreams`
-    /// serves an HTTP/2 stream that is not gossip.
+    /// when given, sets up an HTTP/1.1 connection (told from gossip's HTTP/2 by its first bytes).
     public convenience init(
         configuration: ClusterConfiguration,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "ringside.cluster"),
-        forwardedStreams: ClusterStreamInitializer? = nil,
-        forwardedConnections: ClusterStreamInitializer? = nil
+        forwardedConnections: ClusterConnectionInitializer? = nil
     ) {
         self.init(
             configuration: configuration,
             group: group,
             logger: logger,
             resolver: SeedResolver(),
-            forwardedStreams: forwardedStreams,
             forwardedConnections: forwardedConnections
         )
     }
@@ -95,10 +91,8 @@ public final class ClusterNode: Service, Sendable {
         group: any EventLoopGroup,
         logger: Logger,
         resolver: SeedResolver,
-        forwardedStreams: ClusterStreamInitializer? = nil,
-        forwardedConnections: ClusterStreamInitializer? = nil
+        forwardedConnections: ClusterConnectionInitializer? = nil
     ) {
-        self.forwardedStreams = forwardedStreams
         self.forwardedConnections = forwardedConnections
         self.configuration = configuration
         self.group = group

@@ -4,14 +4,13 @@ import NIOHTTP1
 import NIOHTTP2
 import NIOPosix
 
-/// Sets up a stream of the cluster port that is not gossip (a request another node forwarded): called on the stream's
-/// event loop with the HTTP/1 codec in place, it adds the handlers that serve it.
-public typealias ClusterStreamInitializer = @Sendable (any Channel) throws -> Void
+/// Sets up a connection of the cluster port that speaks HTTP/1.1 (requests other nodes forwarded), once its first
+/// bytes have told it from gossip's HTTP/2: called on the connection's event loop, it adds the handlers that serve it.
+public typealias ClusterConnectionInitializer = @Sendable (any Channel) throws -> Void
 
 /// The cluster listener. HTTP/2 with prior knowledge (h2c) carries gossip: envelopes arrive as `POST /ringside/v1/gossip`
-/// streams, and any other stream goes to the `forwarded` initializer. An HTTP/1.1 connection (told apart by its first
-/// bytes) carries requests other nodes forwarded, and goes to the `forwardedConnections` initializer; without one it is
-/// closed.
+/// streams; any other stream is answered 404. An HTTP/1.1 connection (told apart by its first bytes) carries requests
+/// other nodes forwarded, and goes to the `forwardedConnections` initializer; without one it is closed.
 ///
 /// A gossip body is collected up to the decoder's limit (anything longer is answered 413 and dropped) and handed to
 /// `receive`, which answers whether the frame was accepted: 204 if so, 400 if it was not a valid frame.
@@ -27,8 +26,7 @@ enum GossipServer {
         group: any EventLoopGroup,
         maxBodyBytes: Int,
         idleTimeout: Duration,
-        forwarded: ClusterStreamInitializer?,
-        forwardedConnections: ClusterStreamInitializer?,
+        forwardedConnections: ClusterConnectionInitializer?,
         receive: @escaping @Sendable ([UInt8]) -> Bool
     ) async throws -> GossipListener {
         let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
@@ -52,11 +50,7 @@ enum GossipServer {
                             },
                             http2: { channel in
                                 try ProtocolSniffer.configureHTTP2Streams(channel, idleTimeout: .init(idleTimeout)) {
-                                    ClusterStreamDispatcher(
-                                        maxBodyBytes: maxBodyBytes,
-                                        forwarded: forwarded,
-                                        receive: receive
-                                    )
+                                    GossipRequestHandler(maxBodyBytes: maxBodyBytes, receive: receive)
                                 }
                             }
                         )
@@ -83,42 +77,6 @@ struct GossipListener: Sendable {
         try? await channel.close()
         let open = connections.withLockedValue { Array($0.values) }
         for connection in open { try? await connection.close() }
-    }
-}
-
-/// Looks at a stream's request head and hands the stream to gossip or to the forwarded-request initializer.
-final class ClusterStreamDispatcher: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPServerRequestPart
-
-    private let maxBodyBytes: Int
-    private let forwarded: ClusterStreamInitializer?
-    private let receive: @Sendable ([UInt8]) -> Bool
-
-    init(maxBodyBytes: Int, forwarded: ClusterStreamInitializer?, receive: @escaping @Sendable ([UInt8]) -> Bool) {
-        self.maxBodyBytes = maxBodyBytes
-        self.forwarded = forwarded
-        self.receive = receive
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .head(let head) = unwrapInboundIn(data) else {
-            context.fireChannelRead(data)
-            return
-        }
-        do {
-            if let forwarded, head.uri != GossipServer.path {
-                try forwarded(context.channel)
-            } else {
-                try context.pipeline.syncOperations.addHandler(
-                    GossipRequestHandler(maxBodyBytes: maxBodyBytes, receive: receive)
-                )
-            }
-        } catch {
-            context.close(promise: nil)
-            return
-        }
-        context.fireChannelRead(data)
-        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 }
 

@@ -14,9 +14,10 @@ import Glibc
 public enum AppServer {
     /// Binds the app listener at `host:port`; each connection routes its requests through `router` to `upstreams`.
     ///
-    /// On Linux, with an HTTP/1.1 backend and ``ProxyConfiguration/appIO`` `.epoll`, HTTP/1.1 connections are served by
-    /// relay loops of Ringside's own (``EpollLoop``, as many as `group` has threads), which hand what they do not
-    /// carry over to this pipeline; otherwise every connection is a NIO channel from the start.
+    /// HTTP/1.1 connections run on the engine (``HTTP1Connection``). On Linux, with an HTTP/1.1 backend and
+    /// ``ProxyConfiguration/appIO`` `.epoll`, its epoll driver serves them (``EpollLoop``, as many loops as `group` has
+    /// threads), handing HTTP/2 connections over to NIO; otherwise every connection is a NIO channel from the start,
+    /// HTTP/1.1 on the engine's NIO driver (``HTTP1Relay``).
     public static func bind(
         host: String,
         port: Int,
@@ -27,16 +28,15 @@ public enum AppServer {
         metrics: ProxyMetrics = ProxyMetrics(),
         logger: Logger = Logger(label: "ringside.proxy")
     ) async throws -> any AppListener {
-        let relay = relaySettings(
+        let relay = RelaySettings(
             configuration: configuration,
             plane: .app,
             metrics: metrics,
             router: router,
-            upstreams: upstreams,
+            backend: upstreams.backendURL,
             logger: logger
         )
-        let http1 =
-            relay.map { relaySetup($0, upstreams) } ?? generalSetup(configuration, .app, metrics, router, upstreams)
+        let http1 = relaySetup(relay, upstreams)
         let pipeline: @Sendable (any Channel) throws -> Void = { channel in
             try channel.pipeline.syncOperations.addHandler(
                 ProtocolSniffer(
@@ -62,7 +62,7 @@ public enum AppServer {
             )
         }
         #if os(Linux)
-        if configuration.appIO == .epoll, let relay, let backend = upstreams.backend {
+        if configuration.appIO == .epoll, let backend = upstreams.backend {
             return try EpollAppListener(
                 host: host,
                 port: port,
@@ -95,8 +95,8 @@ public enum AppServer {
         return ChannelAppListener(channel: channel)
     }
 
-    /// How an HTTP/1.1 connection is set up to be proxied, made once a listener: the engine on NIO channels
-    /// (``HTTP1Relay``) when every upstream speaks HTTP/1.1; otherwise (an `h2c://` backend) the general pipeline.
+    /// How an HTTP/1.1 connection is set up to be proxied (on the engine's NIO driver, ``HTTP1Relay``), made once a
+    /// listener.
     static func http1Setup(
         configuration: ProxyConfiguration,
         plane: ProxyHandler.Plane,
@@ -105,35 +105,16 @@ public enum AppServer {
         upstreams: any UpstreamProvider,
         logger: Logger
     ) -> @Sendable (any Channel) throws -> Void {
-        let relay = relaySettings(
-            configuration: configuration,
-            plane: plane,
-            metrics: metrics,
-            router: router,
-            upstreams: upstreams,
-            logger: logger
-        )
-        return relay.map { relaySetup($0, upstreams) } ?? generalSetup(configuration, plane, metrics, router, upstreams)
-    }
-
-    /// What the engine's connections of a listener share; nil when an upstream does not speak HTTP/1.1 (an `h2c://`
-    /// backend), so that the general pipeline serves every connection.
-    static func relaySettings(
-        configuration: ProxyConfiguration,
-        plane: ProxyHandler.Plane,
-        metrics: ProxyMetrics,
-        router: any ProxyRouter,
-        upstreams: any UpstreamProvider,
-        logger: Logger
-    ) -> RelaySettings? {
-        guard upstreams.relaysBytes else { return nil }
-        return RelaySettings(
-            configuration: configuration,
-            plane: plane,
-            metrics: metrics,
-            router: router,
-            backend: upstreams.backendURL,
-            logger: logger
+        relaySetup(
+            RelaySettings(
+                configuration: configuration,
+                plane: plane,
+                metrics: metrics,
+                router: router,
+                backend: upstreams.backendURL,
+                logger: logger
+            ),
+            upstreams
         )
     }
 
@@ -147,67 +128,6 @@ public enum AppServer {
                 HTTP1Relay(settings: settings, upstreams: upstreams, channel: channel)
             )
         }
-    }
-
-    /// Sets a connection up for the general HTTP/1.1 pipeline (NIO's codec and ``ProxyHandler``).
-    private static func generalSetup(
-        _ configuration: ProxyConfiguration,
-        _ plane: ProxyHandler.Plane,
-        _ metrics: ProxyMetrics,
-        _ router: any ProxyRouter,
-        _ upstreams: any UpstreamProvider
-    ) -> @Sendable (any Channel) throws -> Void {
-        { channel in
-            try configureGeneralHTTP1(
-                channel,
-                configuration: configuration,
-                router: router,
-                upstreams: upstreams,
-                proxy: ProxyHandler(
-                    configuration: configuration,
-                    plane: plane,
-                    metrics: metrics,
-                    router: router,
-                    upstreams: upstreams,
-                    scheme: "http"
-                )
-            )
-        }
-    }
-
-    /// Sets an HTTP/1.1 connection up for the general path: the byte-level guard, NIO's HTTP/1.1 server handlers
-    /// (with WebSocket upgrades relayed to the key's owner), and `proxy`.
-    static func configureGeneralHTTP1(
-        _ channel: any Channel,
-        configuration: ProxyConfiguration,
-        router: any ProxyRouter,
-        upstreams: any UpstreamProvider,
-        proxy: ProxyHandler
-    ) throws {
-        let pipeline = channel.pipeline.syncOperations
-        try pipeline.addHandler(
-            ConnectionGuard(
-                maxHeaderBytes: configuration.maxHeaderBytes,
-                headerTimeout: configuration.headerReadTimeout,
-                idleTimeout: configuration.idleTimeout
-            )
-        )
-        try pipeline.configureHTTPServerPipeline(
-            withPipeliningAssistance: false,
-            withServerUpgrade: (
-                upgraders: [
-                    UpgradeRelay(
-                        protocol: "websocket",
-                        configuration: configuration,
-                        router: router,
-                        upstreams: upstreams
-                    )
-                ],
-                completionHandler: { _ in }
-            ),
-            withErrorHandling: true
-        )
-        try pipeline.addHandler(proxy)
     }
 }
 

@@ -41,35 +41,21 @@ public final class RingsideServer: Service, Sendable {
             configuration: proxy
         )
         let metrics = ProxyMetrics()
-        let forwardedRouter = ForwardedRouterBox()
-        let makeProxy: @Sendable () throws -> ProxyHandler = {
-            guard let router = forwardedRouter.router else { throw ChannelError.ioOnClosedChannel }
-            return ProxyHandler(
-                configuration: proxy,
-                plane: .cluster,
-                metrics: metrics,
-                router: router,
-                upstreams: upstreams,
-                scheme: "http"
-            )
-        }
+        let forwarded = ForwardedSetup()
         self.node = ClusterNode(
             configuration: cluster,
             group: group,
             logger: logger,
-            forwardedStreams: { stream in try stream.pipeline.syncOperations.addHandler(try makeProxy()) },
             forwardedConnections: { connection in
-                guard let setup = forwardedRouter.http1Setup else { throw ChannelError.ioOnClosedChannel }
+                guard let setup = forwarded.setup else { throw ChannelError.ioOnClosedChannel }
                 try setup(connection)
             }
         )
-        let router = ForwardedRouter(node: node)
-        forwardedRouter.router = router
-        forwardedRouter.http1Setup = AppServer.http1Setup(
+        forwarded.setup = AppServer.http1Setup(
             configuration: proxy,
             plane: .cluster,
             metrics: metrics,
-            router: router,
+            router: ForwardedRouter(node: node),
             upstreams: upstreams,
             logger: logger
         )
@@ -120,16 +106,11 @@ public final class RingsideServer: Service, Sendable {
     public var appPortBound: Int? { appAddress.withLockedValue { $0?.port } }
 }
 
-/// Holds the forwarded-request router and the cluster port's HTTP/1.1 setup, which need the node that needs them.
-private final class ForwardedRouterBox: Sendable {
-    private let box = NIOLockedValueBox<ForwardedRouter?>(nil)
-    private let setup = NIOLockedValueBox<(@Sendable (any Channel) throws -> Void)?>(nil)
-    var router: ForwardedRouter? {
+/// Holds the cluster port's HTTP/1.1 setup (the engine, routing forwarded requests), which needs the node that needs it.
+private final class ForwardedSetup: Sendable {
+    private let box = NIOLockedValueBox<(@Sendable (any Channel) throws -> Void)?>(nil)
+    var setup: (@Sendable (any Channel) throws -> Void)? {
         get { box.withLockedValue { $0 } }
         set { box.withLockedValue { $0 = newValue } }
-    }
-    var http1Setup: (@Sendable (any Channel) throws -> Void)? {
-        get { setup.withLockedValue { $0 } }
-        set { setup.withLockedValue { $0 = newValue } }
     }
 }

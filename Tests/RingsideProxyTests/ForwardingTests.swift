@@ -140,6 +140,40 @@ struct ForwardingTests {
         }
     }
 
+    /// An `h2c://` backend: HTTP/1.1 clients are served by the engine too, each request a stream of its own, locally
+    /// and across the hop, on a kept connection, with a chunked body's trailers reaching the backend.
+    @Test func http1ClientsReachAnHTTP2BackendLocallyAndAcrossTheHop() async throws {
+        try await withRingside(2, backends: .http2Trailers) { servers in
+            let keys = (0..<100).map { "k\($0)" }
+            let local = try #require(keys.first { (try? servers[0].node.lookup($0).first?.isSelf) == true })
+            let remote = try #require(keys.first { (try? servers[0].node.lookup($0).first?.isSelf) == false })
+            for (key, owner) in [(local, "node-0"), (remote, "node-1")] {
+                let raw = rawExchange(
+                    port: servers[0].appPortBound!,
+                    request(
+                        """
+                        POST /a HTTP/1.1\nHost: app\nX-Shard-Key: \(key)\nContent-Length: 5\n\nhelloPOST /b HTTP/1.1
+                        Host: app\nX-Shard-Key: \(key)\nTransfer-Encoding: chunked\n\n3\nabc\n0\nx-check: passed\n
+                        HEAD /c HTTP/1.1\nHost: app\nX-Shard-Key: \(key)\nConnection: close\n\n
+                        """
+                    ),
+                    untilClosed: true
+                )
+                let text = String(decoding: raw.bytes, as: UTF8.self)
+                #expect(raw.closed)
+                #expect(text.components(separatedBy: "HTTP/1.1 200 OK\r\n").count == 4, "three answers: \(text)")
+                #expect(text.components(separatedBy: "x-ringside-node: \(owner)").count == 4, "from \(owner): \(text)")
+                let first = try #require(parseResponse(raw.bytes))
+                #expect(first.header("x-echo-uri") == "/a")
+                #expect(first.body == Array("hello".utf8))
+                #expect(text.contains("x-echo-uri: /b"))
+                #expect(text.contains("abc\r\n0\r\n"))
+                #expect(text.contains("x-echo-trailer: passed"), "the request's trailer reached the backend")
+                #expect(text.contains("x-echo-uri: /c"))
+            }
+        }
+    }
+
     @Test func aWebSocketEchoesThroughAForwardHopAndLocally() async throws {
         try await withRingside(2, backends: .webSocket) { servers in
             let keys = (0..<100).map { "room-\($0)" }

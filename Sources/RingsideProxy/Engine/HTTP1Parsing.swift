@@ -365,15 +365,34 @@ struct ChunkedFraming {
     private var size = 0
     private var digits = 0
 
+    /// A part of the body that a reader taking it apart wants (the HTTP/2 bridge): chunk data, or trailer-section
+    /// bytes (field lines and the final CRLF), as ranges of the bytes given to ``consume(_:pieces:)``.
+    enum Piece {
+        case data(Range<Int>)
+        case trailers(Range<Int>)
+    }
+
     /// Consumes from the start of `bytes`: how many belong to the body, and whether the body ended with them; nil
     /// when the framing is malformed.
+    @inline(__always)
     mutating func consume(_ bytes: UnsafeRawBufferPointer) -> (count: Int, ended: Bool)? {
+        consume(bytes) { _ in }
+    }
+
+    /// The same, telling `pieces` where the chunk data and the trailer section are in `bytes`.
+    @inline(__always)
+    mutating func consume(_ bytes: UnsafeRawBufferPointer, pieces: (Piece) -> Void) -> (count: Int, ended: Bool)? {
         var index = 0
         let count = bytes.count
+        var trailersFrom: Int? = isInTrailers ? 0 : nil
+        defer {
+            if let from = trailersFrom, index > from { pieces(.trailers(from..<index)) }
+        }
         while index < count {
             switch state {
             case .data:
                 let take = min(size, count - index)
+                if take > 0 { pieces(.data(index..<index + take)) }
                 index += take
                 size -= take
                 if size == 0 { state = .dataCR }
@@ -410,6 +429,7 @@ struct ChunkedFraming {
                 guard byte == HTTP1Parsing.lf else { return nil }
                 digits = 0
                 state = size == 0 ? .trailerStart : .data
+                if size == 0 { trailersFrom = index }
             case .dataCR:
                 guard byte == HTTP1Parsing.cr else { return nil }
                 state = .dataLF
@@ -447,6 +467,13 @@ struct ChunkedFraming {
             }
         }
         return (index, state == .ended)
+    }
+
+    private var isInTrailers: Bool {
+        switch state {
+        case .trailerStart, .trailerName, .trailerValue, .trailerLF, .finalLF: true
+        default: false
+        }
     }
 
     /// A character a field value or a chunk extension may hold: visible, space, tab, or obs-text.

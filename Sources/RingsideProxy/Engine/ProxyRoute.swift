@@ -72,14 +72,9 @@ public protocol UpstreamProvider: Sendable {
     /// An upstream channel for `route`, on `eventLoop`; a new connection, not a kept one, when `fresh`.
     func lease(_ route: ProxyRoute, on eventLoop: any EventLoop, fresh: Bool) -> EventLoopFuture<UpstreamLease>
 
-    /// A new HTTP/1.1 connection for `route`, outside any pool, for a protocol upgrade.
-    func freshConnection(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel>
-
-    /// Whether every route speaks HTTP/1.1, so that HTTP/1.1 clients can take the byte-level relay.
-    var relaysBytes: Bool { get }
-
-    /// A pooled HTTP/1.1 connection for `route` carrying only a ``ByteUpstream``, on `eventLoop` (a new one when
-    /// `fresh`): the relay writes requests as bytes and the handler frames the responses.
+    /// An upstream for the engine's NIO driver: a pooled HTTP/1.1 connection for `route` carrying only a
+    /// ``ByteUpstream``, on `eventLoop` (a new one when `fresh`), or a stream to an HTTP/2 backend behind an
+    /// ``HTTP2StreamBridge``. The relay writes requests as bytes and frames the responses it reads.
     func leaseBytes(_ route: ProxyRoute, on eventLoop: any EventLoop, fresh: Bool) -> EventLoopFuture<UpstreamLease>
 
     /// Where the backend is, for the app plane's relay loops (which resolve a name themselves); nil keeps the app
@@ -91,27 +86,9 @@ public protocol UpstreamProvider: Sendable {
 }
 
 extension UpstreamProvider {
-    public var relaysBytes: Bool { false }
-
     public var backend: HostAndPort? { nil }
 
     public var backendURL: String { "the local backend" }
-
-    public func leaseBytes(
-        _ route: ProxyRoute,
-        on eventLoop: any EventLoop,
-        fresh: Bool
-    ) -> EventLoopFuture<UpstreamLease> {
-        eventLoop.makeFailedFuture(
-            ProxyRefusal(status: .notImplemented, message: "this upstream provider does not relay bytes")
-        )
-    }
-
-    public func freshConnection(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
-        eventLoop.makeFailedFuture(
-            ProxyRefusal(status: .notImplemented, message: "this proxy does not pass upgrades on")
-        )
-    }
 }
 
 /// An upstream channel and how to give it back.

@@ -1,10 +1,11 @@
 import NIOCore
 import NIOHTTP1
 
-/// The client side of one proxied connection: takes HTTP requests, routes each by its key, and streams it to the
-/// chosen upstream and the response back, with backpressure both ways.
+/// The client side of one proxied HTTP/2 stream (h2c on the app plane; HTTP/1.1 connections run on the engine,
+/// ``HTTP1Connection``): takes the stream's request, routes it by its key, and streams it to the chosen upstream and
+/// the response back, with backpressure both ways.
 ///
-/// One request at a time (NIO's pipelining handler before it queues the next). For each request:
+/// A stream carries one request:
 ///
 /// 1. The head is checked (a length with a transfer encoding is 400, a declared length over the limit is 413), cleaned
 ///    (``HeaderHygiene``), and routed. Reads pause until an upstream is connected.
@@ -34,13 +35,9 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
     private var refusing = false
     var gate = ReadGate()
     private var nextRequestNumber: UInt64 = 0
-    /// Pipelined request parts waiting for the current exchange to end.
-    private var queued = CircularBuffer<HTTPServerRequestPart>()
     private var deadlineCheck: RepeatedTask?
     /// Makes this connection's request ids unique across connections and restarts, without a random number a request.
     private let connectionTag = String(UInt32.random(in: 0 ... .max), radix: 36)
-    /// The guard in front of the HTTP decoder on this connection, told when a request is over (none on HTTP/2).
-    private weak var connectionGuard: ConnectionGuard?
 
     /// One request and its response.
     private final class Exchange {
@@ -119,7 +116,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        connectionGuard = try? context.pipeline.syncOperations.handler(type: ConnectionGuard.self)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -130,34 +126,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
     // MARK: Requests
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = unwrapInboundIn(data)
-        // HTTP/1.1 pipelining: a request that arrives while the previous one is still being answered waits its turn,
-        // with reads paused; responses go out in order. (NIO's pipelining handler would pause reads around every
-        // request instead, at two epoll_ctl calls a request.)
-        if !queued.isEmpty || (exchange != nil && Self.isHead(part)) {
-            queued.append(part)
-            pauseReads()
-            return
-        }
-        handle(part, context: context)
-    }
-
-    private static func isHead(_ part: HTTPServerRequestPart) -> Bool {
-        if case .head = part { true } else { false }
-    }
-
-    /// Handles the requests that waited while the previous one was answered, until one of them is under way.
-    private func drainQueued() {
-        guard let context else { return }
-        // A queued request's body and end belong to it once it is under way; only the next head waits again.
-        while let next = queued.first, exchange == nil || !Self.isHead(next) {
-            handle(queued.removeFirst(), context: context)
-        }
-        if queued.isEmpty { resumeReads() }
-    }
-
-    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
-        switch part {
+        switch unwrapInboundIn(data) {
         case .head(let head):
             begin(head, context: context)
         case .body(let buffer):
@@ -213,12 +182,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
         if head.headers.contains(name: "content-length") && head.headers.contains(name: "transfer-encoding") {
             recordRefusal(.badRequest)
             refuse(.badRequest, "a request may not carry both Content-Length and Transfer-Encoding", closing: true)
-            return
-        }
-        if head.version == .http1_0 && head.headers.contains(name: "transfer-encoding") {
-            // RFC 9112 §6.1: HTTP/1.0 has no transfer codings, so the framing cannot be trusted.
-            recordRefusal(.badRequest)
-            refuse(.badRequest, "an HTTP/1.0 request may not carry Transfer-Encoding", closing: true)
             return
         }
         let codings = head.headers[canonicalForm: "transfer-encoding"]
@@ -471,9 +434,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
         if let promise {
             // The client is still sending a body nobody will read, or asked to close.
             promise.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-        } else {
-            connectionGuard?.requestCompleted()
-            drainQueued()
         }
     }
 
@@ -526,7 +486,6 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
                 closing: !exchange.requestEnded || !exchange.clientKeepAlive,
                 awaitingEnd: !exchange.requestEnded
             )
-            if exchange.requestEnded { drainQueued() }
         }
     }
 
@@ -553,11 +512,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
         )
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-            if closing {
-                context.close(promise: nil)
-            } else {
-                self.connectionGuard?.requestCompleted()
-            }
+            if closing { context.close(promise: nil) }
         }
         resumeReads()
     }
@@ -584,7 +539,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // Malformed HTTP was already answered 400 by NIO's protocol error handler in front of this one.
+        // A stream error (a malformed request) has reset the stream already.
         context.close(promise: nil)
     }
 

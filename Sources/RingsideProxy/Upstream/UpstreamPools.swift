@@ -96,7 +96,7 @@ final class HTTP1Pool: Sendable {
     /// Opens a connection counted in `key`'s slot already; when it closes (or fails to open), the slot has room for
     /// the next lease waiting.
     private func open(_ key: Key, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
-        let opening = connect(host: key.host, port: key.port, on: eventLoop, forProxying: true)
+        let opening = connect(host: key.host, port: key.port, on: eventLoop)
         opening.whenComplete { result in
             switch result {
             case .success(let channel): channel.closeFuture.whenComplete { _ in self.closed(key) }
@@ -120,32 +120,20 @@ final class HTTP1Pool: Sendable {
         if let waiter { open(key, on: waiter.eventLoop).cascade(to: waiter.promise) }
     }
 
-    /// A new connection, not from the pool and never returned to it, for an upgrade: HTTP handlers only, and bytes
-    /// that follow a 101 stay in the stream when they come off.
-    func freshConnection(host: String, port: Int, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
-        connect(host: host, port: port, on: eventLoop, forProxying: false)
-    }
-
-    /// A new connection with this pool's handlers when it is `forProxying`; otherwise with HTTP/1.1 client handlers
-    /// only.
-    private func connect(
-        host: String,
-        port: Int,
-        on eventLoop: any EventLoop,
-        forProxying: Bool
-    ) -> EventLoopFuture<any Channel> {
-        let bytesOnly = forProxying && speaksBytes
+    /// A new connection with this pool's handlers.
+    private func connect(host: String, port: Int, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        let speaksBytes = speaksBytes
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    if bytesOnly {
+                    if speaksBytes {
                         try channel.pipeline.syncOperations.addHandler(ByteUpstream())
                         return
                     }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes)
-                    if forProxying { try channel.pipeline.syncOperations.addHandler(UpstreamHandler()) }
+                    try channel.pipeline.syncOperations.addHandler(UpstreamHandler())
                 }
             }
             .connect(host: host, port: port)
@@ -225,18 +213,28 @@ final class HTTP2Pool: Sendable {
 
     init(connectTimeout: Duration) { self.connectTimeout = TimeAmount(connectTimeout) }
 
-    func lease(address: String, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
+    /// A new stream to `address` on `eventLoop` that speaks HTTP/1-style parts (for ``UpstreamHandler``), or HTTP/1.1
+    /// bytes (for a ``ByteUpstream``, through an ``HTTP2StreamBridge``) when `speaksBytes`.
+    func lease(
+        address: String,
+        on eventLoop: any EventLoop,
+        speaksBytes: Bool = false
+    ) -> EventLoopFuture<UpstreamLease> {
         connection(to: address, on: eventLoop).flatMap { connection in
             let stream = eventLoop.makePromise(of: (any Channel).self)
             connection.multiplexer.value.createStreamChannel(promise: stream) { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers([
-                        HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http), UpstreamHandler(),
-                    ])
+                    let codec = HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http)
+                    try channel.pipeline.syncOperations.addHandlers(
+                        speaksBytes ? [codec, HTTP2StreamBridge(), ByteUpstream()] : [codec, UpstreamHandler()]
+                    )
                 }
             }
-            // A stream carries one exchange; it closes when both sides have ended.
-            return stream.futureResult.map { channel in UpstreamLease(channel: channel) { _ in } }
+            // A stream carries one exchange: given back, it closes (a no-op once both sides have ended; a reset of a
+            // stream given up half way or never used).
+            return stream.futureResult.map { channel in
+                UpstreamLease(channel: channel) { _ in channel.close(promise: nil) }
+            }
         }
     }
 
@@ -326,37 +324,35 @@ public final class ClusterUpstreams: UpstreamProvider {
         }
     }
 
-    public var relaysBytes: Bool { !backendSpeaksHTTP2 }
-
-    public var backend: HostAndPort? { HostAndPort(host: backendHost, port: backendPort) }
+    /// The relay loops carry HTTP/1.1 backends only: with an HTTP/2 backend the app plane runs on NIO channels.
+    public var backend: HostAndPort? {
+        backendSpeaksHTTP2 ? nil : HostAndPort(host: backendHost, port: backendPort)
+    }
 
     public var backendURL: String {
         "\(backendSpeaksHTTP2 ? "h2c" : "http")://\(HostAndPort(host: backendHost, port: backendPort))"
     }
 
+    /// A stream of its own for each request when the backend speaks HTTP/2 (`fresh` does not apply).
     public func leaseBytes(
         _ route: ProxyRoute,
         on eventLoop: any EventLoop,
         fresh: Bool
     ) -> EventLoopFuture<UpstreamLease> {
-        connecting(route, on: eventLoop) { bytes.lease(host: $0, port: $1, on: eventLoop, fresh: fresh) }
+        if case .local = route, backendSpeaksHTTP2 {
+            return http2.lease(address: backendAddress, on: eventLoop, speaksBytes: true)
+        }
+        return connecting(route, on: eventLoop) { bytes.lease(host: $0, port: $1, on: eventLoop, fresh: fresh) }
     }
+
+    private var backendAddress: String { HostAndPort(host: backendHost, port: backendPort).description }
 
     /// `fresh` does not apply to an HTTP/2 backend: each request is a stream of its own.
     public func lease(_ route: ProxyRoute, on eventLoop: any EventLoop, fresh: Bool) -> EventLoopFuture<UpstreamLease> {
         if case .local = route, backendSpeaksHTTP2 {
-            return http2.lease(address: HostAndPort(host: backendHost, port: backendPort).description, on: eventLoop)
+            return http2.lease(address: backendAddress, on: eventLoop)
         }
         return connecting(route, on: eventLoop) { http1.lease(host: $0, port: $1, on: eventLoop, fresh: fresh) }
-    }
-
-    public func freshConnection(_ route: ProxyRoute, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
-        if case .local = route, backendSpeaksHTTP2 {
-            return eventLoop.makeFailedFuture(
-                ProxyRefusal(status: .notImplemented, message: "upgrades are not passed to an HTTP/2 backend")
-            )
-        }
-        return connecting(route, on: eventLoop) { http1.freshConnection(host: $0, port: $1, on: eventLoop) }
     }
 
     /// `connect(host, port)` for the HTTP/1.1 endpoint of `route`: the backend, or a peer's cluster port.
