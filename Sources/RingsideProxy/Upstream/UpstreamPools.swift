@@ -195,8 +195,9 @@ struct UpstreamBusy: Error, CustomStringConvertible {
     var description: String { "\(open) connections open and \(waiting) requests waiting for one" }
 }
 
-/// HTTP/2 connections (h2c, prior knowledge), one per address and event loop, each request a stream of its own: to
-/// peers' cluster ports, and to a backend that speaks HTTP/2 (gRPC).
+/// HTTP/2 connections (h2c, prior knowledge) to a backend that speaks HTTP/2 (gRPC), one per address and event loop,
+/// each request a stream of its own. (Peers are reached over HTTP/1.1 for forwards, and by the cluster node's own
+/// connections for gossip.)
 final class HTTP2Pool: Sendable {
     private let connectTimeout: TimeAmount
     private let connections = NIOLockedValueBox<[Key: EventLoopFuture<Connection>]>([:])
