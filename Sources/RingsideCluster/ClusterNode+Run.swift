@@ -40,7 +40,7 @@ extension ClusterNode {
                 await group.waitForAll()
             }
         } onGracefulShutdown: {
-            self.requestStop()
+            if self.stopsOnGracefulShutdown { self.requestStop() }
         }
 
         await leaveAndClose(listener)
@@ -176,7 +176,7 @@ extension ClusterNode {
     }
 
     /// Stops without leaving, as a crashed process would: no announcement, connections dropped, the port closed.
-    func halt() async {
+    public func halt() async {
         lifecycle.withLockedValue {
             $0.halting = true
             $0.stopRequested = true
@@ -196,6 +196,7 @@ extension ClusterNode {
                 )
             }
         }
+        if !lifecycle.withLockedValue({ $0.halting }), let beforeClosingListener { await beforeClosingListener() }
         await client.drain(timeout: configuration.disseminationTimeout)
         await listener.close()
         await client.shutdown()

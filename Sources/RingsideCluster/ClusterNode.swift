@@ -43,6 +43,10 @@ public final class ClusterNode: Service, Sendable {
     let traffic = GossipTraffic()
     let resolver: SeedResolver
     let forwardedConnections: ClusterConnectionInitializer?
+    /// Called once the node has left, before its listener closes (the data plane finishes its requests).
+    let beforeClosingListener: (@Sendable () async -> Void)?
+    /// Whether a graceful shutdown of the task that runs the node stops it (a data plane that drains first says no).
+    let stopsOnGracefulShutdown: Bool
     /// Wakes the protocol driver when an input brings the next deadline forward, or to stop.
     let protocolAlarm: Alarm
     /// Wakes the seed rejoiner to stop.
@@ -70,19 +74,26 @@ public final class ClusterNode: Service, Sendable {
 
     /// A node that will run with `configuration` on `group`'s event loops.
     /// The data plane's forwarded requests share the cluster port, on connections of their own: `forwardedConnections`,
-    /// when given, sets up an HTTP/1.1 connection (told from gossip's HTTP/2 by its first bytes).
+    /// when given, sets up an HTTP/1.1 connection (told from gossip's HTTP/2 by its first bytes);
+    /// `beforeClosingListener` runs once the node has left and before the port closes, so that those requests can
+    /// finish. With `stopsOnGracefulShutdown` false, a graceful shutdown of the task that runs the node does not stop it:
+    /// its owner calls ``stop()`` when its own shutdown (a drain) is over.
     public convenience init(
         configuration: ClusterConfiguration,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "ringside.cluster"),
-        forwardedConnections: ClusterConnectionInitializer? = nil
+        forwardedConnections: ClusterConnectionInitializer? = nil,
+        beforeClosingListener: (@Sendable () async -> Void)? = nil,
+        stopsOnGracefulShutdown: Bool = true
     ) {
         self.init(
             configuration: configuration,
             group: group,
             logger: logger,
             resolver: SeedResolver(),
-            forwardedConnections: forwardedConnections
+            forwardedConnections: forwardedConnections,
+            beforeClosingListener: beforeClosingListener,
+            stopsOnGracefulShutdown: stopsOnGracefulShutdown
         )
     }
 
@@ -91,9 +102,13 @@ public final class ClusterNode: Service, Sendable {
         group: any EventLoopGroup,
         logger: Logger,
         resolver: SeedResolver,
-        forwardedConnections: ClusterConnectionInitializer? = nil
+        forwardedConnections: ClusterConnectionInitializer? = nil,
+        beforeClosingListener: (@Sendable () async -> Void)? = nil,
+        stopsOnGracefulShutdown: Bool = true
     ) {
         self.forwardedConnections = forwardedConnections
+        self.beforeClosingListener = beforeClosingListener
+        self.stopsOnGracefulShutdown = stopsOnGracefulShutdown
         self.configuration = configuration
         self.group = group
         var logger = logger

@@ -76,7 +76,9 @@ public final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandl
     /// that `makeHandler` makes for it. A connection error ends the connection once its GOAWAY is out
     /// (``GoAwayWatcher``). With an `idleTimeout`, a connection with no open stream for that long is sent a GOAWAY and
     /// closed (see ``HTTP2IdleTimer``). `maxHeaderListSize` is the largest header block a client may send
-    /// (advertised in SETTINGS; NIO's default is 16 KiB).
+    /// (advertised in SETTINGS; NIO's default is 16 KiB). A `ChannelShouldQuiesceEvent` (a drain) is handled by
+    /// swift-nio-http2's `NIOHTTP2ServerConnectionManagementHandler`: a GOAWAY, a PING, the GOAWAY that names the last
+    /// stream taken, and the close once the streams under way are done.
     public static func configureHTTP2Streams(
         _ channel: any Channel,
         idleTimeout: TimeAmount? = nil,
@@ -102,6 +104,12 @@ public final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandl
                     ])
                 }
             }
+        )
+        try channel.pipeline.syncOperations.addHandler(
+            NIOHTTP2ServerConnectionManagementHandler(
+                eventLoop: channel.eventLoop,
+                configuration: .init(maxIdleTime: nil, maxAge: nil, maxGraceTime: nil, keepalive: nil)
+            )
         )
         timer?.arm()
     }

@@ -36,13 +36,16 @@ public enum AppServer {
             backend: upstreams.backendURL,
             logger: logger
         )
-        let http1 = relaySetup(relay, upstreams)
+        let connections = ConnectionTracker()
+        let http1 = relaySetup(relay, upstreams, connections)
         let pipeline: @Sendable (any Channel) throws -> Void = { channel in
+            connections.track(channel)
             try channel.pipeline.syncOperations.addHandler(
                 ProtocolSniffer(
                     timeout: TimeAmount(configuration.headerReadTimeout),
                     http1: http1,
                     http2: { channel in
+                        defer { connections.quiesceIfDraining(channel) }
                         try ProtocolSniffer.configureHTTP2Streams(
                             channel,
                             idleTimeout: TimeAmount(configuration.idleTimeout),
@@ -69,6 +72,7 @@ public enum AppServer {
                 loops: Array(group.makeIterator()).count,
                 settings: relay,
                 backend: backend,
+                handedOff: connections,
                 handOff: { fd, bytes in
                     ClientBootstrap(group: group)
                         .channelInitializer { channel in
@@ -92,7 +96,7 @@ public enum AppServer {
             }
             .bind(host: host, port: port)
             .get()
-        return ChannelAppListener(channel: channel)
+        return ChannelAppListener(channel: channel, connections: connections, inFlight: metrics.inFlight)
     }
 
     /// How an HTTP/1.1 connection is set up to be proxied (on the engine's NIO driver, ``HTTP1Relay``), made once a
@@ -103,6 +107,7 @@ public enum AppServer {
         metrics: ProxyMetrics,
         router: any ProxyRouter,
         upstreams: any UpstreamProvider,
+        connections: ConnectionTracker,
         logger: Logger
     ) -> @Sendable (any Channel) throws -> Void {
         relaySetup(
@@ -114,19 +119,22 @@ public enum AppServer {
                 backend: upstreams.backendURL,
                 logger: logger
             ),
-            upstreams
+            upstreams,
+            connections
         )
     }
 
-    /// Puts an ``HTTP1Relay`` with `settings` on a connection.
+    /// Puts an ``HTTP1Relay`` with `settings` on a connection, which drains from the start if `connections` drain.
     private static func relaySetup(
         _ settings: RelaySettings,
-        _ upstreams: any UpstreamProvider
+        _ upstreams: any UpstreamProvider,
+        _ connections: ConnectionTracker
     ) -> @Sendable (any Channel) throws -> Void {
         { channel in
             try channel.pipeline.syncOperations.addHandler(
                 HTTP1Relay(settings: settings, upstreams: upstreams, channel: channel)
             )
+            connections.quiesceIfDraining(channel)
         }
     }
 }
@@ -135,15 +143,33 @@ public enum AppServer {
 public protocol AppListener: Sendable {
     /// The address it is bound to.
     var localAddress: SocketAddress? { get }
-    /// Stops accepting connections.
-    func close() async throws
+    /// Starts draining: every connection closes after its current response (HTTP/2: GOAWAY), idle ones now; the
+    /// listener goes on accepting, and serves each new connection one request.
+    func quiesce()
+    /// Stops accepting, lets the requests under way finish until `deadline`, and closes every connection.
+    func close(waitingUntil deadline: NIODeadline) async throws
+}
+
+extension AppListener {
+    /// Stops accepting and closes, letting the requests under way finish within the longest a request may take.
+    public func close() async throws { try await close(waitingUntil: .now() + .seconds(60)) }
 }
 
 /// The app listener as a NIO server channel.
 struct ChannelAppListener: AppListener {
     let channel: any Channel
+    let connections: ConnectionTracker
+    let inFlight: InFlightRequests
     var localAddress: SocketAddress? { channel.localAddress }
-    func close() async throws { try await channel.close() }
+
+    func quiesce() { connections.quiesce() }
+
+    func close(waitingUntil deadline: NIODeadline) async throws {
+        try? await channel.close()
+        connections.quiesce()
+        await inFlight.waitUntilNone(of: [.appHTTP1, .appHTTP2], deadline: deadline)
+        await connections.closeAll()
+    }
 }
 
 /// Gives a connection that a relay loop handed over the bytes the loop read of it, before anything read from the

@@ -30,7 +30,9 @@ public struct ClusterRouter: ProxyRouter {
             }
         }
         let sharder = node.sharder
-        let count = min(candidates, sharder.eligibleCount(for: .readWrite))
+        // With no participant left (a lone node draining), the terminating ones still serve: read lookups keep them.
+        let op: ShardingOperation = sharder.eligibleCount(for: .readWrite) > 0 ? .readWrite : .read
+        let count = min(candidates, sharder.eligibleCount(for: op))
         guard count > 0 else {
             return .failure(
                 ProxyRefusal(status: .serviceUnavailable, message: "no participant owns keys in this node's view yet")
@@ -39,10 +41,10 @@ public struct ClusterRouter: ProxyRouter {
         do {
             if count == 1 {
                 // One candidate (a single participant): no arrays to build for the common local answer.
-                let owner = try sharder.owner(of: key, op: .readWrite)
+                let owner = try sharder.owner(of: key, op: op)
                 return .success(owner.isSelf ? Self.localOnly : [.peer(name: owner.name, address: owner.address)])
             }
-            let owners = try sharder.lookup(key, replicas: count, op: .readWrite)
+            let owners = try sharder.lookup(key, replicas: count, op: op)
             return .success(owners.map { $0.isSelf ? .local : .peer(name: $0.name, address: $0.address) })
         } catch {
             return .failure(ProxyRefusal(status: .serviceUnavailable, message: error.message))

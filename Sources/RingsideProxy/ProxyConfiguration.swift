@@ -45,6 +45,8 @@ public struct ProxyConfiguration: Sendable {
     /// How long a kept upstream connection may sit idle in its pool before it is closed (nginx's upstream
     /// `keepalive_timeout` is 60 s too).
     public var upstreamIdleTimeout: Duration = .seconds(60)
+    /// How long a drain waits for the requests under way before it leaves anyway, cutting them.
+    public var drainTimeout: Duration = .seconds(30)
     /// How the app plane serves HTTP/1.1 connections: relay loops on epoll where there is epoll, NIO elsewhere.
     #if os(Linux)
     public var appIO = AppIO.epoll

@@ -40,6 +40,8 @@ public final class ProxyMetrics: Sendable {
     /// Responses the proxy made itself, by status.
     private let generated: [Int: Counter]
     private let generatedOther: Counter
+    /// Requests under way, by where they came in (what a drain waits for).
+    public let inFlight = InFlightRequests()
     let retries = Counter(label: "ringside_request_retries_total")
     let misroutes = Counter(label: "ringside_request_misroutes_total")
 

@@ -8,18 +8,25 @@ import ServiceLifecycle
 
 /// One Ringside node: cluster membership, the app listener that routes keyed requests, and the cluster port's
 /// forwarded requests, which go to this node's backend.
+///
+/// It stops by draining (``drain``; a graceful shutdown of the task that runs it starts one): readiness fails, the
+/// node becomes `terminating` and tells its peers, connections close after their responses, and once nothing is under
+/// way (or at ``ProxyConfiguration/drainTimeout``) it leaves the cluster, closes the app listener, and closes the
+/// cluster port last.
 public final class RingsideServer: Service, Sendable {
     /// The cluster node (membership, peers, lookups).
     public let node: ClusterNode
     /// The data plane's settings.
     public let proxy: ProxyConfiguration
+    /// This node's drain: start one, follow it, wait for its end.
+    public let drain: NodeDrain
     private let appHost: String
     private let appPort: Int
     private let group: any EventLoopGroup
     private let upstreams: ClusterUpstreams
     private let logger: Logger
     private let metrics: ProxyMetrics
-    private let appAddress = NIOLockedValueBox<SocketAddress?>(nil)
+    private let dataPlane: DataPlane
 
     /// A node that listens for the app at `appHost:appPort` and proxies to the backend at `backendHost:backendPort`,
     /// in HTTP/1.1, or in HTTP/2 with prior knowledge when `backendSpeaksHTTP2` (a gRPC server).
@@ -41,34 +48,42 @@ public final class RingsideServer: Service, Sendable {
             configuration: proxy
         )
         let metrics = ProxyMetrics()
-        let forwarded = ForwardedSetup()
+        let drain = NodeDrain(inFlight: metrics.inFlight, defaultTimeout: proxy.drainTimeout)
+        let dataPlane = DataPlane(drain: drain, requestTimeout: proxy.requestTimeout)
         self.node = ClusterNode(
             configuration: cluster,
             group: group,
             logger: logger,
             forwardedConnections: { connection in
-                guard let setup = forwarded.setup else { throw ChannelError.ioOnClosedChannel }
+                guard let setup = dataPlane.forwardedSetup else { throw ChannelError.ioOnClosedChannel }
+                dataPlane.forwarded.track(connection)
                 try setup(connection)
-            }
+            },
+            beforeClosingListener: { await dataPlane.close() },
+            stopsOnGracefulShutdown: false
         )
-        forwarded.setup = AppServer.http1Setup(
+        dataPlane.forwardedSetup = AppServer.http1Setup(
             configuration: proxy,
             plane: .cluster,
             metrics: metrics,
             router: ForwardedRouter(node: node),
             upstreams: upstreams,
+            connections: dataPlane.forwarded,
             logger: logger
         )
         self.proxy = proxy
+        self.drain = drain
         self.appHost = appHost
         self.appPort = appPort
         self.group = group
         self.upstreams = upstreams
         self.logger = logger
         self.metrics = metrics
+        self.dataPlane = dataPlane
     }
 
-    /// Runs the node and the app listener until a graceful shutdown, then leaves the cluster and closes.
+    /// Runs the node and the app listener until the node stops: after a drain (which a graceful shutdown starts), or
+    /// when ``stop()`` is called.
     public func run() async throws {
         let app = try await AppServer.bind(
             host: appHost,
@@ -80,37 +95,166 @@ public final class RingsideServer: Service, Sendable {
             metrics: metrics,
             logger: logger
         )
-        appAddress.withLockedValue { $0 = app.localAddress }
+        dataPlane.app = app
         logger.info(
             "app listener started",
             metadata: [
+                "ringside.setting": "listen",
                 "ringside.address": "\(app.localAddress.flatMap(HostAndPort.init)?.description ?? "")",
                 "ringside.io": "\(proxy.appIO.rawValue)",
             ]
         )
-        do {
-            try await node.run()
-        } catch {
-            try? await app.close()
-            upstreams.shutdown()
-            throw error
+        defer { upstreams.shutdown() }
+        try await withGracefulShutdownHandler {
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await self.node.run() }
+                tasks.addTask { await self.performDrain() }
+                // The node stops last (after a drain, or when asked to); a drain that stops at once ends first.
+                try await tasks.next()
+                tasks.cancelAll()
+                try await tasks.waitForAll()
+            }
+        } onGracefulShutdown: {
+            self.drain.start(by: "shutdown")
         }
-        try? await app.close()
-        upstreams.shutdown()
+        try? await app.close(waitingUntil: .now())
     }
 
-    /// Stops the node (leaving the cluster) and the app listener.
+    /// Stops the node without a drain: it leaves the cluster, and the listeners close once what is under way is done.
     public func stop() async { await node.stop() }
 
     /// The app listener's bound port, once it listens.
-    public var appPortBound: Int? { appAddress.withLockedValue { $0?.port } }
+    public var appPortBound: Int? { dataPlane.app?.localAddress?.port }
+
+    /// Why the node is not ready for traffic because of its own life (a drain), or nil.
+    public var drainingReason: String? {
+        switch drain.phase {
+        case .running: nil
+        case .draining: "the node is draining"
+        case .leaving, .stopped: "the node is leaving the cluster"
+        }
+    }
+
+    // MARK: Draining
+
+    /// Performs the drain's decisions until the node has stopped.
+    private func performDrain() async {
+        for await action in drain.decisions {
+            switch action {
+            case .beginDrain:
+                await drainThenLeave()
+                return
+            case .stopNow:
+                await stopNow()
+                return
+            case .leave:
+                break
+            }
+        }
+    }
+
+    private func drainThenLeave() async {
+        let start = drain.progress
+        logger.info(
+            "drain started",
+            metadata: [
+                "ringside.trigger": "\(start.trigger ?? "")",
+                "ringside.timeout": "\(start.timeoutSeconds ?? 0)s",
+                "ringside.in_flight": "\(metrics.inFlight.total)",
+            ]
+        )
+        dataPlane.quiesce()
+        let state = node.state
+        if state == .viewer || state == .participant {
+            do {
+                try await node.changeState(to: .terminating)
+            } catch {
+                logger.notice(
+                    "the drain goes on without confirming that peers heard of it",
+                    metadata: ["ringside.error": "\(error)"]
+                )
+            }
+        }
+        drain.announced()
+        while true {
+            if drain.phase == .stopped {
+                await stopNow()
+                return
+            }
+            if case .leave = drain.check() { break }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        // Leaves, then (``DataPlane/close()``) closes the app listener and waits for the cluster port's requests, then
+        // closes the port.
+        await node.stop()
+        drain.stopped(cut: metrics.inFlight.total)
+        let end = drain.progress
+        let metadata: Logger.Metadata = [
+            "ringside.finished": "\(end.finished)",
+            "ringside.cut": "\(end.cut)",
+            "ringside.seconds": "\(Double(Int(end.elapsedSeconds * 1000)) / 1000)",
+        ]
+        if end.cut > 0 {
+            logger.warning("drain finished, cutting requests still under way at its deadline", metadata: metadata)
+        } else {
+            logger.info("drain finished", metadata: metadata)
+        }
+    }
+
+    /// A second signal: everything closes now.
+    private func stopNow() async {
+        logger.warning(
+            "stopping at once; requests under way are cut",
+            metadata: ["ringside.cut": "\(drain.progress.cut)"]
+        )
+        try? await dataPlane.app?.close(waitingUntil: .now())
+        await dataPlane.forwarded.closeAll()
+        await node.halt()
+    }
 }
 
-/// Holds the cluster port's HTTP/1.1 setup (the engine, routing forwarded requests), which needs the node that needs it.
-private final class ForwardedSetup: Sendable {
-    private let box = NIOLockedValueBox<(@Sendable (any Channel) throws -> Void)?>(nil)
-    var setup: (@Sendable (any Channel) throws -> Void)? {
-        get { box.withLockedValue { $0 } }
-        set { box.withLockedValue { $0 = newValue } }
+/// The parts of the data plane that a drain and the node's close reach: the app listener (once bound) and the
+/// cluster port's forwarded connections.
+private final class DataPlane: Sendable {
+    private struct State {
+        var app: (any AppListener)?
+        var setup: (@Sendable (any Channel) throws -> Void)?
+    }
+
+    private let state = NIOLockedValueBox(State())
+    let forwarded = ConnectionTracker()
+    let drain: NodeDrain
+    let requestTimeout: Duration
+
+    init(drain: NodeDrain, requestTimeout: Duration) {
+        self.drain = drain
+        self.requestTimeout = requestTimeout
+    }
+
+    var app: (any AppListener)? {
+        get { state.withLockedValue { $0.app } }
+        set { state.withLockedValue { $0.app = newValue } }
+    }
+
+    /// The cluster port's HTTP/1.1 setup, which needs the node that needs it.
+    var forwardedSetup: (@Sendable (any Channel) throws -> Void)? {
+        get { state.withLockedValue { $0.setup } }
+        set { state.withLockedValue { $0.setup = newValue } }
+    }
+
+    /// Every connection closes after its current response, idle ones now.
+    func quiesce() {
+        app?.quiesce()
+        forwarded.quiesce()
+    }
+
+    /// Closes the app listener, letting its requests finish, then waits for the cluster port's, until the drain's
+    /// deadline (without a drain, the longest a request may take).
+    func close() async {
+        let deadline = drain.deadline ?? .now() + TimeAmount(requestTimeout)
+        try? await app?.close(waitingUntil: deadline)
+        forwarded.quiesce()
+        await drain.inFlight.waitUntilNone(of: [.cluster], deadline: deadline)
+        await forwarded.closeAll()
     }
 }

@@ -4,6 +4,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import RingsideCluster
+import RingsideProxy
 
 /// Options shared by the commands that ask a running node.
 struct AdminOptions: ParsableArguments {
@@ -73,7 +74,97 @@ struct LookupCommand: AsyncParsableCommand {
     }
 }
 
-/// One GET over HTTP/1.1, for the admin commands and the demo.
+struct DrainCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "drain",
+        abstract: "Drains a node and waits until it has exited.",
+        discussion: """
+            The node fails readiness, becomes terminating (peers stop sending it new keys), lets every connection \
+            close after its response, leaves once nothing is under way (or at the timeout) and exits. Prints what \
+            happened. Exit status: 0 drained, 1 the node could not be reached or did not exit in time, 2 a bad \
+            option, 3 the drain cut requests.
+            """
+    )
+    @Option(help: "How long the node waits for requests under way (default: its drain-timeout).")
+    var timeout: String?
+    @Flag(help: "Print the last progress report as JSON.")
+    var json = false
+    @OptionGroup var options: AdminOptions
+
+    func run() async throws {
+        guard let target = HostAndPort(options.address) else {
+            FileHandle.standardError.write(Data("ringside: --admin \"\(options.address)\" is not host:port\n".utf8))
+            throw ExitCode(2)
+        }
+        var path = "/v1/drain"
+        if let timeout {
+            guard let duration = RingsideSettings.parseDuration(timeout), duration > .zero else {
+                FileHandle.standardError.write(Data("ringside: --timeout \"\(timeout)\" is not a duration\n".utf8))
+                throw ExitCode(2)
+            }
+            path +=
+                "?timeout_ms=\(max(1, duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000))"
+        }
+        let started = ContinuousClock.now
+        var last: DrainProgress
+        do {
+            let answer = try await AdminClient.get(path, host: target.host, port: target.port, method: .POST)
+            guard answer.status == 202, let progress = Self.decode(answer.body) else {
+                FileHandle.standardError.write(
+                    Data(
+                        "ringside: the admin plane at \(options.address) answered \(answer.status): \(answer.body)".utf8
+                    )
+                )
+                throw ExitCode(1)
+            }
+            last = progress
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            FileHandle.standardError.write(
+                Data(
+                    "ringside: cannot reach the admin plane at \(options.address): \(AdminClient.reason(error))\n".utf8
+                )
+            )
+            throw ExitCode(1)
+        }
+        // The node answers until it exits; then its admin port refuses.
+        let limit = Duration.seconds(last.timeoutSeconds ?? 30) + .seconds(30)
+        var exited = false
+        while ContinuousClock.now - started < limit {
+            do {
+                let answer = try await AdminClient.get("/v1/drain", host: target.host, port: target.port)
+                if let progress = Self.decode(answer.body) { last = progress }
+            } catch {
+                exited = true
+                break
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(last), as: UTF8.self))
+        } else {
+            let seconds = Double(Int(last.elapsedSeconds * 100)) / 100
+            print(
+                "drained in \(seconds) s: \(last.finished) requests finished, \(last.cut) cut"
+                    + (last.timedOut ? " (the timeout passed)" : "") + (exited ? "; the node has exited" : "")
+            )
+        }
+        guard exited else {
+            FileHandle.standardError.write(Data("ringside: the node did not exit within \(limit)\n".utf8))
+            throw ExitCode(1)
+        }
+        if last.cut > 0 { throw ExitCode(3) }
+    }
+
+    private static func decode(_ body: String) -> DrainProgress? {
+        try? JSONDecoder().decode(DrainProgress.self, from: Data(body.utf8))
+    }
+}
+
+/// One request over HTTP/1.1, for the admin commands and the demo.
 enum AdminClient {
     /// Why a connection failed, in the words of the system.
     static func reason(_ error: any Error) -> String { ConnectionFailureText.reason(error) }
@@ -88,6 +179,7 @@ enum AdminClient {
         _ path: String,
         host: String,
         port: Int,
+        method: HTTPMethod = .GET,
         headers extra: [(String, String)] = []
     ) async throws -> Response {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -104,7 +196,7 @@ enum AdminClient {
             var headers = HTTPHeaders([("host", "\(host):\(port)"), ("connection", "close")])
             for (name, value) in extra { headers.add(name: name, value: value) }
             try await outbound.write(
-                .head(HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: headers))
+                .head(HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers))
             )
             try await outbound.write(.end(nil))
             var response = Response(status: 0, headers: [:], body: "")

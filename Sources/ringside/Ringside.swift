@@ -16,7 +16,7 @@ struct Ringside: AsyncParsableCommand {
         version: version,
         subcommands: [
             RunCommand.self, DemoCommand.self, PeersCommand.self, StateCommand.self, LookupCommand.self,
-            VersionCommand.self,
+            DrainCommand.self, VersionCommand.self,
         ],
         defaultSubcommand: nil
     )

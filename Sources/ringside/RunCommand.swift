@@ -9,6 +9,7 @@ import Prometheus
 import RingsideCluster
 import RingsideProxy
 import ServiceLifecycle
+import UnixSignals
 
 struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -62,7 +63,7 @@ struct RunCommand: AsyncParsableCommand {
     var headerReadTimeout: String?
     @Option(parsing: .unconditional, help: "Idle keep-alive timeout (default 75s).")
     var idleTimeout: String?
-    @Option(parsing: .unconditional, help: "How long leaving waits for the news to spread (default 30s).")
+    @Option(parsing: .unconditional, help: "How long a drain waits for requests under way (default 30s).")
     var drainTimeout: String?
     @Option(parsing: .unconditional, help: "How often seeds are joined again (default 30s).")
     var rejoinInterval: String?
@@ -134,21 +135,34 @@ struct RunCommand: AsyncParsableCommand {
                 node: server.node,
                 sources: AdminSources(
                     metricsText: { registry.emitToString() },
-                    notReadyReason: { health.problem },
-                    lookupReplicas: settings.replicas
+                    notReadyReason: { server.drainingReason ?? health.problem },
+                    lookupReplicas: settings.replicas,
+                    drain: server.drain
                 )
             )
         } catch {
             logger.critical(
                 "cannot listen for the admin plane",
-                metadata: ["ringside.address": "\(settings.adminListen)", "ringside.error": "\(error)"]
+                metadata: [
+                    "ringside.setting": "admin-listen", "ringside.address": "\(settings.adminListen)",
+                    "ringside.error": "\(error)",
+                ]
             )
             throw ExitCode(1)
         }
+        logger.info(
+            "admin listener started",
+            metadata: ["ringside.setting": "admin-listen", "ringside.address": "\(settings.adminListen)"]
+        )
+        // The node stops by draining: SIGTERM or SIGINT starts a drain, a second one during it stops at once. The
+        // group ends when the node has stopped.
         let services = ServiceGroup(
             configuration: .init(
-                services: [.init(service: server), .init(service: health)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
+                services: [
+                    .init(service: server, successTerminationBehavior: .gracefullyShutdownGroup),
+                    .init(service: health),
+                    .init(service: SignalDrain(drain: server.drain, logger: logger)),
+                ],
                 logger: logger
             )
         )
@@ -159,7 +173,11 @@ struct RunCommand: AsyncParsableCommand {
             try? await admin.close()
             throw ExitCode(1)
         }
+        // A moment for `ringside drain` to read the final report before the admin plane goes.
+        if server.drain.phase == .stopped { try? await Task.sleep(for: .milliseconds(300)) }
         try? await admin.close()
+        let exitCode = server.drain.exitCode
+        if exitCode != 0 { throw ExitCode(exitCode) }
     }
 
     static func makeServer(_ settings: RingsideSettings, group: any EventLoopGroup, logger: Logger) -> RingsideServer {
@@ -171,7 +189,6 @@ struct RunCommand: AsyncParsableCommand {
         cluster.initialState = settings.role
         cluster.sharding = settings.sharder
         cluster.rejoinInterval = settings.rejoinInterval
-        cluster.disseminationTimeout = settings.drainTimeout
         var proxy = ProxyConfiguration(nodeName: settings.nodeName)
         proxy.keyHeader = settings.keyHeader
         proxy.missingKey = settings.missingKey
@@ -183,6 +200,7 @@ struct RunCommand: AsyncParsableCommand {
         proxy.idleTimeout = settings.idleTimeout
         proxy.requestTimeout = settings.requestTimeout
         proxy.connectTimeout = settings.connectTimeout
+        proxy.drainTimeout = settings.drainTimeout
         return RingsideServer(
             cluster: cluster,
             proxy: proxy,
@@ -194,6 +212,22 @@ struct RunCommand: AsyncParsableCommand {
             group: group,
             logger: logger
         )
+    }
+}
+
+/// Turns SIGTERM and SIGINT into a drain: the first starts it, a second one during it stops the node at once.
+struct SignalDrain: Service {
+    let drain: NodeDrain
+    let logger: Logger
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+        await cancelWhenGracefulShutdown {
+            for await signal in signals {
+                logger.info("signal received", metadata: ["ringside.signal": "\(signal)"])
+                drain.signal("\(signal)")
+            }
+        }
     }
 }
 

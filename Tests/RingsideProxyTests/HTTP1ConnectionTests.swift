@@ -126,8 +126,8 @@ struct EngineHarness {
         return drain()
     }
 
-    mutating func drainNode() -> [String] {
-        engine.drain(now: now)
+    mutating func drainNode(closingUnused: Bool = false) -> [String] {
+        engine.drain(now: now, closingUnused: closingUnused)
         return drain()
     }
 }
@@ -352,8 +352,26 @@ struct HTTP1ConnectionTests {
     }
 
     @Test func drainingClosesIdleConnectionsAndSaysCloseOnTheLastResponse() {
+        // Kept alive after a response, with nothing under way: closed at once.
         var idle = EngineHarness()
-        #expect(idle.drainNode() == ["close"])
+        _ = idle.client("GET / HTTP/1.1\nHost: a\n\n")
+        _ = idle.connected()
+        _ = idle.upstream(Self.ok)
+        #expect(idle.drainNode().last == "close")
+        #expect(idle.engine.isClosing)
+
+        // Opened and not used yet (a client told to close opens one for its next request): served once, then closed.
+        var fresh = EngineHarness()
+        #expect(fresh.drainNode().isEmpty)
+        _ = fresh.client("GET / HTTP/1.1\nHost: a\n\n")
+        _ = fresh.connected()
+        let answered = fresh.upstream(Self.ok)
+        #expect(answered.first?.contains("connection: close\r\n") == true)
+        #expect(answered.last == "close")
+
+        // When the listener closes, an unused connection closes too.
+        var closing = EngineHarness()
+        #expect(closing.drainNode(closingUnused: true) == ["close"])
 
         var busy = EngineHarness()
         _ = busy.client("GET / HTTP/1.1\nHost: a\n\n")

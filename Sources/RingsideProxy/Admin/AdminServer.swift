@@ -14,16 +14,20 @@ public struct AdminSources: Sendable {
     public var notReadyReason: @Sendable () -> String?
     /// How many owners `/v1/lookup` reports when the query does not say (`replicas` in the configuration).
     public var lookupReplicas: Int
+    /// The node's drain, for `POST /v1/drain` and `GET /v1/drain`.
+    public var drain: NodeDrain?
 
     /// Creates the sources.
     public init(
         metricsText: @escaping @Sendable () -> String = { "" },
         notReadyReason: @escaping @Sendable () -> String? = { nil },
-        lookupReplicas: Int = 1
+        lookupReplicas: Int = 1,
+        drain: NodeDrain? = nil
     ) {
         self.metricsText = metricsText
         self.notReadyReason = notReadyReason
         self.lookupReplicas = lookupReplicas
+        self.drain = drain
     }
 }
 
@@ -143,12 +147,27 @@ public enum AdminServer {
                 let status: HTTPResponseStatus = error.code == .invalidArgument ? .badRequest : .serviceUnavailable
                 return (status, json, self.error(error.message))
             }
+        case (.GET, "/v1/drain"), (.POST, "/v1/drain"):
+            guard let drain = sources.drain else { return (.notFound, json, error("this node has no drain")) }
+            guard method == .POST else { return (.ok, json, progressJSON(drain.progress)) }
+            var timeout: Duration?
+            if let text = query["timeout_ms"] {
+                guard let milliseconds = Int64(text), milliseconds > 0 else {
+                    return (.badRequest, json, error("timeout_ms must be a positive whole number, not \"\(text)\""))
+                }
+                timeout = .milliseconds(milliseconds)
+            }
+            return (.accepted, json, progressJSON(drain.start(by: "admin", timeout: timeout)))
+        case (_, "/v1/drain"):
+            return (.methodNotAllowed, json, error("/v1/drain answers GET and POST only"))
         case (_, "/livez"), (_, "/readyz"), (_, "/metrics"), (_, "/v1/peers"), (_, "/v1/state"), (_, "/v1/lookup"):
             return (.methodNotAllowed, json, error("\(path) answers GET only"))
         default:
             return (
                 .notFound, json,
-                error("no admin path \(path); see /v1/peers, /v1/state, /v1/lookup, /livez, /readyz, /metrics")
+                error(
+                    "no admin path \(path); see /v1/peers, /v1/state, /v1/lookup, /v1/drain, /livez, /readyz, /metrics"
+                )
             )
         }
     }
@@ -160,6 +179,23 @@ public enum AdminServer {
         }
         guard node.sharder.eligibleCount(for: .readWrite) > 0 else { return "no participant owns keys yet" }
         return sources.notReadyReason()
+    }
+
+    /// A drain's progress as `GET /v1/drain` shows it.
+    static func progressJSON(_ progress: DrainProgress) -> String {
+        JSONWriter.object([
+            ("state", JSONWriter.quoted(progress.state)),
+            ("trigger", progress.trigger.map(JSONWriter.quoted) ?? "null"),
+            ("elapsed_seconds", String(progress.elapsedSeconds)),
+            ("timeout_seconds", progress.timeoutSeconds.map { String($0) } ?? "null"),
+            (
+                "in_flight",
+                JSONWriter.object(progress.inFlight.sorted { $0.key < $1.key }.map { ($0.key, String($0.value)) })
+            ),
+            ("finished", String(progress.finished)),
+            ("cut", String(progress.cut)),
+            ("timed_out", progress.timedOut ? "true" : "false"),
+        ]) + "\n"
     }
 
     static func error(_ message: String) -> String {

@@ -15,6 +15,9 @@ final class Exchange {
     let upstreamKeepAlive: Bool
     let started: NIODeadline
     let deadline: NIODeadline
+    /// Counts the request as under way until the exchange is over (``InFlightRequests``).
+    private let inFlight: InFlightRequests
+    private let entry: InFlightRequests.Entry
     /// Where the request body ends.
     @exclusivity(unchecked) private var framing: Framing
     @exclusivity(unchecked) private var bodyBytes = 0
@@ -54,7 +57,7 @@ final class Exchange {
 
     /// Takes `plan`'s head away, so that the exchange holds the only reference and the route's lines are written in
     /// place.
-    init(_ plan: inout RequestPlan, started: NIODeadline) {
+    init(_ plan: inout RequestPlan, started: NIODeadline, inFlight: InFlightRequests, entry: InFlightRequests.Entry) {
         routes = plan.routes
         head = plan.head
         plan.head = ByteBuffer()
@@ -69,7 +72,12 @@ final class Exchange {
         }
         self.started = started
         deadline = started + plan.budget
+        self.inFlight = inFlight
+        self.entry = entry
+        inFlight.began(entry)
     }
+
+    deinit { inFlight.ended(entry) }
 
     var route: ProxyRoute { routes[attempt] }
 

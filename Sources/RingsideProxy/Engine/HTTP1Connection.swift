@@ -66,6 +66,8 @@ package struct HTTP1Connection {
     private var taken = 0
     /// The node drains: every response says `Connection: close`, and the connection closes after it.
     private(set) var draining = false
+    /// Requests this connection has begun (refusals apart): none yet means it may have been opened for one on its way.
+    private var requestsBegun = 0
 
     /// Request body bytes that may wait for an upstream before the client is no longer read.
     static let pendingLimit = 256 << 10
@@ -163,10 +165,13 @@ package struct HTTP1Connection {
         dropUpstream(reusable: isKept)
     }
 
-    /// Starts draining: an idle connection closes now, a busy one after its response, which says so.
-    package mutating func drain(now: NIODeadline) {
+    /// Starts draining: every response from now on says `Connection: close` and the connection closes after it; an
+    /// idle keep-alive connection closes now. A connection that has not begun a request yet (it may have been opened
+    /// for one that is on its way, as a client told to close does for its next request) is given that one request,
+    /// unless `closingUnused` (the listener is closing).
+    package mutating func drain(now: NIODeadline, closingUnused: Bool = false) {
         draining = true
-        if isIdle { close() }
+        if isIdle, requestsBegun > 0 || closingUnused { close() }
     }
 
     /// Checks the connection's deadlines, as the driver does every ``RelaySettings/checkInterval``.
@@ -222,7 +227,13 @@ package struct HTTP1Connection {
             refuse(status, message, headers: headers, closing: closing || draining, now)
         case .forward(var plan):
             // Timed from the head's first byte, as nginx's request time is.
-            let exchange = Exchange(&plan, started: reader.waitingSince)
+            let exchange = Exchange(
+                &plan,
+                started: reader.waitingSince,
+                inFlight: settings.metrics.inFlight,
+                entry: settings.inFlightEntry
+            )
+            requestsBegun += 1
             reader.consume(length)
             state = .exchange(exchange)
             if plan.expectsContinue { emit(.writeClient(Self.continueLine)) }

@@ -34,6 +34,8 @@ package final class RelaySettings: Sendable {
     let connectTimeout: TimeAmount
     /// How often a connection checks its deadlines: one timer a connection, a clock read a request.
     let checkInterval: TimeAmount
+    /// Where this listener's requests count while under way.
+    let inFlightEntry: InFlightRequests.Entry
 
     package init(
         configuration: ProxyConfiguration,
@@ -65,6 +67,7 @@ package final class RelaySettings: Sendable {
         connectTimeout = TimeAmount(configuration.connectTimeout)
         let shortest = min(headerTimeout, idleTimeout, requestTimeout).nanoseconds
         checkInterval = .nanoseconds(max(10_000_000, min(shortest / 8, 1_000_000_000)))
+        inFlightEntry = plane == .app ? .appHTTP1 : .cluster
     }
 }
 

@@ -13,6 +13,9 @@ final class EpollAppListener: AppListener {
     private let threads: NIOThreadPool
     private let controls: [EpollLoopControl]
     private let closed = Atomic<Bool>(false)
+    /// The HTTP/2 connections the loops handed over to NIO.
+    private let handedOff: ConnectionTracker
+    private let inFlight: InFlightRequests
 
     /// A loop made on the caller's thread and given to the thread that runs it, which alone touches it from then on.
     private struct Handover: @unchecked Sendable {
@@ -25,8 +28,11 @@ final class EpollAppListener: AppListener {
         loops: Int,
         settings: RelaySettings,
         backend: HostAndPort,
+        handedOff: ConnectionTracker,
         handOff: @escaping @Sendable (CInt, ByteBuffer?) -> Void
     ) throws {
+        self.handedOff = handedOff
+        inFlight = settings.metrics.inFlight
         let address = try SocketAddress.makeAddressResolvingHost(host, port: port)
         listener = try LinuxSocket.listen(on: address, backlog: 1024)
         localAddress = LinuxSocket.localAddress(listener)
@@ -53,15 +59,23 @@ final class EpollAppListener: AppListener {
         }
     }
 
-    /// Stops accepting, lets the requests under way finish (each within its own time limit), and ends the loops.
-    func close() async throws {
+    func quiesce() {
+        for control in controls { control.quiesce() }
+        handedOff.quiesce()
+    }
+
+    /// Stops accepting, lets the requests under way finish until `deadline`, and ends the loops.
+    func close(waitingUntil deadline: NIODeadline) async throws {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        for control in controls { control.stop() }
+        for control in controls { control.stop(deadline: deadline) }
+        handedOff.quiesce()
         // A listening socket shut down for reading stops listening: new connections are refused from now on, not
         // left waiting in the backlog of a listener nobody accepts on any more.
         _ = shutdown(listener, CInt(SHUT_RD))
         try await threads.shutdownGracefully()
         Glibc.close(listener)
+        await inFlight.waitUntilNone(of: [.appHTTP2], deadline: deadline)
+        await handedOff.closeAll()
     }
 }
 #endif

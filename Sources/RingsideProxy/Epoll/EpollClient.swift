@@ -204,9 +204,9 @@ final class EpollClient: EpollSocket {
     }
 
     /// The loop stops: an idle connection closes now, a busy one after its response.
-    func drain() {
+    func drain(closingUnused: Bool = false) {
         guard fd >= 0, !closing else { return }
-        engine.drain(now: loop.now)
+        engine.drain(now: loop.now, closingUnused: closingUnused)
         perform()
     }
 

@@ -76,9 +76,12 @@ class EpollSocket {
     func resumed() {}
 }
 
-/// How a relay loop is told to stop, from any thread.
+/// How a relay loop is told to drain or stop, from any thread.
 final class EpollLoopControl: Sendable {
     private let stopping = Atomic<Bool>(false)
+    private let quiescing = Atomic<Bool>(false)
+    /// When the loop ends even if requests are still under way, in `NIODeadline` nanoseconds.
+    private let stopDeadline = Atomic<Int64>(0)
     /// The loop's wake-up descriptor (an eventfd).
     private let wakeFD: CInt
 
@@ -86,8 +89,21 @@ final class EpollLoopControl: Sendable {
 
     var stopRequested: Bool { stopping.load(ordering: .acquiring) }
 
-    /// Asks the loop to stop accepting, finish what is under way, and end.
-    func stop() {
+    var quiesceRequested: Bool { quiescing.load(ordering: .acquiring) }
+
+    /// Asks the loop to drain: every connection closes after its current response, idle ones now; connections
+    /// accepted from now on are served one request each.
+    func quiesce() {
+        quiescing.store(true, ordering: .releasing)
+        _ = eventfd_write(wakeFD, 1)
+    }
+
+    /// When a stopping loop ends at the latest.
+    var deadline: NIODeadline { .uptimeNanoseconds(UInt64(max(0, stopDeadline.load(ordering: .acquiring)))) }
+
+    /// Asks the loop to stop accepting, finish what is under way (until `deadline`), and end.
+    func stop(deadline: NIODeadline) {
+        stopDeadline.store(Int64(min(deadline.uptimeNanoseconds, UInt64(Int64.max))), ordering: .relaxed)
         stopping.store(true, ordering: .releasing)
         _ = eventfd_write(wakeFD, 1)
     }
@@ -137,6 +153,7 @@ final class EpollLoop {
     /// The time, read once an iteration.
     @exclusivity(unchecked) private(set) var now = NIODeadline.now()
     @exclusivity(unchecked) private var stopping = false
+    @exclusivity(unchecked) private var quiescing = false
     /// Accepting waits for descriptors to be freed.
     @exclusivity(unchecked) private var acceptPaused = false
 
@@ -214,9 +231,14 @@ final class EpollLoop {
                 }
                 closeIdleUpstreams()
             }
+            if !quiescing, control.quiesceRequested {
+                quiescing = true
+                for client in Array(clients.values) { client.drain() }
+                runDeferred()
+            }
             if !stopping, control.stopRequested {
                 beginStopping()
-                stopDeadline = now + settings.requestTimeout
+                stopDeadline = control.deadline
             }
             if stopping {
                 if clients.isEmpty { break }
@@ -255,6 +277,7 @@ final class EpollLoop {
                 let client = EpollClient(fd: fd, peer: peer, local: LinuxSocket.localAddress(fd), loop: self)
                 clients[ObjectIdentifier(client)] = client
                 register(client)
+                if quiescing { client.drain() }
             case .none:
                 return
             case .exhausted:
@@ -271,7 +294,7 @@ final class EpollLoop {
     private func beginStopping() {
         stopping = true
         if !acceptPaused { _ = epoll_ctl(epoll, EPOLL_CTL_DEL, listener, nil) }
-        for client in Array(clients.values) { client.drain() }
+        for client in Array(clients.values) { client.drain(closingUnused: true) }
     }
 
     /// A client connection is over: closed, or handed over to the general pipeline.

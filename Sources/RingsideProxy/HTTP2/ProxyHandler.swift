@@ -58,13 +58,25 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
         var status: HTTPResponseStatus = .ok
         let started = NIODeadline.now()
         let deadline: NIODeadline
+        /// Counts the request as under way until the exchange is over.
+        private let inFlight: InFlightRequests
 
-        init(head: HTTPRequestHead, clientKeepAlive: Bool, routes: [ProxyRoute], deadline: NIODeadline) {
+        init(
+            head: HTTPRequestHead,
+            clientKeepAlive: Bool,
+            routes: [ProxyRoute],
+            deadline: NIODeadline,
+            inFlight: InFlightRequests
+        ) {
             self.head = head
             self.clientKeepAlive = clientKeepAlive
             self.routes = routes
             self.deadline = deadline
+            self.inFlight = inFlight
+            inFlight.began(.appHTTP2)
         }
+
+        deinit { inFlight.ended(.appHTTP2) }
 
         var route: ProxyRoute { routes[attempt] }
 
@@ -254,7 +266,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
             head: forwarded,
             clientKeepAlive: head.isKeepAlive,
             routes: routes,
-            deadline: .now() + budget
+            deadline: .now() + budget,
+            inFlight: metrics.inFlight
         )
         self.exchange = exchange
         startDeadlineChecks(context: context)

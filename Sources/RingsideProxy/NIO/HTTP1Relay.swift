@@ -85,6 +85,16 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         context.fireChannelWritabilityChanged()
     }
 
+    /// A drain (``ConnectionTracker/quiesce()``): the engine closes after the response under way, or now when idle.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is ChannelShouldQuiesceEvent else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        engine.drain(now: .now())
+        perform()
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         timer?.cancel()
         engine.clientClosed(now: .now())

@@ -1,0 +1,57 @@
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// The NIO connections of a listener, so that a drain can reach every one of them and a close can end them.
+///
+/// A drain sends each connection NIO's `ChannelShouldQuiesceEvent`: the engine's NIO driver (``HTTP1Relay``) then
+/// closes after the response under way (or at once when idle), and an HTTP/2 connection's
+/// `NIOHTTP2ServerConnectionManagementHandler` sends GOAWAY and closes once its streams are done. A connection whose
+/// protocol is set up after the drain began asks ``isQuiescing`` and drains from the start.
+final class ConnectionTracker: Sendable {
+    private struct State {
+        var channels: [ObjectIdentifier: any Channel] = [:]
+        var quiescing = false
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    init() {}
+
+    /// Whether a drain has begun.
+    var isQuiescing: Bool { state.withLockedValue { $0.quiescing } }
+
+    /// Tracks `channel` until it closes.
+    func track(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        state.withLockedValue { $0.channels[id] = channel }
+        channel.closeFuture.whenComplete { _ in
+            _ = self.state.withLockedValue { $0.channels.removeValue(forKey: id) }
+        }
+    }
+
+    /// Tells every connection to finish what it is doing and close; those set up from now on drain from the start.
+    func quiesce() {
+        let channels = state.withLockedValue { state in
+            state.quiescing = true
+            return Array(state.channels.values)
+        }
+        for channel in channels {
+            channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent()) }
+        }
+    }
+
+    /// Drains `channel` from the start if a drain has begun; called once its protocol's handlers are in place.
+    func quiesceIfDraining(_ channel: any Channel) {
+        guard isQuiescing else { return }
+        channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+    }
+
+    /// Closes every connection still open.
+    func closeAll() async {
+        let channels = state.withLockedValue { Array($0.channels.values) }
+        for channel in channels { try? await channel.close() }
+    }
+
+    /// How many connections are open.
+    var count: Int { state.withLockedValue { $0.channels.count } }
+}
