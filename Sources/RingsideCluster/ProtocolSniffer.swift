@@ -48,6 +48,15 @@ public final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandl
         deadline = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
     }
 
+    /// A listener that closes ends a connection that has not said what it speaks: it has sent no request.
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ListenerClosingEvent {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
         if var buffered {
@@ -92,10 +101,18 @@ public final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandl
             connection.initialSettings.removeAll { $0.parameter == .maxHeaderListSize }
             connection.initialSettings.append(HTTP2Setting(parameter: .maxHeaderListSize, value: maxHeaderListSize))
         }
-        _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+        // The manager learns of streams through the handler's stream delegate (an inline multiplexer keeps stream
+        // events to itself).
+        let manager = NIOHTTP2ServerConnectionManagementHandler(
+            eventLoop: channel.eventLoop,
+            configuration: .init(maxIdleTime: nil, maxAge: nil, maxGraceTime: nil, keepalive: nil)
+        )
+        let handler = NIOHTTP2Handler(
             mode: .server,
+            eventLoop: channel.eventLoop,
             connectionConfiguration: connection,
             streamConfiguration: .init(),
+            streamDelegate: manager.http2StreamDelegate,
             inboundStreamInitializer: { stream in
                 stream.eventLoop.makeCompletedFuture {
                     timer?.opened(stream)
@@ -105,12 +122,8 @@ public final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandl
                 }
             }
         )
-        try channel.pipeline.syncOperations.addHandler(
-            NIOHTTP2ServerConnectionManagementHandler(
-                eventLoop: channel.eventLoop,
-                configuration: .init(maxIdleTime: nil, maxAge: nil, maxGraceTime: nil, keepalive: nil)
-            )
-        )
+        try channel.pipeline.syncOperations.addHandler(handler)
+        try channel.pipeline.syncOperations.addHandler(manager)
         timer?.arm()
     }
 
@@ -176,4 +189,11 @@ final class HTTP2IdleTimer: @unchecked Sendable {
         let channel = self.channel
         channel.writeAndFlush(goAway).whenComplete { _ in channel.close(promise: nil) }
     }
+}
+
+/// Sent through the pipeline of each connection of a listener that is closing: a connection with nothing under way
+/// closes now, one with a request under way after its response. (NIO's `ChannelShouldQuiesceEvent`, a drain, leaves a
+/// connection that has not been used yet open for its first request.)
+public struct ListenerClosingEvent: Sendable {
+    public init() {}
 }

@@ -146,13 +146,23 @@ public protocol AppListener: Sendable {
     /// Starts draining: every connection closes after its current response (HTTP/2: GOAWAY), idle ones now; the
     /// listener goes on accepting, and serves each new connection one request.
     func quiesce()
-    /// Stops accepting, lets the requests under way finish until `deadline`, and closes every connection.
-    func close(waitingUntil deadline: NIODeadline) async throws
+    /// Stops accepting, lets the requests under way finish until `deadline`, and closes every connection; returns
+    /// how many requests were still under way at the deadline (cut).
+    @discardableResult
+    func close(waitingUntil deadline: NIODeadline) async throws -> Int
 }
 
 extension AppListener {
     /// Stops accepting and closes, letting the requests under way finish within the longest a request may take.
     public func close() async throws { try await close(waitingUntil: .now() + .seconds(60)) }
+}
+
+extension AppServer {
+    /// How long a closing listener's connections get to close by themselves after their last responses (an HTTP/2
+    /// connection's second GOAWAY waits for a PING's answer): a second at least when nothing was cut, none otherwise.
+    static func closingGrace(_ deadline: NIODeadline, cut: Int) -> NIODeadline {
+        cut > 0 ? .now() : max(deadline, .now() + .seconds(1))
+    }
 }
 
 /// The app listener as a NIO server channel.
@@ -164,11 +174,13 @@ struct ChannelAppListener: AppListener {
 
     func quiesce() { connections.quiesce() }
 
-    func close(waitingUntil deadline: NIODeadline) async throws {
+    func close(waitingUntil deadline: NIODeadline) async throws -> Int {
         try? await channel.close()
         connections.quiesce()
         await inFlight.waitUntilNone(of: [.appHTTP1, .appHTTP2], deadline: deadline)
-        await connections.closeAll()
+        let cut = inFlight.count(of: [.appHTTP1, .appHTTP2])
+        await connections.close(deadline: AppServer.closingGrace(deadline, cut: cut))
+        return cut
     }
 }
 

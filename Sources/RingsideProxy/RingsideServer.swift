@@ -187,7 +187,7 @@ public final class RingsideServer: Service, Sendable {
         // Leaves, then (``DataPlane/close()``) closes the app listener and waits for the cluster port's requests, then
         // closes the port.
         await node.stop()
-        drain.stopped(cut: metrics.inFlight.total)
+        drain.stopped(cut: dataPlane.cut)
         let end = drain.progress
         let metadata: Logger.Metadata = [
             "ringside.finished": "\(end.finished)",
@@ -219,6 +219,7 @@ private final class DataPlane: Sendable {
     private struct State {
         var app: (any AppListener)?
         var setup: (@Sendable (any Channel) throws -> Void)?
+        var cut = 0
     }
 
     private let state = NIOLockedValueBox(State())
@@ -242,6 +243,9 @@ private final class DataPlane: Sendable {
         set { state.withLockedValue { $0.setup = newValue } }
     }
 
+    /// Requests still under way when the listeners closed.
+    var cut: Int { state.withLockedValue { $0.cut } }
+
     /// Every connection closes after its current response, idle ones now.
     func quiesce() {
         app?.quiesce()
@@ -252,9 +256,11 @@ private final class DataPlane: Sendable {
     /// deadline (without a drain, the longest a request may take).
     func close() async {
         let deadline = drain.deadline ?? .now() + TimeAmount(requestTimeout)
-        try? await app?.close(waitingUntil: deadline)
+        let appCut = (try? await app?.close(waitingUntil: deadline)) ?? 0
         forwarded.quiesce()
         await drain.inFlight.waitUntilNone(of: [.cluster], deadline: deadline)
-        await forwarded.closeAll()
+        let clusterCut = drain.inFlight[.cluster]
+        await forwarded.close(deadline: AppServer.closingGrace(deadline, cut: clusterCut))
+        state.withLockedValue { $0.cut = appCut + clusterCut }
     }
 }

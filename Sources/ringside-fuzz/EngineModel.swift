@@ -152,7 +152,7 @@ enum EngineModel {
 
     /// Every upstream request is well formed and one the client sent, in the client's order (a retry repeats one).
     static func check(client: [UInt8], connections: [[UInt8]]) throws {
-        let (expected, _) = ReferenceParser.parse(client, skipsEmptyLines: true)
+        let (expected, _) = ReferenceParser.parse(client, skipsEmptyLines: true, stopsAtUpgrade: false)
         var position = 0
         for (number, connection) in connections.enumerated() {
             let (sent, malformed) = ReferenceParser.parse(connection, skipsEmptyLines: false)

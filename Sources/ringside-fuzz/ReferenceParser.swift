@@ -15,8 +15,14 @@ struct ReferenceRequest: Equatable, CustomStringConvertible {
 
 enum ReferenceParser {
     /// The requests at the start of `bytes`, and whether what follows them is malformed (rather than incomplete).
-    /// `skipsEmptyLines` skips CRLFs before a request, as a server may (RFC 9112 §2.2).
-    static func parse(_ bytes: [UInt8], skipsEmptyLines: Bool) -> (requests: [ReferenceRequest], malformed: Bool) {
+    /// `skipsEmptyLines` skips CRLFs before a request, as a server may (RFC 9112 §2.2). A request that asks to
+    /// upgrade ends the reading when `stopsAtUpgrade`: what follows is another protocol if the server switches; a
+    /// client's stream reads on, as h11 does once a server declines (the connection stays HTTP/1.1).
+    static func parse(
+        _ bytes: [UInt8],
+        skipsEmptyLines: Bool,
+        stopsAtUpgrade: Bool = true
+    ) -> (requests: [ReferenceRequest], malformed: Bool) {
         var requests: [ReferenceRequest] = []
         var index = 0
         while index < bytes.count {
@@ -32,7 +38,7 @@ enum ReferenceParser {
             case .request(let request, let end):
                 requests.append(request)
                 index = end
-                if request.upgrade { return (requests, false) }
+                if request.upgrade && stopsAtUpgrade { return (requests, false) }
             }
         }
         return (requests, false)

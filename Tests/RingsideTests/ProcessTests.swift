@@ -11,6 +11,8 @@ final class RingsideProcesses {
         var cluster: Int
         var admin: Int
         var process: Process
+        /// The flags it was started with, for a restart.
+        var arguments: [String] = []
     }
 
     private(set) var nodes: [Node] = []
@@ -22,38 +24,67 @@ final class RingsideProcesses {
             .appendingPathComponent("ringside")
     }
 
-    /// Starts `count` nodes, `node-0` the seed of the others, and waits until each is ready and sees all.
-    /// `extraArguments` adds flags for the node with that index.
-    func start(_ count: Int, extraArguments: (Int) -> [String] = { _ in [] }) async throws {
+    /// Starts `count` nodes, `node-0` the seed of the others (every node the seed of every other with `joinAll`),
+    /// and waits until each is ready and sees all. `extraArguments` adds flags for the node with that index.
+    func start(_ count: Int, joinAll: Bool = false, extraArguments: (Int) -> [String] = { _ in [] }) async throws {
+        let ports = (0..<count).map { _ in (app: freePort(), cluster: freePort(), admin: freePort()) }
         for index in 0..<count {
             let backend = try await EchoBackend.start()
             backends.append(backend.channel)
-            let node = Node(
+            var node = Node(
                 name: "node-\(index)",
-                app: freePort(),
-                cluster: freePort(),
-                admin: freePort(),
+                app: ports[index].app,
+                cluster: ports[index].cluster,
+                admin: ports[index].admin,
                 process: Process()
             )
-            node.process.executableURL = Self.binary
-            node.process.arguments =
+            let seeds =
+                joinAll
+                ? ports.indices.filter { $0 != index }.map { "127.0.0.1:\(ports[$0].cluster)" }
+                : (index == 0 ? [] : ["127.0.0.1:\(ports[0].cluster)"])
+            node.arguments =
                 [
                     "run", "--node-name", node.name, "--listen", "127.0.0.1:\(node.app)",
                     "--cluster-listen", "127.0.0.1:\(node.cluster)", "--admin-listen", "127.0.0.1:\(node.admin)",
                     "--backend", "http://127.0.0.1:\(backend.port)", "--log-level", "warning",
-                ] + (nodes.first.map { ["--join", "127.0.0.1:\($0.cluster)"] } ?? []) + extraArguments(index)
-            try node.process.run()
+                ] + (seeds.isEmpty ? [] : ["--join", seeds.joined(separator: ",")]) + extraArguments(index)
+            try launch(&node)
             nodes.append(node)
         }
-        let ready = await eventually(timeout: .seconds(30)) {
+        try await waitUntilReady(count)
+    }
+
+    private func launch(_ node: inout Node) throws {
+        node.process = Process()
+        node.process.executableURL = Self.binary
+        node.process.arguments = node.arguments
+        try node.process.run()
+    }
+
+    /// Waits until every running node is ready and sees `count` participants.
+    func waitUntilReady(_ count: Int, timeout: Duration = .seconds(30)) async throws {
+        let ready = await eventually(timeout: timeout) {
             nodes.allSatisfy { node in
-                admin(node, "/v1/state")?.contains("\"participant\":\(count)") == true
-                    && parseResponse(
-                        rawExchange(port: node.admin, Array("GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n".utf8)).bytes
-                    )?.status == 200
+                admin(node, "/v1/state")?.contains("\"participant\":\(count)") == true && isReady(node)
             }
         }
         guard ready else { throw TestFailure("the \(count) ringside processes did not become ready") }
+    }
+
+    /// Whether `node`'s `/readyz` says 200.
+    func isReady(_ node: Node) -> Bool {
+        parseResponse(rawExchange(port: node.admin, Array("GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n".utf8)).bytes)?
+            .status == 200
+    }
+
+    /// Starts node `index` again with the flags it had (the same name, a new incarnation).
+    func restart(_ index: Int) throws {
+        try launch(&nodes[index])
+    }
+
+    /// Sends `signal` to `node`'s process.
+    func signal(_ node: Node, _ signal: Int32) {
+        Foundation.kill(node.process.processIdentifier, signal)
     }
 
     /// The body of a GET to `node`'s admin plane.
@@ -106,12 +137,13 @@ struct TestFailure: Error, CustomStringConvertible {
 
 func withProcesses(
     _ count: Int,
+    joinAll: Bool = false,
     extraArguments: [Int: [String]] = [:],
     _ body: (RingsideProcesses) async throws -> Void
 ) async throws {
     let cluster = RingsideProcesses()
     do {
-        try await cluster.start(count) { extraArguments[$0] ?? [] }
+        try await cluster.start(count, joinAll: joinAll) { extraArguments[$0] ?? [] }
         try await body(cluster)
     } catch {
         await cluster.stop()

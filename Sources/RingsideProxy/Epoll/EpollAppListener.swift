@@ -64,18 +64,21 @@ final class EpollAppListener: AppListener {
         handedOff.quiesce()
     }
 
-    /// Stops accepting, lets the requests under way finish until `deadline`, and ends the loops.
-    func close(waitingUntil deadline: NIODeadline) async throws {
-        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+    /// Stops accepting, lets the requests under way finish until `deadline` (the loops end then at the latest), and
+    /// ends the loops.
+    func close(waitingUntil deadline: NIODeadline) async throws -> Int {
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return 0 }
         for control in controls { control.stop(deadline: deadline) }
         handedOff.quiesce()
         // A listening socket shut down for reading stops listening: new connections are refused from now on, not
         // left waiting in the backlog of a listener nobody accepts on any more.
         _ = shutdown(listener, CInt(SHUT_RD))
+        await inFlight.waitUntilNone(of: [.appHTTP1, .appHTTP2], deadline: deadline)
+        let cut = inFlight.count(of: [.appHTTP1, .appHTTP2])
         try await threads.shutdownGracefully()
         Glibc.close(listener)
-        await inFlight.waitUntilNone(of: [.appHTTP2], deadline: deadline)
-        await handedOff.closeAll()
+        await handedOff.close(deadline: AppServer.closingGrace(deadline, cut: cut))
+        return cut
     }
 }
 #endif

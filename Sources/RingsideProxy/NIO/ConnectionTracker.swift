@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import RingsideCluster
 
 /// The NIO connections of a listener, so that a drain can reach every one of them and a close can end them.
 ///
@@ -44,6 +45,23 @@ final class ConnectionTracker: Sendable {
     func quiesceIfDraining(_ channel: any Channel) {
         guard isQuiescing else { return }
         channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+    }
+
+    /// Closes the connections as a closing listener does: each finishes the request under way (an HTTP/2 connection
+    /// its streams, after its GOAWAY) and closes itself, until `deadline`, when the rest are closed.
+    func close(deadline: NIODeadline) async {
+        let channels = state.withLockedValue { state in
+            state.quiescing = true
+            return Array(state.channels.values)
+        }
+        for channel in channels {
+            channel.eventLoop.execute {
+                channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+                channel.pipeline.fireUserInboundEventTriggered(ListenerClosingEvent())
+            }
+        }
+        while count > 0, NIODeadline.now() < deadline { try? await Task.sleep(for: .milliseconds(5)) }
+        await closeAll()
     }
 
     /// Closes every connection still open.

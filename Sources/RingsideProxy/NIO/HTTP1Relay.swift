@@ -1,4 +1,5 @@
 import NIOCore
+import RingsideCluster
 
 /// A client connection on NIO channels: the cluster port's forwarded requests, and the app plane where the epoll
 /// driver does not run (`app-io: nio`, other platforms). The engine (``HTTP1Connection``) decides everything; this
@@ -85,13 +86,18 @@ final class HTTP1Relay: ChannelDuplexHandler, RemovableChannelHandler, ReadGated
         context.fireChannelWritabilityChanged()
     }
 
-    /// A drain (``ConnectionTracker/quiesce()``): the engine closes after the response under way, or now when idle.
+    /// A drain (``ConnectionTracker/quiesce()``): the engine closes after the response under way, or now when idle;
+    /// when the listener closes, a connection not used yet closes too.
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        guard event is ChannelShouldQuiesceEvent else {
+        switch event {
+        case is ChannelShouldQuiesceEvent:
+            engine.drain(now: .now())
+        case is ListenerClosingEvent:
+            engine.drain(now: .now(), closingUnused: true)
+        default:
             context.fireUserInboundEventTriggered(event)
             return
         }
-        engine.drain(now: .now())
         perform()
     }
 

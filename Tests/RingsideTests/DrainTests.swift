@@ -1,0 +1,220 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import RingsideTestSupport
+import Testing
+
+/// Runs blocking socket work on a thread of its own, so that the test's tasks go on meanwhile.
+func onThread<Value: Sendable>(_ body: @escaping @Sendable () -> Value) async -> Value {
+    await withCheckedContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(returning: body()) }
+    }
+}
+
+/// A keyed request's bytes.
+func keyedRequest(_ path: String, key: String, closing: Bool = false) -> [UInt8] {
+    Array(
+        "GET \(path) HTTP/1.1\r\nHost: app\r\nX-Shard-Key: \(key)\r\n\(closing ? "Connection: close\r\n" : "")\r\n".utf8
+    )
+}
+
+@Suite("Draining ringside processes", .serialized)
+struct DrainTests {
+    /// A key `owner` owns, as `asking` sees it.
+    func key(ownedBy owner: String, in cluster: RingsideProcesses, asking: RingsideProcesses.Node) throws -> String {
+        try #require((0..<500).map { "key-\($0)" }.first { cluster.owner(of: $0, askingNode: asking) == owner })
+    }
+
+    @Test(arguments: ["epoll", "nio"])
+    func aDrainWaitsForRequestsUnderWayOnEveryPlaneThenExitsZero(appIO: String) async throws {
+        let io = ["--app-io", appIO]
+        try await withProcesses(2, joinAll: true, extraArguments: [0: io, 1: io]) { cluster in
+            let other = cluster.nodes[0]
+            let draining = cluster.nodes[1]
+            let key = try key(ownedBy: "node-1", in: cluster, asking: other)
+            // Two-second requests: HTTP/1.1 and HTTP/2 on the draining node's app plane, and one that another node
+            // forwards to it.
+            async let local = onThread {
+                rawExchange(port: draining.app, keyedRequest("/delay/2000", key: key), timeout: .seconds(10))
+            }
+            async let hop = onThread {
+                rawExchange(port: other.app, keyedRequest("/delay/2000", key: key), timeout: .seconds(10))
+            }
+            async let stream = http2Exchange(
+                port: draining.app,
+                head: HTTPRequestHead(
+                    version: .http2,
+                    method: .GET,
+                    uri: "/delay/2000",
+                    headers: ["host": "app", "x-shard-key": key]
+                )
+            )
+            let underWay = await eventually(timeout: .seconds(5)) {
+                let progress = cluster.admin(draining, "/v1/drain") ?? ""
+                return progress.contains("\"app_http1\":1") && progress.contains("\"app_http2\":1")
+                    && progress.contains("\"cluster\":1")
+            }
+            #expect(underWay, "three requests under way on node-1")
+            cluster.signal(draining, SIGTERM)
+            #expect(await eventually(timeout: .seconds(2)) { !cluster.isReady(draining) }, "readiness fails at once")
+            #expect(cluster.admin(draining, "/v1/drain")?.contains("\"state\":\"draining\"") == true)
+
+            let plain = try #require(parseResponse(await local.bytes))
+            #expect(plain.status == 200)
+            #expect(plain.body == Array("delayed".utf8))
+            #expect(plain.header("connection") == "close", "the client learns not to send another on it")
+            let forwarded = try #require(parseResponse(await hop.bytes))
+            #expect(forwarded.status == 200)
+            #expect(forwarded.header("x-ringside-node") == "node-1")
+            let http2 = try await stream
+            #expect(http2.head.status == .ok)
+            #expect(http2.body == Array("delayed".utf8))
+
+            #expect(await eventually(timeout: .seconds(15)) { !draining.process.isRunning }, "node-1 exits")
+            #expect(draining.process.terminationStatus == 0)
+            // node-0 learned of the departure: the key is its own now, from its kept connections as from new ones.
+            for _ in 0..<5 {
+                let response = cluster.get("/after", key: key, through: other)
+                #expect(response?.status == 200)
+                #expect(response?.header("x-ringside-node") == "node-0")
+            }
+        }
+    }
+
+    @Test func aDrainPastItsTimeoutCutsWhatIsLeftAndSaysSo() async throws {
+        try await withProcesses(1, extraArguments: [0: ["--drain-timeout", "1s"]]) { cluster in
+            let node = cluster.nodes[0]
+            async let slow = onThread {
+                rawExchange(port: node.app, keyedRequest("/delay/8000", key: "k"), timeout: .seconds(10))
+            }
+            #expect(
+                await eventually(timeout: .seconds(5)) {
+                    cluster.admin(node, "/v1/drain")?.contains("\"app_http1\":1") == true
+                }
+            )
+            let drain = await onThread {
+                try? ProcessTests.runRingside(["drain", "--admin", "127.0.0.1:\(node.admin)", "--timeout", "1s"])
+            }
+            let result = try #require(drain)
+            #expect(result.status == 3, "\(result.output) \(result.errors)")
+            #expect(result.output.contains("1 cut"), "\(result.output)")
+            #expect(result.output.contains("the node has exited"), "\(result.output)")
+            #expect(await eventually(timeout: .seconds(5)) { !node.process.isRunning })
+            #expect(node.process.terminationStatus == 3)
+            let cut = await slow
+            #expect(parseResponse(cut.bytes) == nil, "the request was cut")
+        }
+    }
+
+    @Test func theDrainCommandWaitsForTheExitAndReportsWhatFinished() async throws {
+        try await withProcesses(1) { cluster in
+            let node = cluster.nodes[0]
+            #expect(cluster.get("/before", key: "k", through: node)?.status == 200)
+            #expect(cluster.admin(node, "/v1/drain")?.contains("\"state\":\"running\"") == true)
+            let result = try #require(
+                await onThread {
+                    try? ProcessTests.runRingside(["drain", "--admin", "127.0.0.1:\(node.admin)", "--json"])
+                }
+            )
+            #expect(result.status == 0, "\(result.output) \(result.errors)")
+            #expect(result.output.contains("\"state\":\"stopped\""), "\(result.output)")
+            #expect(result.output.contains("\"cut\":0"), "\(result.output)")
+            #expect(await eventually(timeout: .seconds(5)) { !node.process.isRunning })
+            #expect(node.process.terminationStatus == 0)
+            // Nobody to drain any more: the command says the node cannot be reached.
+            let again = try ProcessTests.runRingside(["drain", "--admin", "127.0.0.1:\(node.admin)"])
+            #expect(again.status == 1)
+            #expect(again.errors.contains("cannot reach the admin plane"), "\(again.errors)")
+        }
+    }
+
+    /// The acceptance test of a rolling deploy: five nodes under continuous keyed load, each drained and started again
+    /// in turn (the same name, a new incarnation), and no request fails.
+    @Test func aRollingDrainAndRestartOfFiveNodesUnderLoadLosesNoRequest() async throws {
+        try await withProcesses(
+            5,
+            joinAll: true,
+            extraArguments: Dictionary(
+                uniqueKeysWithValues: (0..<5).map {
+                    ($0, ["--rejoin-interval", "1s"])
+                }
+            )
+        ) { cluster in
+            let load = KeyedLoad(entries: cluster.nodes.map(\.app))
+            let workers = (0..<4).map { _ in Thread { load.run() } }
+            for worker in workers { worker.start() }
+            defer { load.stop() }
+            for index in 0..<5 {
+                let node = cluster.nodes[index]
+                // As a load balancer does once the pod is terminating: no new connections to it.
+                load.remove(node.app)
+                cluster.signal(node, SIGTERM)
+                #expect(await eventually(timeout: .seconds(20)) { !node.process.isRunning }, "\(node.name) exits")
+                #expect(node.process.terminationStatus == 0, "\(node.name) drained without cutting")
+                try cluster.restart(index)
+                try await cluster.waitUntilReady(5)
+                load.add(node.app)
+            }
+            let served = load.stop()
+            #expect(served.failures.isEmpty, "\(served.failures.prefix(5))")
+            #expect(served.answered > 100, "\(served.answered) answers")
+            // Converged: every answer comes from the key's owner.
+            for number in 0..<20 {
+                let key = "key-\(number)"
+                let owner = cluster.owner(of: key, askingNode: cluster.nodes[0])
+                for node in cluster.nodes {
+                    #expect(cluster.get("/check", key: key, through: node)?.header("x-ringside-node") == owner)
+                }
+            }
+        }
+    }
+}
+
+/// Keyed GETs sent without pause by several threads, each to an entry node picked in turn, every answer checked.
+final class KeyedLoad: Sendable {
+    struct Outcome: Sendable {
+        var answered = 0
+        var failures: [String] = []
+        var stopped = false
+        var entries: [Int]
+    }
+
+    private let state: NIOLockedValueBox<Outcome>
+
+    init(entries: [Int]) { state = NIOLockedValueBox(Outcome(entries: entries)) }
+
+    func add(_ port: Int) { state.withLockedValue { $0.entries.append(port) } }
+
+    func remove(_ port: Int) { state.withLockedValue { $0.entries.removeAll { $0 == port } } }
+
+    @discardableResult
+    func stop() -> Outcome {
+        state.withLockedValue {
+            $0.stopped = true
+            return $0
+        }
+    }
+
+    func run() {
+        var number = 0
+        while true {
+            number += 1
+            let (stopped, entries) = state.withLockedValue { ($0.stopped, $0.entries) }
+            if stopped { return }
+            guard let port = entries.randomElement() else { continue }
+            let key = "key-\(Int.random(in: 0..<200))"
+            let raw = rawExchange(port: port, keyedRequest("/load/\(number)", key: key), timeout: .seconds(10))
+            let response = parseResponse(raw.bytes)
+            state.withLockedValue { outcome in
+                if response?.status == 200, response?.header("x-echo-uri") == "/load/\(number)" {
+                    outcome.answered += 1
+                } else if !outcome.stopped {
+                    outcome.failures.append(
+                        "port \(port) key \(key): \(response.map { "\($0.status)" } ?? "no answer, \(raw.bytes.count) bytes")"
+                    )
+                }
+            }
+        }
+    }
+}
