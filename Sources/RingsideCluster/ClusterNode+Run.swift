@@ -25,7 +25,13 @@ extension ClusterNode {
             throw error
         }
         start(advertisedAddress: advertised)
-        logger.info("cluster node started", metadata: ["ringside.address": "\(advertised)"])
+        logger.info(
+            "cluster node started",
+            metadata: [
+                "ringside.setting": "cluster-listen", "ringside.listen": "\(configuration.listenAddress)",
+                "ringside.address": "\(advertised)",
+            ]
+        )
         let waiters = lifecycle.withLockedValue { lifecycle in
             lifecycle.advertisedAddress = advertised
             defer { lifecycle.runningWaiters = [] }
@@ -151,17 +157,25 @@ extension ClusterNode {
     func rejoinSeeds() async {
         guard !configuration.seeds.isEmpty else { return }
         var aloneDelay = Duration.seconds(1)
+        var firstRound = true
         while !lifecycle.withLockedValue({ $0.stopRequested }) && !Task.isCancelled {
             let start = NIODeadline.now()
             let addresses = await resolver.resolve(configuration.seeds)
             if addresses.isEmpty {
                 logger.warning(
-                    "no seed resolved; running alone until one does",
+                    "the seeds have not answered: none resolved; running alone until one does",
                     metadata: ["ringside.seeds": "\(configuration.seeds)"]
                 )
             } else if let directives = try? withInstance({ $0.join(addresses: addresses, now: $1) }) {
                 perform(directives)
             }
+            if !addresses.isEmpty, !hasJoined, !firstRound {
+                logger.warning(
+                    "the seeds have not answered; running alone until one does",
+                    metadata: ["ringside.seeds": "\(configuration.seeds)", "ringside.resolved": "\(addresses)"]
+                )
+            }
+            firstRound = false
             let alone = members.allSatisfy { $0.name == configuration.nodeName || !$0.status.isActive }
             let wait = alone ? min(aloneDelay, configuration.rejoinInterval) : configuration.rejoinInterval
             aloneDelay = alone ? aloneDelay * 2 : .seconds(1)
@@ -311,6 +325,15 @@ extension ClusterNode {
                 view.store(current, ordering: .releasing)
                 metrics.record(members: members)
             }
+            if let other = members.first(where: { $0.name != configuration.nodeName && $0.status.isActive }),
+                !lifecycle.withLockedValue({ $0.joined })
+            {
+                lifecycle.withLockedValue { $0.joined = true }
+                logger.info(
+                    "joined the cluster",
+                    metadata: ["ringside.peer": "\(other.name)", "ringside.members": "\(members.count)"]
+                )
+            }
             for event in events {
                 log(event)
                 for subscriber in subscribers {
@@ -320,20 +343,27 @@ extension ClusterNode {
         }
     }
 
+    /// Membership changes are lifecycle events (info): joined, left, died, state changed, each with the member's
+    /// name, address and state; suspicion and its refutation, and metadata, are detail (debug, trace).
     func log(_ event: MembershipEvent) {
+        func about(_ member: Member) -> Logger.Metadata {
+            [
+                "ringside.peer": "\(member.name)", "ringside.peer.address": "\(member.address)",
+                "ringside.peer.state": "\(member.state)",
+            ]
+        }
         switch event {
-        case .joined(let member): logger.debug("member joined", metadata: ["ringside.peer": "\(member.name)"])
-        case .left(let member): logger.debug("member left", metadata: ["ringside.peer": "\(member.name)"])
-        case .died(let member): logger.info("member declared dead", metadata: ["ringside.peer": "\(member.name)"])
-        case .suspected(let member): logger.debug("member suspected", metadata: ["ringside.peer": "\(member.name)"])
-        case .alive(let member): logger.debug("member refuted suspicion", metadata: ["ringside.peer": "\(member.name)"])
+        case .joined(let member): logger.info("member joined", metadata: about(member))
+        case .left(let member): logger.info("member left", metadata: about(member))
+        case .died(let member): logger.info("member declared dead", metadata: about(member))
+        case .suspected(let member): logger.debug("member suspected", metadata: about(member))
+        case .alive(let member): logger.debug("member refuted suspicion", metadata: about(member))
         case .stateChanged(let member, let from):
-            logger.debug(
-                "member changed state",
-                metadata: ["ringside.peer": "\(member.name)", "ringside.state": "\(from) → \(member.state)"]
-            )
+            var metadata = about(member)
+            metadata["ringside.peer.previous_state"] = "\(from)"
+            logger.info("member changed state", metadata: metadata)
         case .metadataChanged(let member):
-            logger.trace("member metadata changed", metadata: ["ringside.peer": "\(member.name)"])
+            logger.trace("member metadata changed", metadata: about(member))
         }
     }
 

@@ -70,6 +70,8 @@ public final class ClusterNode: Service, Sendable {
         var runningWaiters: [CheckedContinuation<String, any Error>] = []
         var stoppedWaiters: [CheckedContinuation<Void, Never>] = []
         var stopped = false
+        /// Another member has been seen alive: the seeds (or someone) answered.
+        var joined = false
     }
 
     /// A node that will run with `configuration` on `group`'s event loops.
@@ -141,6 +143,10 @@ public final class ClusterNode: Service, Sendable {
             framesDropped: traffic.framesDropped.load(ordering: .relaxed)
         )
     }
+
+    /// Whether this node has ever seen another member alive: it joined a cluster (its seeds, or a node that joined
+    /// it, answered). A node with seeds that never answered runs alone and owns every key: a split brain.
+    public var hasJoined: Bool { lifecycle.withLockedValue { $0.joined } }
 
     /// This node's peer state.
     public var state: PeerState {

@@ -27,6 +27,10 @@ public final class RingsideServer: Service, Sendable {
     private let logger: Logger
     private let metrics: ProxyMetrics
     private let dataPlane: DataPlane
+    private let readiness: ReadinessConfiguration
+    private let backendHealth: BackendHealth
+    /// When ``run()`` began, for the readiness wait's timeout.
+    private let started = NIOLockedValueBox<NIODeadline?>(nil)
 
     /// A node that listens for the app at `appHost:appPort` and proxies to the backend at `backendHost:backendPort`,
     /// in HTTP/1.1, or in HTTP/2 with prior knowledge when `backendSpeaksHTTP2` (a gRPC server).
@@ -38,9 +42,17 @@ public final class RingsideServer: Service, Sendable {
         backendHost: String,
         backendPort: Int,
         backendSpeaksHTTP2: Bool = false,
+        readiness: ReadinessConfiguration = .init(),
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "ringside")
     ) {
+        self.readiness = readiness
+        backendHealth = BackendHealth(
+            host: backendHost,
+            port: backendPort,
+            path: readiness.backendHealthPath,
+            interval: readiness.backendHealthInterval
+        )
         let upstreams = ClusterUpstreams(
             backendHost: backendHost,
             backendPort: backendPort,
@@ -85,16 +97,25 @@ public final class RingsideServer: Service, Sendable {
     /// Runs the node and the app listener until the node stops: after a drain (which a graceful shutdown starts), or
     /// when ``stop()`` is called.
     public func run() async throws {
-        let app = try await AppServer.bind(
-            host: appHost,
-            port: appPort,
-            group: group,
-            configuration: proxy,
-            router: ClusterRouter(node: node, configuration: proxy),
-            upstreams: upstreams,
-            metrics: metrics,
-            logger: logger
-        )
+        let app: any AppListener
+        do {
+            app = try await AppServer.bind(
+                host: appHost,
+                port: appPort,
+                group: group,
+                configuration: proxy,
+                router: ClusterRouter(node: node, configuration: proxy),
+                upstreams: upstreams,
+                metrics: metrics,
+                logger: logger
+            )
+        } catch {
+            throw ListenError(
+                setting: "listen",
+                address: "\(HostAndPort(host: appHost, port: appPort))",
+                underlying: error
+            )
+        }
         dataPlane.app = app
         logger.info(
             "app listener started",
@@ -105,10 +126,18 @@ public final class RingsideServer: Service, Sendable {
             ]
         )
         defer { upstreams.shutdown() }
+        started.withLockedValue { $0 = .now() }
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await self.node.run() }
                 tasks.addTask { await self.performDrain() }
+                // Ends only when cancelled, once the node has stopped.
+                tasks.addTask {
+                    await withDiscardingTaskGroup { checks in
+                        checks.addTask { await self.backendHealth.run(logger: self.logger) }
+                        checks.addTask { await self.takePartWhenReady() }
+                    }
+                }
                 // The node stops last (after a drain, or when asked to); a drain that stops at once ends first.
                 try await tasks.next()
                 tasks.cancelAll()
@@ -126,12 +155,54 @@ public final class RingsideServer: Service, Sendable {
     /// The app listener's bound port, once it listens.
     public var appPortBound: Int? { dataPlane.app?.localAddress?.port }
 
-    /// Why the node is not ready for traffic because of its own life (a drain), or nil.
-    public var drainingReason: String? {
+    /// Why the node is not ready for traffic, or nil: a drain, the wait for its cluster (its seeds, the participants
+    /// it waits for), its backend.
+    public var notReadyReason: String? {
         switch drain.phase {
-        case .running: nil
-        case .draining: "the node is draining"
-        case .leaving, .stopped: "the node is leaving the cluster"
+        case .running: break
+        case .draining: return "the node is draining"
+        case .leaving, .stopped: return "the node is leaving the cluster"
+        }
+        return gateProblem ?? backendHealth.problem
+    }
+
+    /// What the readiness gate waits for, or nil once it has passed.
+    private var gateProblem: String? {
+        let waitedOut =
+            readiness.waitTimeout.map { timeout in
+                started.withLockedValue { $0 }.map { NIODeadline.now() - $0 >= TimeAmount(timeout) } ?? false
+            } ?? false
+        return ReadinessGate.problem(
+            seeds: node.configuration.seeds,
+            joined: node.hasJoined,
+            members: node.members.count { $0.status.isActive && ($0.state == .viewer || $0.state == .participant) },
+            waitForSize: readiness.waitForSize,
+            waitedOut: waitedOut
+        )
+    }
+
+    /// A node that starts as a viewer to take part later becomes a participant once the gate has passed and its
+    /// backend accepts connections.
+    private func takePartWhenReady() async {
+        guard readiness.participatesWhenReady else { return }
+        while !Task.isCancelled, drain.phase == .running, node.state == .viewer {
+            let running = node.members.contains { $0.name == node.configuration.nodeName }
+            if running, gateProblem == nil, backendHealth.problem == nil {
+                do {
+                    try await node.changeState(to: .participant)
+                    logger.info("taking part: this node owns keys from now on")
+                    return
+                } catch let error as ClusterError where error.code == .disseminationTimedOut {
+                    logger.notice(
+                        "became a participant without confirming that peers heard",
+                        metadata: ["ringside.error": "\(error)"]
+                    )
+                    return
+                } catch {
+                    logger.debug("cannot become a participant yet", metadata: ["ringside.error": "\(error)"])
+                }
+            }
+            try? await Task.sleep(for: .milliseconds(100))
         }
     }
 
@@ -262,5 +333,23 @@ private final class DataPlane: Sendable {
         let clusterCut = drain.inFlight[.cluster]
         await forwarded.close(deadline: AppServer.closingGrace(deadline, cut: clusterCut))
         state.withLockedValue { $0.cut = appCut + clusterCut }
+    }
+}
+
+/// A listener could not start: which setting names it, where, and why.
+public struct ListenError: Error, CustomStringConvertible {
+    /// The setting that gave the address (`listen`, `cluster-listen`, `admin-listen`).
+    public var setting: String
+    public var address: String
+    public var underlying: any Error
+
+    public init(setting: String, address: String, underlying: any Error) {
+        self.setting = setting
+        self.address = address
+        self.underlying = underlying
+    }
+
+    public var description: String {
+        "cannot listen on \(address) (\(setting)): \(ConnectionFailureText.reason(underlying))"
     }
 }

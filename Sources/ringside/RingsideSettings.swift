@@ -30,6 +30,14 @@ struct RingsideSettings {
     var headerReadTimeout: Duration
     var idleTimeout: Duration
     var drainTimeout: Duration
+    /// Participants a node waits to see before it is ready and takes part.
+    var waitForSize: Int
+    /// How long it waits for them (and its seeds) at most; nil: for good.
+    var waitTimeout: Duration?
+    /// Whether a participant takes part at once, not after the readiness gate and a healthy backend.
+    var participateImmediately: Bool
+    /// The path the backend's health check GETs; nil: a connect.
+    var backendHealthPath: String?
     var rejoinInterval: Duration
     var maxHeaderBytes: Int
     var maxBodyBytes: Int
@@ -68,7 +76,14 @@ struct RingsideSettings {
         ("connect-timeout", "2s", "How long to wait for a connection to the backend or a peer."),
         ("header-read-timeout", "10s", "How long a client may take to send a request head."),
         ("idle-timeout", "75s", "How long a keep-alive client connection may be idle."),
-        ("drain-timeout", "30s", "How long a leaving node waits for the news to spread."),
+        ("drain-timeout", "30s", "How long a drain waits for requests under way before it cuts them (exit 3)."),
+        ("wait-for-size", "1", "Members (this node included) a node waits to see before it is ready and takes part."),
+        ("wait-timeout", "0s", "How long it waits for them and for its seeds; 0s waits for good."),
+        (
+            "participate-immediately", "false",
+            "Own keys from the start, not once ready with a healthy backend (as a viewer until then)."
+        ),
+        ("backend-health-path", "", "A path the backend's health check GETs (below 500 is healthy); empty: a connect."),
         ("rejoin-interval", "30s", "How often seeds are resolved and joined again."),
         ("max-header-bytes", "64KiB", "The largest request head; larger ones get 431."),
         ("max-body-bytes", "1GiB", "The largest request body; larger ones get 413."),
@@ -250,6 +265,23 @@ struct RingsideSettings {
         headerReadTimeout = try duration("header-read-timeout")
         idleTimeout = try duration("idle-timeout")
         drainTimeout = try duration("drain-timeout")
+        guard let waitSize = Int(value("wait-for-size").0), (1...1000).contains(waitSize) else {
+            throw fail("wait-for-size", "is not a whole number from 1 to 1000")
+        }
+        waitForSize = waitSize
+        guard let wait = Self.parseDuration(value("wait-timeout").0), wait >= .zero else {
+            throw fail("wait-timeout", "is not a duration such as 0s, 30s or 5m")
+        }
+        waitTimeout = wait == .zero ? nil : wait
+        switch value("participate-immediately").0.lowercased() {
+        case "true", "yes", "on", "1": participateImmediately = true
+        case "false", "no", "off", "0": participateImmediately = false
+        default: throw fail("participate-immediately", "is not true or false")
+        }
+        let healthPath = value("backend-health-path").0
+        guard healthPath.isEmpty || (healthPath.hasPrefix("/") && !healthPath.contains(where: { $0.isWhitespace }))
+        else { throw fail("backend-health-path", "is not a path such as /healthz") }
+        backendHealthPath = healthPath.isEmpty ? nil : healthPath
         rejoinInterval = try duration("rejoin-interval")
         maxHeaderBytes = try size("max-header-bytes")
         maxBodyBytes = try size("max-body-bytes")

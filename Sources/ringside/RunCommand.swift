@@ -65,6 +65,14 @@ struct RunCommand: AsyncParsableCommand {
     var idleTimeout: String?
     @Option(parsing: .unconditional, help: "How long a drain waits for requests under way (default 30s).")
     var drainTimeout: String?
+    @Option(parsing: .unconditional, help: "Members to see before being ready and taking part (default 1).")
+    var waitForSize: String?
+    @Option(parsing: .unconditional, help: "How long to wait for them and for the seeds (default 0s: for good).")
+    var waitTimeout: String?
+    @Option(parsing: .unconditional, help: "Own keys from the start, not once ready (default false).")
+    var participateImmediately: String?
+    @Option(parsing: .unconditional, help: "A path the backend's health check GETs (default: a connect).")
+    var backendHealthPath: String?
     @Option(parsing: .unconditional, help: "How often seeds are joined again (default 30s).")
     var rejoinInterval: String?
     @Option(parsing: .unconditional, help: "Largest request head (default 64KiB).")
@@ -90,7 +98,8 @@ struct RunCommand: AsyncParsableCommand {
             ("header-read-timeout", headerReadTimeout), ("idle-timeout", idleTimeout), ("drain-timeout", drainTimeout),
             ("rejoin-interval", rejoinInterval), ("max-header-bytes", maxHeaderBytes), ("max-body-bytes", maxBodyBytes),
             ("node-header", nodeHeader), ("log-level", logLevel), ("event-loops", eventLoops),
-            ("app-io", appIO),
+            ("app-io", appIO), ("wait-for-size", waitForSize), ("wait-timeout", waitTimeout),
+            ("participate-immediately", participateImmediately), ("backend-health-path", backendHealthPath),
         ]
         return Dictionary(uniqueKeysWithValues: given.compactMap { key, value in value.map { (key, $0) } })
     }
@@ -125,7 +134,6 @@ struct RunCommand: AsyncParsableCommand {
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: settings.eventLoops)
         let server = makeServer(settings, group: group, logger: logger)
-        let health = BackendHealth(host: settings.backend.host, port: settings.backend.port)
         let admin: any Channel
         do {
             admin = try await AdminServer.bind(
@@ -135,20 +143,16 @@ struct RunCommand: AsyncParsableCommand {
                 node: server.node,
                 sources: AdminSources(
                     metricsText: { registry.emitToString() },
-                    notReadyReason: { server.drainingReason ?? health.problem },
+                    notReadyReason: { server.notReadyReason },
                     lookupReplicas: settings.replicas,
                     drain: server.drain
                 )
             )
         } catch {
-            logger.critical(
-                "cannot listen for the admin plane",
-                metadata: [
-                    "ringside.setting": "admin-listen", "ringside.address": "\(settings.adminListen)",
-                    "ringside.error": "\(error)",
-                ]
+            Self.cannotListen(
+                ListenError(setting: "admin-listen", address: "\(settings.adminListen)", underlying: error),
+                logger
             )
-            throw ExitCode(1)
         }
         logger.info(
             "admin listener started",
@@ -160,7 +164,6 @@ struct RunCommand: AsyncParsableCommand {
             configuration: .init(
                 services: [
                     .init(service: server, successTerminationBehavior: .gracefullyShutdownGroup),
-                    .init(service: health),
                     .init(service: SignalDrain(drain: server.drain, logger: logger)),
                 ],
                 logger: logger
@@ -169,8 +172,19 @@ struct RunCommand: AsyncParsableCommand {
         do {
             try await services.run()
         } catch {
-            logger.critical("ringside stopped", metadata: ["ringside.error": "\(error)"])
             try? await admin.close()
+            if let listen = error as? ListenError { Self.cannotListen(listen, logger) }
+            if let cluster = error as? ClusterError, cluster.code == .listenFailed {
+                Self.cannotListen(
+                    ListenError(
+                        setting: "cluster-listen",
+                        address: "\(settings.clusterListen)",
+                        underlying: cluster.underlying ?? cluster
+                    ),
+                    logger
+                )
+            }
+            logger.critical("ringside stopped", metadata: ["ringside.error": "\(error)"])
             throw ExitCode(1)
         }
         // A moment for `ringside drain` to read the final report before the admin plane goes.
@@ -180,13 +194,32 @@ struct RunCommand: AsyncParsableCommand {
         if exitCode != 0 { throw ExitCode(exitCode) }
     }
 
+    /// A listener that cannot start: logged naming the setting, exit status 1.
+    static func cannotListen(_ error: ListenError, _ logger: Logger) -> Never {
+        logger.critical(
+            "cannot listen",
+            metadata: [
+                "ringside.setting": "\(error.setting)", "ringside.address": "\(error.address)",
+                "ringside.error": "\(ConnectionFailureText.reason(error.underlying))",
+            ]
+        )
+        FileHandle.standardError.write(Data("ringside: \(error)\n".utf8))
+        Foundation.exit(1)
+    }
+
     static func makeServer(_ settings: RingsideSettings, group: any EventLoopGroup, logger: Logger) -> RingsideServer {
         var cluster = ClusterConfiguration(nodeName: settings.nodeName)
         cluster.clusterName = settings.clusterName
         cluster.listenAddress = settings.clusterListen.description
         cluster.advertiseAddress = settings.advertise
         cluster.seeds = settings.join
-        cluster.initialState = settings.role
+        // A participant starts as a viewer and takes part once ready (the gate, a healthy backend).
+        cluster.initialState = settings.participateImmediately ? settings.role : .viewer
+        var readiness = ReadinessConfiguration()
+        readiness.waitForSize = settings.waitForSize
+        readiness.waitTimeout = settings.waitTimeout
+        readiness.participatesWhenReady = settings.role == .participant && !settings.participateImmediately
+        readiness.backendHealthPath = settings.backendHealthPath
         cluster.sharding = settings.sharder
         cluster.rejoinInterval = settings.rejoinInterval
         var proxy = ProxyConfiguration(nodeName: settings.nodeName)
@@ -209,6 +242,7 @@ struct RunCommand: AsyncParsableCommand {
             backendHost: settings.backend.host,
             backendPort: settings.backend.port,
             backendSpeaksHTTP2: settings.backendSpeaksHTTP2,
+            readiness: readiness,
             group: group,
             logger: logger
         )
@@ -227,37 +261,6 @@ struct SignalDrain: Service {
                 logger.info("signal received", metadata: ["ringside.signal": "\(signal)"])
                 drain.signal("\(signal)")
             }
-        }
-    }
-}
-
-/// Checks every two seconds that the backend accepts connections; readiness fails while it does not.
-final class BackendHealth: Service, Sendable {
-    private let host: String
-    private let port: Int
-    private let state = NIOLockedValueBox<String?>("the backend has not been checked yet")
-
-    init(host: String, port: Int) {
-        self.host = host
-        self.port = port
-    }
-
-    /// Why the backend is not healthy, or nil.
-    var problem: String? { state.withLockedValue { $0 } }
-
-    func run() async throws {
-        while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            do {
-                let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                    .connectTimeout(.seconds(1))
-                    .connect(host: host, port: port)
-                    .get()
-                try? await channel.close()
-                state.withLockedValue { $0 = nil }
-            } catch {
-                state.withLockedValue { $0 = "the backend at \(host):\(port) does not accept connections" }
-            }
-            try? await Task.sleep(for: .seconds(2))
         }
     }
 }

@@ -218,3 +218,112 @@ final class KeyedLoad: Sendable {
         }
     }
 }
+
+@Suite("The readiness gate of ringside processes", .serialized)
+struct ReadinessGateProcessTests {
+    /// Starts one `ringside run` with `arguments` (ports chosen here), its log in a pipe.
+    func start(_ arguments: [String]) throws -> (process: Process, admin: Int, log: Pipe) {
+        let admin = freePort()
+        let process = Process()
+        process.executableURL = RingsideProcesses.binary
+        process.arguments =
+            [
+                "run", "--node-name", "alone", "--listen", "127.0.0.1:\(freePort())",
+                "--cluster-listen", "127.0.0.1:\(freePort())", "--admin-listen", "127.0.0.1:\(admin)",
+                "--backend", "http://127.0.0.1:\(freePort())", "--participate-immediately", "false",
+                "--rejoin-interval", "1s",
+            ] + arguments
+        let log = Pipe()
+        process.standardError = log
+        try process.run()
+        return (process, admin, log)
+    }
+
+    func readyz(_ admin: Int) -> TestResponse? {
+        parseResponse(rawExchange(port: admin, Array("GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n".utf8)).bytes)
+    }
+
+    @Test func aNodeWhoseSeedDoesNotResolveIsNeverReadyAndSaysWhy() async throws {
+        let backend = try await EchoBackend.start()
+        defer { backend.channel.close(promise: nil) }
+        let node = try start([
+            "--join", "nosuchhost.invalid:7401", "--wait-for-size", "2",
+            "--backend", "http://127.0.0.1:\(backend.port)",
+        ])
+        defer {
+            node.process.terminate()
+            node.process.waitUntilExit()
+        }
+        // Give it a few rejoin rounds.
+        let said = await eventually(timeout: .seconds(10)) {
+            String(decoding: readyz(node.admin)?.body ?? [], as: UTF8.self).contains("have not answered")
+        }
+        #expect(said)
+        let response = try #require(readyz(node.admin))
+        #expect(response.status == 503)
+        #expect(String(decoding: response.body, as: UTF8.self).contains("nosuchhost.invalid:7401"))
+        let state = rawExchange(port: node.admin, Array("GET /v1/state HTTP/1.1\r\nHost: a\r\n\r\n".utf8))
+        #expect(String(decoding: state.bytes, as: UTF8.self).contains("\"state\":\"viewer\""), "it owns nothing")
+        node.process.terminate()
+        node.process.waitUntilExit()
+        let log = String(decoding: node.log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(log.contains("the seeds have not answered"), "\(log)")
+    }
+
+    @Test func aNodeWaitsForTheSizeUntilItsWaitTimesOut() async throws {
+        let backend = try await EchoBackend.start()
+        defer { backend.channel.close(promise: nil) }
+        let node = try start([
+            "--wait-for-size", "3", "--wait-timeout", "2s", "--backend", "http://127.0.0.1:\(backend.port)",
+        ])
+        defer {
+            node.process.terminate()
+            node.process.waitUntilExit()
+        }
+        let waiting = await eventually(timeout: .seconds(5)) {
+            String(decoding: readyz(node.admin)?.body ?? [], as: UTF8.self).contains("1 of the 3 members")
+        }
+        #expect(waiting, "held out while it sees 1 of 3")
+        let ready = await eventually(timeout: .seconds(10)) { readyz(node.admin)?.status == 200 }
+        #expect(ready, "ready once the wait timed out")
+        let state = rawExchange(port: node.admin, Array("GET /v1/state HTTP/1.1\r\nHost: a\r\n\r\n".utf8))
+        #expect(String(decoding: state.bytes, as: UTF8.self).contains("\"state\":\"participant\""))
+    }
+
+    @Test func aNodeWithAnUnhealthyBackendIsNotReadyAndDoesNotTakePart() async throws {
+        // Nothing listens on the backend port.
+        let node = try start([])
+        defer {
+            node.process.terminate()
+            node.process.waitUntilExit()
+        }
+        let said = await eventually(timeout: .seconds(10)) {
+            String(decoding: readyz(node.admin)?.body ?? [], as: UTF8.self).contains("does not answer")
+        }
+        #expect(said)
+        let state = rawExchange(port: node.admin, Array("GET /v1/state HTTP/1.1\r\nHost: a\r\n\r\n".utf8))
+        #expect(String(decoding: state.bytes, as: UTF8.self).contains("\"state\":\"viewer\""))
+    }
+}
+
+@Suite("Listeners that cannot start")
+struct ListenFailureTests {
+    @Test(arguments: ["listen", "cluster-listen", "admin-listen"])
+    func aListenerThatCannotStartExitsOneNamingItsSetting(setting: String) async throws {
+        // Something holds the port already.
+        let taken = try await EchoBackend.start()
+        defer { taken.channel.close(promise: nil) }
+        var addresses = [
+            "listen": "127.0.0.1:\(freePort())", "cluster-listen": "127.0.0.1:\(freePort())",
+            "admin-listen": "127.0.0.1:\(freePort())",
+        ]
+        addresses[setting] = "127.0.0.1:\(taken.port)"
+        let result = try ProcessTests.runRingside(
+            ["run", "--node-name", "n", "--backend", "http://127.0.0.1:\(freePort())"]
+                + addresses.sorted { $0.key < $1.key }.flatMap { ["--\($0.key)", $0.value] }
+        )
+        #expect(result.status == 1)
+        #expect(result.errors.contains("cannot listen on 127.0.0.1:\(taken.port) (\(setting))"), "\(result.errors)")
+        #expect(result.errors.contains("Address already in use"), "\(result.errors)")
+    }
+}

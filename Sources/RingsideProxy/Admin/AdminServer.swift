@@ -172,13 +172,15 @@ public enum AdminServer {
         }
     }
 
-    /// Why the node is not ready: not running, no owner in the view, or what `sources` says.
+    /// Why the node is not ready: not running, what `sources` says (a drain, the wait for the cluster, the backend),
+    /// or no owner in the view.
     static func readiness(node: ClusterNode, sources: AdminSources) -> String? {
         guard node.members.contains(where: { $0.name == node.configuration.nodeName }) else {
             return "the cluster node is not running"
         }
+        if let reason = sources.notReadyReason() { return reason }
         guard node.sharder.eligibleCount(for: .readWrite) > 0 else { return "no participant owns keys yet" }
-        return sources.notReadyReason()
+        return nil
     }
 
     /// A drain's progress as `GET /v1/drain` shows it.
