@@ -8,7 +8,7 @@ struct RingsideBench: AsyncParsableCommand {
         discussion: "Build in release mode first: swift run -c release ringside-bench <benchmark> [--json]",
         subcommands: [
             ShardingBenchmark.self, GossipBenchmark.self, GossipLiveBenchmark.self, GossipNodeCommand.self,
-            ProxyBenchmark.self,
+            ProxyBenchmark.self, DrainBenchmark.self,
         ]
     )
 }

@@ -141,7 +141,7 @@ struct DrainTests {
                 }
             )
         ) { cluster in
-            let load = KeyedLoad(entries: cluster.nodes.map(\.app))
+            let load = KeyedLoad(entries: cluster.nodes.map(\.app), keys: 200)
             let workers = (0..<4).map { _ in Thread { load.run() } }
             for worker in workers { worker.start() }
             defer { load.stop() }
@@ -165,54 +165,6 @@ struct DrainTests {
                 let owner = cluster.owner(of: key, askingNode: cluster.nodes[0])
                 for node in cluster.nodes {
                     #expect(cluster.get("/check", key: key, through: node)?.header("x-ringside-node") == owner)
-                }
-            }
-        }
-    }
-}
-
-/// Keyed GETs sent without pause by several threads, each to an entry node picked in turn, every answer checked.
-final class KeyedLoad: Sendable {
-    struct Outcome: Sendable {
-        var answered = 0
-        var failures: [String] = []
-        var stopped = false
-        var entries: [Int]
-    }
-
-    private let state: NIOLockedValueBox<Outcome>
-
-    init(entries: [Int]) { state = NIOLockedValueBox(Outcome(entries: entries)) }
-
-    func add(_ port: Int) { state.withLockedValue { $0.entries.append(port) } }
-
-    func remove(_ port: Int) { state.withLockedValue { $0.entries.removeAll { $0 == port } } }
-
-    @discardableResult
-    func stop() -> Outcome {
-        state.withLockedValue {
-            $0.stopped = true
-            return $0
-        }
-    }
-
-    func run() {
-        var number = 0
-        while true {
-            number += 1
-            let (stopped, entries) = state.withLockedValue { ($0.stopped, $0.entries) }
-            if stopped { return }
-            guard let port = entries.randomElement() else { continue }
-            let key = "key-\(Int.random(in: 0..<200))"
-            let raw = rawExchange(port: port, keyedRequest("/load/\(number)", key: key), timeout: .seconds(10))
-            let response = parseResponse(raw.bytes)
-            state.withLockedValue { outcome in
-                if response?.status == 200, response?.header("x-echo-uri") == "/load/\(number)" {
-                    outcome.answered += 1
-                } else if !outcome.stopped {
-                    outcome.failures.append(
-                        "port \(port) key \(key): \(response.map { "\($0.status)" } ?? "no answer, \(raw.bytes.count) bytes")"
-                    )
                 }
             }
         }
