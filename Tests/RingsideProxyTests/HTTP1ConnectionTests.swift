@@ -254,6 +254,24 @@ struct HTTP1ConnectionTests {
         #expect(!sent[0].lowercased().contains("expect"))
     }
 
+    @Test func interimResponsesReachHTTP11ClientsButNeverHTTP10Ones() {
+        let interimThenOK = "HTTP/1.1 103 Early Hints\nLink: </s.css>\n\n" + Self.ok
+        var modern = EngineHarness()
+        _ = modern.client("GET / HTTP/1.1\nHost: a\n\n")
+        _ = modern.connected()
+        let toModern = modern.upstream(interimThenOK)
+        #expect(toModern.first?.hasPrefix("client HTTP/1.1 103 Early Hints\r\n") == true)
+        #expect(toModern.contains { $0.hasPrefix("client HTTP/1.1 200 OK") })
+
+        // RFC 9110 §15.2: a server must not send a 1xx to an HTTP/1.0 client.
+        var old = EngineHarness()
+        _ = old.client("GET / HTTP/1.0\n\n")
+        _ = old.connected()
+        let toOld = old.upstream(interimThenOK)
+        #expect(!toOld.contains { $0.contains(" 103 ") }, "\(toOld)")
+        #expect(toOld.contains { $0.hasPrefix("client HTTP/1.1 200 OK") })
+    }
+
     @Test func anUpgradeTunnelsAfterA101AndAnyOtherAnswerIsAResponse() {
         var harness = EngineHarness()
         let upgrade = "GET /ws HTTP/1.1\nHost: a\nConnection: Upgrade\nUpgrade: websocket\n\n"

@@ -130,6 +130,8 @@ struct HTTP1ParsingTests {
     @Test func extensionsAndTrailerFieldsAreTaken() {
         for text in [
             "5;a=b\r\nhello\r\n0\r\n\r\n", "5\r\nhello\r\n0\r\nX-T: v\r\nY:\r\n\r\n", "0;q=\"a b\"\r\n\r\n",
+            // Names that only begin like a forbidden one.
+            "0\r\nContent-Lengths: 5\r\nHosts: a\r\nX-Content-Length-And-A-Very-Long-Name: 1\r\n\r\n",
         ] {
             var framing = ChunkedFraming()
             let result = Array(text.utf8).withUnsafeBytes { framing.consume($0) }
@@ -146,6 +148,9 @@ struct HTTP1ParsingTests {
             "5 5\r\n", "5 ;a=b\r\n", "5\t\r\n", "5;a=\u{1}\r\n", "0\r\nbroken\r\n\r\n", "0\r\nGET / HTTP/1.1\r\n",
             "0\r\nX-A: b\r\n c\r\n",
             "0\r\n: v\r\n\r\n", "0\r\nX-A: \u{0}\r\n\r\n", ";x\r\n",
+            // Fields that frame or route a message, which a recipient merging trailers would act on.
+            "0\r\nContent-Length: 5\r\n\r\n", "0\r\ntransfer-ENCODING: chunked\r\n\r\n", "0\r\nHost: evil\r\n\r\n",
+            "0\r\nX-T: v\r\nConnection: close\r\n\r\n", "0\r\nTrailer: X\r\n\r\n",
         ] {
             var framing = ChunkedFraming()
             #expect(Array(text.utf8).withUnsafeBytes { framing.consume($0) } == nil, "\(text.debugDescription)")

@@ -13,6 +13,7 @@ final class Exchange {
     let clientKeepAlive: Bool
     let upgrade: Bool
     let upstreamKeepAlive: Bool
+    let takesInterimResponses: Bool
     let started: NIODeadline
     let deadline: NIODeadline
     /// Counts the request as under way until the exchange is over (``InFlightRequests``).
@@ -66,6 +67,7 @@ final class Exchange {
         clientKeepAlive = plan.clientKeepAlive
         upgrade = plan.upgrade
         upstreamKeepAlive = plan.upstreamKeepAlive
+        takesInterimResponses = plan.takesInterimResponses
         switch plan.body {
         case .length(let length): framing = length > 0 ? .length(remaining: length) : .ended
         case .chunked: framing = .chunked(ChunkedFraming())

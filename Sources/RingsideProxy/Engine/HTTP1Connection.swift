@@ -357,6 +357,8 @@ package struct HTTP1Connection {
         {
             switch event {
             case .interim(let head, let facts):
+                // An HTTP/1.0 client is never sent a 1xx (RFC 9110 §15.2): it is dropped, the final response follows.
+                guard exchange.takesInterimResponses else { break }
                 emit(
                     .writeClient(
                         rewriter.response(

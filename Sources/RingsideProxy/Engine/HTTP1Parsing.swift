@@ -343,7 +343,9 @@ enum HTTP1Parsing {
 /// extensions, data, and the trailer section. What it passes on, a strict parser reads the same way: a size is hex
 /// digits, then extensions (visible characters) or the CRLF, no whitespace between (RFC 9112 allows some; strict
 /// servers such as h11 do not, so none is passed on); a trailer line is a field
-/// (a token, a colon, a value without control characters), never folded.
+/// (a token, a colon, a value without control characters), never folded, and never one that frames or routes a message
+/// (`Content-Length`, `Transfer-Encoding`, `Host`, `Trailer`, or a hop-by-hop field), which RFC 9110 §6.5.1 keeps out
+/// of trailers and a recipient that merges trailers into the head would act on.
 struct ChunkedFraming {
     private enum State {
         case size
@@ -364,6 +366,14 @@ struct ChunkedFraming {
     private var state = State.size
     private var size = 0
     private var digits = 0
+    /// The trailer field name being read, in lowercase (trailers are rare: nothing is allocated without them).
+    private var trailerName: [UInt8] = []
+
+    /// Names a trailer section may not carry.
+    private static let forbiddenTrailers: [[UInt8]] = [
+        "content-length", "transfer-encoding", "host", "trailer", "connection", "keep-alive", "proxy-connection",
+        "te", "upgrade",
+    ].map { Array($0.utf8) }
 
     /// A part of the body that a reader taking it apart wants (the HTTP/2 bridge): chunk data, or trailer-section
     /// bytes (field lines and the final CRLF), as ranges of the bytes given to ``consume(_:pieces:)``.
@@ -441,13 +451,18 @@ struct ChunkedFraming {
                     state = .finalLF
                 } else {
                     guard HTTP1Parsing.isToken(byte) else { return nil }
+                    trailerName.removeAll(keepingCapacity: true)
+                    trailerName.append(HTTP1Parsing.lowercased(byte))
                     state = .trailerName
                 }
             case .trailerName:
                 if byte == UInt8(ascii: ":") {
+                    if Self.forbiddenTrailers.contains(trailerName) { return nil }
                     state = .trailerValue
                 } else if !HTTP1Parsing.isToken(byte) {
                     return nil
+                } else if trailerName.count < 24 {
+                    trailerName.append(HTTP1Parsing.lowercased(byte))
                 }
             case .trailerValue:
                 if byte == HTTP1Parsing.cr {

@@ -37,6 +37,8 @@ struct RequestPlan {
     var upgrade: Bool
     /// The upstream's connection cannot carry another request after this one (an HTTP/1.0 request).
     var upstreamKeepAlive: Bool
+    /// The client may be sent 1xx responses: not an HTTP/1.0 client (RFC 9110 §15.2).
+    var takesInterimResponses: Bool
     /// The time the request may take: this node's limit, or less if the node that forwarded it has less left.
     var budget: TimeAmount
 }
@@ -354,6 +356,7 @@ struct HeadRewriter {
                 expectsContinue: expectContinue && !http10,
                 upgrade: upgrade,
                 upstreamKeepAlive: !http10,
+                takesInterimResponses: !http10,
                 budget: budget
             )
         )
