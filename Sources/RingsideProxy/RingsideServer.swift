@@ -208,18 +208,21 @@ public final class RingsideServer: Service, Sendable {
 
     // MARK: Draining
 
-    /// Performs the drain's decisions until the node has stopped.
+    /// Performs the drain's decisions until the node has stopped; a second signal (stop now) overtakes a drain under
+    /// way.
     private func performDrain() async {
-        for await action in drain.decisions {
-            switch action {
-            case .beginDrain:
-                await drainThenLeave()
-                return
-            case .stopNow:
-                await stopNow()
-                return
-            case .leave:
-                break
+        await withTaskGroup(of: Void.self) { work in
+            for await action in drain.decisions {
+                switch action {
+                case .beginDrain:
+                    work.addTask { await self.drainThenLeave() }
+                case .stopNow:
+                    work.cancelAll()
+                    await stopNow()
+                    return
+                case .leave:
+                    break
+                }
             }
         }
     }
@@ -257,12 +260,14 @@ public final class RingsideServer: Service, Sendable {
         }
         // Leaves, then (``DataPlane/close()``) closes the app listener and waits for the cluster port's requests, then
         // closes the port.
+        let tunnels = metrics.inFlight.tunnels
         await node.stop()
-        drain.stopped(cut: dataPlane.cut)
+        drain.stopped(cut: dataPlane.cut, tunnelsClosed: tunnels)
         let end = drain.progress
         let metadata: Logger.Metadata = [
             "ringside.finished": "\(end.finished)",
             "ringside.cut": "\(end.cut)",
+            "ringside.tunnels_closed": "\(end.tunnelsClosed)",
             "ringside.seconds": "\(Double(Int(end.elapsedSeconds * 1000)) / 1000)",
         ]
         if end.cut > 0 {

@@ -110,10 +110,9 @@ struct DrainCommand: AsyncParsableCommand {
         do {
             let answer = try await AdminClient.get(path, host: target.host, port: target.port, method: .POST)
             guard answer.status == 202, let progress = Self.decode(answer.body) else {
+                let body = answer.body.trimmingCharacters(in: .whitespacesAndNewlines)
                 FileHandle.standardError.write(
-                    Data(
-                        "ringside: the admin plane at \(options.address) answered \(answer.status): \(answer.body)".utf8
-                    )
+                    Data("ringside: the admin plane at \(options.address) answered \(answer.status): \(body)\n".utf8)
                 )
                 throw ExitCode(1)
             }
@@ -128,18 +127,36 @@ struct DrainCommand: AsyncParsableCommand {
             )
             throw ExitCode(1)
         }
-        // The node answers until it exits; then its admin port refuses.
+        if last.elapsedSeconds > 0.5 {
+            FileHandle.standardError.write(
+                Data(
+                    "ringside: a drain was under way already (started by \(last.trigger ?? "?")); it goes on as it began\n"
+                        .utf8
+                )
+            )
+        }
+        // The node answers until it exits (it reports `stopped` for a moment first); then its admin port refuses. Other
+        // failures (a slow answer) are polled again.
         let limit = Duration.seconds(last.timeoutSeconds ?? 30) + .seconds(30)
         var exited = false
+        var refusedSince: ContinuousClock.Instant?
         while ContinuousClock.now - started < limit {
             do {
                 let answer = try await AdminClient.get("/v1/drain", host: target.host, port: target.port)
                 if let progress = Self.decode(answer.body) { last = progress }
+                refusedSince = nil
+            } catch  where Self.isRefused(error) {
+                // Gone: after its last report, or (a report missed) once it has refused for a second.
+                let since = refusedSince ?? ContinuousClock.now
+                refusedSince = since
+                if last.state == "stopped" || ContinuousClock.now - since > .seconds(1) {
+                    exited = true
+                    break
+                }
             } catch {
-                exited = true
-                break
+                refusedSince = nil
             }
-            try await Task.sleep(for: .milliseconds(100))
+            try await Task.sleep(for: .milliseconds(50))
         }
         if json {
             let encoder = JSONEncoder()
@@ -149,6 +166,7 @@ struct DrainCommand: AsyncParsableCommand {
             let seconds = Double(Int(last.elapsedSeconds * 100)) / 100
             print(
                 "drained in \(seconds) s: \(last.finished) requests finished, \(last.cut) cut"
+                    + (last.tunnelsClosed > 0 ? ", \(last.tunnelsClosed) tunnels closed" : "")
                     + (last.timedOut ? " (the timeout passed)" : "") + (exited ? "; the node has exited" : "")
             )
         }
@@ -156,7 +174,21 @@ struct DrainCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("ringside: the node did not exit within \(limit)\n".utf8))
             throw ExitCode(1)
         }
+        guard last.state == "stopped" else {
+            FileHandle.standardError.write(
+                Data(
+                    "ringside: the node exited before its last report (it was \(last.state)); what it cut is unknown\n"
+                        .utf8
+                )
+            )
+            throw ExitCode(1)
+        }
         if last.cut > 0 { throw ExitCode(3) }
+    }
+
+    /// Whether `error` says nothing listens at the address any more.
+    private static func isRefused(_ error: any Error) -> Bool {
+        AdminClient.reason(error).lowercased().contains("refused")
     }
 
     private static func decode(_ body: String) -> DrainProgress? {

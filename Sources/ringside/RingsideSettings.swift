@@ -265,6 +265,7 @@ struct RingsideSettings {
         headerReadTimeout = try duration("header-read-timeout")
         idleTimeout = try duration("idle-timeout")
         drainTimeout = try duration("drain-timeout")
+        guard drainTimeout <= .seconds(86_400) else { throw fail("drain-timeout", "is longer than a day") }
         guard let waitSize = Int(value("wait-for-size").0), (1...1000).contains(waitSize) else {
             throw fail("wait-for-size", "is not a whole number from 1 to 1000")
         }

@@ -259,7 +259,14 @@ struct SignalDrain: Service {
         await cancelWhenGracefulShutdown {
             for await signal in signals {
                 logger.info("signal received", metadata: ["ringside.signal": "\(signal)"])
-                drain.signal("\(signal)")
+                if drain.signal("\(signal)") {
+                    let cut = drain.progress.cut
+                    logger.warning(
+                        "a second signal during the drain: stopping at once, cutting the requests under way",
+                        metadata: ["ringside.cut": "\(cut)"]
+                    )
+                    Foundation.exit(drain.exitCode)
+                }
             }
         }
     }

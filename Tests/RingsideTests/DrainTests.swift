@@ -98,7 +98,7 @@ struct DrainTests {
             }
             let result = try #require(drain)
             #expect(result.status == 3, "\(result.output) \(result.errors)")
-            #expect(result.output.contains("1 cut"), "\(result.output)")
+            #expect(result.output.contains("0 requests finished, 1 cut"), "\(result.output)")
             #expect(result.output.contains("the node has exited"), "\(result.output)")
             #expect(await eventually(timeout: .seconds(5)) { !node.process.isRunning })
             #expect(node.process.terminationStatus == 3)
@@ -126,6 +126,69 @@ struct DrainTests {
             let again = try ProcessTests.runRingside(["drain", "--admin", "127.0.0.1:\(node.admin)"])
             #expect(again.status == 1)
             #expect(again.errors.contains("cannot reach the admin plane"), "\(again.errors)")
+        }
+    }
+
+    @Test func aSecondSignalDuringTheDrainStopsAtOnce() async throws {
+        try await withProcesses(1) { cluster in
+            let node = cluster.nodes[0]
+            async let slow = onThread {
+                rawExchange(port: node.app, keyedRequest("/delay/8000", key: "k"), timeout: .seconds(10))
+            }
+            #expect(
+                await eventually(timeout: .seconds(5)) {
+                    cluster.admin(node, "/v1/drain")?.contains("\"app_http1\":1") == true
+                }
+            )
+            cluster.signal(node, SIGTERM)
+            #expect(
+                await eventually(timeout: .seconds(5)) {
+                    cluster.admin(node, "/v1/drain")?.contains("\"state\":\"draining\"") == true
+                }
+            )
+            let second = ContinuousClock.now
+            cluster.signal(node, SIGTERM)
+            #expect(await eventually(timeout: .seconds(3)) { !node.process.isRunning }, "it stops at once")
+            #expect(ContinuousClock.now - second < .seconds(2))
+            #expect(node.process.terminationStatus == 3, "a request was cut")
+            _ = await slow
+        }
+    }
+
+    @Test func neitherAHalfSentHeadNorAnOpenTunnelHoldsTheDrain() async throws {
+        let webSocket = try await WebSocketEchoBackend.start()
+        defer { webSocket.channel.close(promise: nil) }
+        try await withProcesses(1, extraArguments: [0: ["--backend", "http://127.0.0.1:\(webSocket.port)"]]) {
+            cluster in
+            let node = cluster.nodes[0]
+            // A slow client's head, half sent, and a WebSocket tunnel, both open when the drain begins.
+            let slowloris = try #require(connectLoopback(port: node.app))
+            defer { close(slowloris) }
+            sendAll(slowloris, Array("GET /slow HTTP/1.1\r\nHost: app\r\nX-Sh".utf8))
+            let tunnel = try #require(connectLoopback(port: node.app))
+            defer { close(tunnel) }
+            sendAll(
+                tunnel,
+                Array(
+                    ("GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                        + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").utf8
+                )
+            )
+            var answer: [UInt8] = []
+            receive(tunnel, into: &answer) { String(decoding: $0, as: UTF8.self).contains("\r\n\r\n") }
+            #expect(String(decoding: answer, as: UTF8.self).hasPrefix("HTTP/1.1 101"))
+            #expect(cluster.admin(node, "/v1/drain")?.contains("\"tunnels\":1") == true)
+            let started = ContinuousClock.now
+            let result = try #require(
+                await onThread {
+                    try? ProcessTests.runRingside(["drain", "--admin", "127.0.0.1:\(node.admin)", "--json"])
+                }
+            )
+            #expect(result.status == 0, "\(result.output) \(result.errors)")
+            #expect(result.output.contains("\"tunnels_closed\":1"), "\(result.output)")
+            #expect(ContinuousClock.now - started < .seconds(8), "the default 30 s drain timeout was not waited out")
+            #expect(await eventually(timeout: .seconds(5)) { !node.process.isRunning })
+            #expect(node.process.terminationStatus == 0)
         }
     }
 

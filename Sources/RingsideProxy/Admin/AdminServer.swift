@@ -152,8 +152,11 @@ public enum AdminServer {
             guard method == .POST else { return (.ok, json, progressJSON(drain.progress)) }
             var timeout: Duration?
             if let text = query["timeout_ms"] {
-                guard let milliseconds = Int64(text), milliseconds > 0 else {
-                    return (.badRequest, json, error("timeout_ms must be a positive whole number, not \"\(text)\""))
+                guard let milliseconds = Int64(text), (1...86_400_000).contains(milliseconds) else {
+                    return (
+                        .badRequest, json,
+                        error("timeout_ms must be a whole number from 1 to 86400000 (a day), not \"\(text)\"")
+                    )
                 }
                 timeout = .milliseconds(milliseconds)
             }
@@ -194,8 +197,10 @@ public enum AdminServer {
                 "in_flight",
                 JSONWriter.object(progress.inFlight.sorted { $0.key < $1.key }.map { ($0.key, String($0.value)) })
             ),
+            ("tunnels", String(progress.tunnels)),
             ("finished", String(progress.finished)),
             ("cut", String(progress.cut)),
+            ("tunnels_closed", String(progress.tunnelsClosed)),
             ("timed_out", progress.timedOut ? "true" : "false"),
         ]) + "\n"
     }

@@ -39,8 +39,8 @@ package struct HTTP1Connection {
         case idle
         /// A request under way.
         case exchange(Exchange)
-        /// Switched protocols: bytes pass both ways as they come.
-        case tunnel
+        /// Switched protocols: bytes pass both ways as they come (counted while open).
+        case tunnel(OpenTunnel)
         /// Done: what was queued for the client goes out, nothing more comes in.
         case closing
     }
@@ -167,11 +167,20 @@ package struct HTTP1Connection {
 
     /// Starts draining: every response from now on says `Connection: close` and the connection closes after it; an
     /// idle keep-alive connection closes now. A connection that has not begun a request yet (it may have been opened
-    /// for one that is on its way, as a client told to close does for its next request) is given that one request,
-    /// unless `closingUnused` (the listener is closing).
+    /// for one that is on its way, as a client told to close does for its next request) is given that one request.
+    /// When the listener closes (`closingUnused`, once no request is under way), every connection without a request
+    /// under way closes: unused ones, those with only part of a head (not a request yet), and tunnels after an upgrade,
+    /// which no HTTP means can drain.
     package mutating func drain(now: NIODeadline, closingUnused: Bool = false) {
         draining = true
-        if isIdle, requestsBegun > 0 || closingUnused { close() }
+        switch state {
+        case .idle where closingUnused || (isIdle && requestsBegun > 0):
+            close()
+        case .tunnel where closingUnused:
+            close()
+        default:
+            break
+        }
     }
 
     /// Checks the connection's deadlines, as the driver does every ``RelaySettings/checkInterval``.
@@ -428,7 +437,7 @@ package struct HTTP1Connection {
             upgraded: true
         )
         framer.reset()
-        state = .tunnel
+        state = .tunnel(OpenTunnel(settings.metrics.inFlight))
         emit(.writeClient(head))
         if let body { emit(.writeClient(body)) }
         if rest.readableBytes > 0 { emit(.writeClient(rest)) }
@@ -567,4 +576,16 @@ package struct HTTP1Connection {
         dropUpstream(reusable: isKept)
         emit(.closeClient)
     }
+}
+
+/// An upgraded connection, counted in ``InFlightRequests/tunnels`` for as long as the engine holds it.
+final class OpenTunnel {
+    private let inFlight: InFlightRequests
+
+    init(_ inFlight: InFlightRequests) {
+        self.inFlight = inFlight
+        inFlight.tunnelOpened()
+    }
+
+    deinit { inFlight.tunnelClosed() }
 }

@@ -27,6 +27,7 @@ public final class InFlightRequests: Sendable {
 
     private let counts = (0..<Entry.allCases.count).map { _ in ManagedAtomic<Int>(0) }
     private let ends = ManagedAtomic<Int>(0)
+    private let openTunnels = ManagedAtomic<Int>(0)
 
     public init() {}
 
@@ -36,6 +37,14 @@ public final class InFlightRequests: Sendable {
         counts[entry.rawValue].wrappingDecrement(ordering: .relaxed)
         ends.wrappingIncrement(ordering: .relaxed)
     }
+
+    func tunnelOpened() { openTunnels.wrappingIncrement(ordering: .relaxed) }
+
+    func tunnelClosed() { openTunnels.wrappingDecrement(ordering: .relaxed) }
+
+    /// Upgraded connections (WebSocket tunnels) open on the app plane and the cluster port: not requests, so a drain
+    /// does not wait for them; the listeners' close ends them.
+    public var tunnels: Int { openTunnels.load(ordering: .relaxed) }
 
     /// Requests over (answered, refused after routing, or given up) since the node started.
     public var finished: Int { ends.load(ordering: .relaxed) }

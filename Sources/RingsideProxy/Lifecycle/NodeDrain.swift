@@ -8,6 +8,7 @@ public final class NodeDrain: Sendable {
     private struct State {
         var lifecycle = DrainLifecycle()
         var finishedAtStart = 0
+        var tunnelsClosed = 0
         var waiters: [CheckedContinuation<Void, Never>] = []
     }
 
@@ -37,8 +38,10 @@ public final class NodeDrain: Sendable {
         return progress
     }
 
-    /// SIGTERM or SIGINT: the first drains, a second one during the drain stops at once.
-    public func signal(_ name: String) {
+    /// SIGTERM or SIGINT: the first drains, a second one during the drain stops at once; true then (the process exits
+    /// without waiting).
+    @discardableResult
+    public func signal(_ name: String) -> Bool {
         let finished = inFlight.finished
         let total = inFlight.total
         let action = state.withLockedValue { state in
@@ -47,9 +50,12 @@ public final class NodeDrain: Sendable {
             if wasRunning, action != nil { state.finishedAtStart = finished }
             return action
         }
-        guard let action else { return }
+        guard let action else { return false }
         continuation.yield(action)
-        if action == .stopNow { resumeWaiters() }
+        guard action == .stopNow else { return false }
+        continuation.finish()
+        resumeWaiters()
+        return true
     }
 
     /// Where the drain is.
@@ -74,8 +80,11 @@ public final class NodeDrain: Sendable {
                     lifecycle.started.map { Double((deadline - $0).nanoseconds) / 1e9 }
                 },
                 inFlight: counts,
-                finished: lifecycle.started == nil ? 0 : finished - state.finishedAtStart,
+                tunnels: inFlight.tunnels,
+                // The requests cut ended too; they are not among those finished.
+                finished: lifecycle.started == nil ? 0 : max(0, finished - state.finishedAtStart - lifecycle.cut),
                 cut: lifecycle.cut,
+                tunnelsClosed: state.tunnelsClosed,
                 timedOut: lifecycle.timedOut
             )
         }
@@ -108,8 +117,12 @@ public final class NodeDrain: Sendable {
         return state.withLockedValue { $0.lifecycle.check(inFlight: total, now: .now()) }
     }
 
-    func stopped(cut: Int) {
-        state.withLockedValue { $0.lifecycle.stopped(cut: cut, now: .now()) }
+    func stopped(cut: Int, tunnelsClosed: Int) {
+        state.withLockedValue {
+            $0.lifecycle.stopped(cut: cut, now: .now())
+            $0.tunnelsClosed = tunnelsClosed
+        }
+        continuation.finish()
         resumeWaiters()
     }
 
@@ -132,15 +145,20 @@ public struct DrainProgress: Sendable, Codable, Equatable {
     public var timeoutSeconds: Double?
     /// Requests under way, by where they came in (`app_http1`, `app_http2`, `cluster`).
     public var inFlight: [String: Int]
+    /// Upgraded connections (tunnels) open: not requests; the listeners' close ends them.
+    public var tunnels: Int
     /// Requests finished since the drain began.
     public var finished: Int
     /// Requests cut: under way when the listeners closed at the deadline, or when a second signal came.
     public var cut: Int
+    /// Tunnels that were still open when the listeners closed.
+    public var tunnelsClosed: Int
     public var timedOut: Bool
 
     enum CodingKeys: String, CodingKey {
-        case state, trigger, finished, cut
+        case state, trigger, finished, cut, tunnels
         case elapsedSeconds = "elapsed_seconds"
+        case tunnelsClosed = "tunnels_closed"
         case timeoutSeconds = "timeout_seconds"
         case inFlight = "in_flight"
         case timedOut = "timed_out"
