@@ -175,6 +175,24 @@ enum HTTP1Parsing {
         }
     }
 
+    /// Methods that can be sent twice with the effect of once (RFC 9110 §9.2.2), by name as it came on the wire.
+    static func isIdempotent(_ method: UnsafeRawBufferPointer) -> Bool {
+        switch method.count {
+        case 3: has(method, at: 0, "GET") || has(method, at: 0, "PUT")
+        case 4: has(method, at: 0, "HEAD")
+        case 5: has(method, at: 0, "TRACE")
+        case 6: has(method, at: 0, "DELETE")
+        case 7: has(method, at: 0, "OPTIONS")
+        default: false
+        }
+    }
+
+    /// The same, for a parsed method.
+    static func isIdempotent(_ method: String) -> Bool {
+        var name = method
+        return name.withUTF8 { isIdempotent(UnsafeRawBufferPointer($0)) }
+    }
+
     /// A `tchar` of RFC 9110 §5.6.2: letters, digits and ``!#$%&'*+-.^_`|~``.
     @inline(__always)
     static func isToken(_ byte: UInt8) -> Bool {

@@ -349,7 +349,7 @@ struct HeadRewriter {
             RequestPlan(
                 routes: routes,
                 head: head,
-                idempotent: ProxyHandler.isIdempotent(method),
+                idempotent: HTTP1Parsing.isIdempotent(method),
                 expectsBody: !isHead,
                 clientKeepAlive: clientKeepAlive,
                 body: body,

@@ -104,7 +104,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
         func retriesOnFreshConnection() -> Bool {
             freshRetry.allows(
                 reusedConnection: lease?.reused == true,
-                idempotent: ProxyHandler.isIdempotent(head.method),
+                idempotent: HTTP1Parsing.isIdempotent(head.method.rawValue),
                 canReplay: canReplay
             )
         }
@@ -418,7 +418,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
         if !exchange.responseStarted {
             router.upstreamFailed(exchange.route, error: error)
             // Idempotent requests may go to the next owner even though the first may have seen them.
-            if Self.isIdempotent(exchange.head.method) {
+            if HTTP1Parsing.isIdempotent(exchange.head.method.rawValue) {
                 tryNextRoute(exchange, reason: "the upstream closed before answering")
             } else {
                 fail(exchange, status: .badGateway, message: "the upstream closed before answering")
@@ -559,24 +559,4 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
     // MARK: Backpressure
 
     func read(context: ChannelHandlerContext) { gatedRead(context: context) }
-}
-
-extension ProxyHandler {
-    /// Methods that can be sent twice with the effect of once (RFC 9110 §9.2.2).
-    static func isIdempotent(_ method: HTTPMethod) -> Bool {
-        var name = method.rawValue
-        return name.withUTF8 { isIdempotent(UnsafeRawBufferPointer($0)) }
-    }
-
-    /// The same, for a method's name as it came on the wire.
-    static func isIdempotent(_ method: UnsafeRawBufferPointer) -> Bool {
-        switch method.count {
-        case 3: HTTP1Parsing.has(method, at: 0, "GET") || HTTP1Parsing.has(method, at: 0, "PUT")
-        case 4: HTTP1Parsing.has(method, at: 0, "HEAD")
-        case 5: HTTP1Parsing.has(method, at: 0, "TRACE")
-        case 6: HTTP1Parsing.has(method, at: 0, "DELETE")
-        case 7: HTTP1Parsing.has(method, at: 0, "OPTIONS")
-        default: false
-        }
-    }
 }
