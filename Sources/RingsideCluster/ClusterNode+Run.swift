@@ -13,7 +13,7 @@ extension ClusterNode {
     /// cancelled, or (in a `ServiceGroup`) a graceful shutdown begins. Then it leaves the cluster: announces the
     /// departure, waits (at most `disseminationTimeout`) until it has gone out, and closes its connections.
     public func run() async throws {
-        let listener: GossipListener
+        let listener: any ClusterListener
         let advertised: String
         do {
             (listener, advertised) = try await bind()
@@ -79,7 +79,7 @@ extension ClusterNode {
 
     // MARK: Running
 
-    func bind() async throws -> (GossipListener, String) {
+    func bind() async throws -> (any ClusterListener, String) {
         guard let listen = HostAndPort(configuration.listenAddress) else {
             throw ClusterError(
                 code: .invalidAddress,
@@ -95,16 +95,30 @@ extension ClusterNode {
             }
         }
         let maxBody = GossipCodec.Limits().maxEnvelopeBytes
-        let listener: GossipListener
+        let listener: any ClusterListener
+        let receive: @Sendable ([UInt8]) -> Bool = { [weak self] bytes in self?.receive(bytes) ?? false }
         do {
-            listener = try await GossipServer.bind(
-                to: listen,
-                group: group,
-                maxBodyBytes: maxBody,
-                idleTimeout: configuration.idleConnectionTimeout,
-                forwardedConnections: forwardedConnections
-            ) { [weak self] bytes in
-                self?.receive(bytes) ?? false
+            if let bindListener {
+                let idleTimeout = configuration.idleConnectionTimeout
+                let forwardedConnections = forwardedConnections
+                listener = try await bindListener(listen) { channel in
+                    try GossipServer.configure(
+                        channel,
+                        maxBodyBytes: maxBody,
+                        idleTimeout: idleTimeout,
+                        forwardedConnections: forwardedConnections,
+                        receive: receive
+                    )
+                }
+            } else {
+                listener = try await GossipServer.bind(
+                    to: listen,
+                    group: group,
+                    maxBodyBytes: maxBody,
+                    idleTimeout: configuration.idleConnectionTimeout,
+                    forwardedConnections: forwardedConnections,
+                    receive: receive
+                )
             }
         } catch {
             throw ClusterError(
@@ -198,7 +212,7 @@ extension ClusterNode {
         await stop()
     }
 
-    func leaveAndClose(_ listener: GossipListener) async {
+    func leaveAndClose(_ listener: any ClusterListener) async {
         if !lifecycle.withLockedValue({ $0.halting }), let directives = try? withInstance({ $0.leave(now: $1) }) {
             perform(directives)
             do {

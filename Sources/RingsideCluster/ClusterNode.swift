@@ -47,6 +47,8 @@ public final class ClusterNode: Service, Sendable {
     let beforeClosingListener: (@Sendable () async -> Void)?
     /// Whether a graceful shutdown of the task that runs the node stops it (a data plane that drains first says no).
     let stopsOnGracefulShutdown: Bool
+    /// Binds the cluster port in a way of its own; nil: a NIO listener of the node's own.
+    let bindListener: ClusterListenerBinder?
     /// Wakes the protocol driver when an input brings the next deadline forward, or to stop.
     let protocolAlarm: Alarm
     /// Wakes the seed rejoiner to stop.
@@ -79,14 +81,16 @@ public final class ClusterNode: Service, Sendable {
     /// when given, sets up an HTTP/1.1 connection (told from gossip's HTTP/2 by its first bytes);
     /// `beforeClosingListener` runs once the node has left and before the port closes, so that those requests can
     /// finish. With `stopsOnGracefulShutdown` false, a graceful shutdown of the task that runs the node does not stop it:
-    /// its owner calls ``stop()`` when its own shutdown (a drain) is over.
+    /// its owner calls ``stop()`` when its own shutdown (a drain) is over. `bindListener`, when given, binds the port
+    /// instead of the node (the data plane's relay loops do, handing the gossip connections over).
     public convenience init(
         configuration: ClusterConfiguration,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "ringside.cluster"),
         forwardedConnections: ClusterConnectionInitializer? = nil,
         beforeClosingListener: (@Sendable () async -> Void)? = nil,
-        stopsOnGracefulShutdown: Bool = true
+        stopsOnGracefulShutdown: Bool = true,
+        bindListener: ClusterListenerBinder? = nil
     ) {
         self.init(
             configuration: configuration,
@@ -95,7 +99,8 @@ public final class ClusterNode: Service, Sendable {
             resolver: SeedResolver(),
             forwardedConnections: forwardedConnections,
             beforeClosingListener: beforeClosingListener,
-            stopsOnGracefulShutdown: stopsOnGracefulShutdown
+            stopsOnGracefulShutdown: stopsOnGracefulShutdown,
+            bindListener: bindListener
         )
     }
 
@@ -106,8 +111,10 @@ public final class ClusterNode: Service, Sendable {
         resolver: SeedResolver,
         forwardedConnections: ClusterConnectionInitializer? = nil,
         beforeClosingListener: (@Sendable () async -> Void)? = nil,
-        stopsOnGracefulShutdown: Bool = true
+        stopsOnGracefulShutdown: Bool = true,
+        bindListener: ClusterListenerBinder? = nil
     ) {
+        self.bindListener = bindListener
         self.forwardedConnections = forwardedConnections
         self.beforeClosingListener = beforeClosingListener
         self.stopsOnGracefulShutdown = stopsOnGracefulShutdown

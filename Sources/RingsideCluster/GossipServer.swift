@@ -8,6 +8,21 @@ import NIOPosix
 /// bytes have told it from gossip's HTTP/2: called on the connection's event loop, it adds the handlers that serve it.
 public typealias ClusterConnectionInitializer = @Sendable (any Channel) throws -> Void
 
+/// A bound cluster listener: the port it got, and how it closes (every connection with it).
+public protocol ClusterListener: Sendable {
+    /// The bound port.
+    var port: Int? { get }
+    /// Stops accepting and closes every connection.
+    func close() async
+}
+
+/// Binds the cluster port at an address in a way of its own (the data plane's relay loops): `connection` sets up a
+/// connection the listener does not serve itself, whose first bytes it has read, as the node's default listener
+/// would (gossip over HTTP/2).
+public typealias ClusterListenerBinder =
+    @Sendable (_ address: HostAndPort, _ connection: @escaping @Sendable (any Channel) throws -> Void) async throws ->
+    any ClusterListener
+
 /// The cluster listener. HTTP/2 with prior knowledge (h2c) carries gossip: envelopes arrive as `POST /ringside/v1/gossip`
 /// streams; any other stream is answered 404. An HTTP/1.1 connection (told apart by its first bytes) carries requests
 /// other nodes forwarded, and goes to the `forwardedConnections` initializer; without one it is closed.
@@ -39,21 +54,12 @@ enum GossipServer {
                 connections.withLockedValue { $0[id] = channel }
                 channel.closeFuture.whenComplete { _ in _ = connections.withLockedValue { $0.removeValue(forKey: id) } }
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        ProtocolSniffer(
-                            timeout: prefaceTimeout,
-                            http1: { channel in
-                                guard let forwardedConnections else {
-                                    throw ChannelError.inappropriateOperationForState
-                                }
-                                try forwardedConnections(channel)
-                            },
-                            http2: { channel in
-                                try ProtocolSniffer.configureHTTP2Streams(channel, idleTimeout: .init(idleTimeout)) {
-                                    GossipRequestHandler(maxBodyBytes: maxBodyBytes, receive: receive)
-                                }
-                            }
-                        )
+                    try configure(
+                        channel,
+                        maxBodyBytes: maxBodyBytes,
+                        idleTimeout: idleTimeout,
+                        forwardedConnections: forwardedConnections,
+                        receive: receive
                     )
                 }
             }
@@ -61,10 +67,35 @@ enum GossipServer {
             .get()
         return GossipListener(channel: channel, connections: connections)
     }
+
+    /// Sets up a connection of the cluster port: told HTTP/2 (gossip) from HTTP/1.1 (forwarded requests, for
+    /// `forwardedConnections`; closed without one) by its first bytes.
+    static func configure(
+        _ channel: any Channel,
+        maxBodyBytes: Int,
+        idleTimeout: Duration,
+        forwardedConnections: ClusterConnectionInitializer?,
+        receive: @escaping @Sendable ([UInt8]) -> Bool
+    ) throws {
+        try channel.pipeline.syncOperations.addHandler(
+            ProtocolSniffer(
+                timeout: prefaceTimeout,
+                http1: { channel in
+                    guard let forwardedConnections else { throw ChannelError.inappropriateOperationForState }
+                    try forwardedConnections(channel)
+                },
+                http2: { channel in
+                    try ProtocolSniffer.configureHTTP2Streams(channel, idleTimeout: .init(idleTimeout)) {
+                        GossipRequestHandler(maxBodyBytes: maxBodyBytes, receive: receive)
+                    }
+                }
+            )
+        )
+    }
 }
 
 /// A bound cluster listener and the connections it accepted.
-struct GossipListener: Sendable {
+struct GossipListener: ClusterListener {
     let channel: any Channel
     let connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>
 

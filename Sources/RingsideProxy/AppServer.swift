@@ -99,33 +99,8 @@ public enum AppServer {
         return ChannelAppListener(channel: channel, connections: connections, inFlight: metrics.inFlight)
     }
 
-    /// How an HTTP/1.1 connection is set up to be proxied (on the engine's NIO driver, ``HTTP1Relay``), made once a
-    /// listener.
-    static func http1Setup(
-        configuration: ProxyConfiguration,
-        plane: ProxyHandler.Plane,
-        metrics: ProxyMetrics,
-        router: any ProxyRouter,
-        upstreams: any UpstreamProvider,
-        connections: ConnectionTracker,
-        logger: Logger
-    ) -> @Sendable (any Channel) throws -> Void {
-        relaySetup(
-            RelaySettings(
-                configuration: configuration,
-                plane: plane,
-                metrics: metrics,
-                router: router,
-                backend: upstreams.backendURL,
-                logger: logger
-            ),
-            upstreams,
-            connections
-        )
-    }
-
     /// Puts an ``HTTP1Relay`` with `settings` on a connection, which drains from the start if `connections` drain.
-    private static func relaySetup(
+    static func relaySetup(
         _ settings: RelaySettings,
         _ upstreams: any UpstreamProvider,
         _ connections: ConnectionTracker

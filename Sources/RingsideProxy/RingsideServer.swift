@@ -6,6 +6,10 @@ import NIOPosix
 import RingsideCluster
 import ServiceLifecycle
 
+#if os(Linux)
+import Glibc
+#endif
+
 /// One Ringside node: cluster membership, the app listener that routes keyed requests, and the cluster port's
 /// forwarded requests, which go to this node's backend.
 ///
@@ -62,6 +66,16 @@ public final class RingsideServer: Service, Sendable {
         let metrics = ProxyMetrics()
         let drain = NodeDrain(inFlight: metrics.inFlight, defaultTimeout: proxy.drainTimeout)
         let dataPlane = DataPlane(drain: drain, requestTimeout: proxy.requestTimeout)
+        // On Linux with an HTTP/1.1 backend, the cluster port runs on relay loops too (forwarded requests on the
+        // engine's epoll driver; gossip's HTTP/2 connections handed over to the node), as the app plane does.
+        var bindListener: ClusterListenerBinder?
+        #if os(Linux)
+        if proxy.appIO == .epoll, let backend = upstreams.backend {
+            bindListener = { address, connection in
+                try dataPlane.bindClusterPort(address, backend: backend, group: group, connection: connection)
+            }
+        }
+        #endif
         self.node = ClusterNode(
             configuration: cluster,
             group: group,
@@ -72,17 +86,19 @@ public final class RingsideServer: Service, Sendable {
                 try setup(connection)
             },
             beforeClosingListener: { await dataPlane.close() },
-            stopsOnGracefulShutdown: false
+            stopsOnGracefulShutdown: false,
+            bindListener: bindListener
         )
-        dataPlane.forwardedSetup = AppServer.http1Setup(
+        let forwardedRelay = RelaySettings(
             configuration: proxy,
             plane: .cluster,
             metrics: metrics,
             router: ForwardedRouter(node: node),
-            upstreams: upstreams,
-            connections: dataPlane.forwarded,
+            backend: upstreams.backendURL,
             logger: logger
         )
+        dataPlane.clusterRelay = forwardedRelay
+        dataPlane.forwardedSetup = AppServer.relaySetup(forwardedRelay, upstreams, dataPlane.forwarded)
         self.proxy = proxy
         self.drain = drain
         self.appHost = appHost
@@ -295,6 +311,9 @@ private final class DataPlane: Sendable {
     private struct State {
         var app: (any AppListener)?
         var setup: (@Sendable (any Channel) throws -> Void)?
+        var clusterRelay: RelaySettings?
+        /// The cluster port's relay loops, when they serve it.
+        var cluster: (any AppListener)?
         var cut = 0
     }
 
@@ -319,6 +338,48 @@ private final class DataPlane: Sendable {
         set { state.withLockedValue { $0.setup = newValue } }
     }
 
+    /// What the cluster port's forwarded requests share on the engine.
+    var clusterRelay: RelaySettings? {
+        get { state.withLockedValue { $0.clusterRelay } }
+        set { state.withLockedValue { $0.clusterRelay = newValue } }
+    }
+
+    #if os(Linux)
+    /// Binds the cluster port on relay loops: forwarded requests on the engine, gossip (HTTP/2) handed to
+    /// `connection`.
+    func bindClusterPort(
+        _ address: HostAndPort,
+        backend: HostAndPort,
+        group: any EventLoopGroup,
+        connection: @escaping @Sendable (any Channel) throws -> Void
+    ) throws -> any ClusterListener {
+        guard let settings = clusterRelay else { throw ChannelError.ioOnClosedChannel }
+        let gossip = ConnectionTracker()
+        let listener = try EpollAppListener(
+            host: address.host,
+            port: address.port,
+            loops: Array(group.makeIterator()).count,
+            settings: settings,
+            backend: backend,
+            handedOff: gossip,
+            handOff: { fd, bytes in
+                ClientBootstrap(group: group)
+                    .channelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            gossip.track(channel)
+                            try channel.pipeline.syncOperations.addHandler(AdoptedBytes(bytes))
+                            try connection(channel)
+                        }
+                    }
+                    .withConnectedSocket(fd)
+                    .whenFailure { _ in _ = Glibc.close(fd) }
+            }
+        )
+        state.withLockedValue { $0.cluster = listener }
+        return RelayClusterListener(listener: listener)
+    }
+    #endif
+
     /// Requests still under way when the listeners closed.
     var cut: Int { state.withLockedValue { $0.cut } }
 
@@ -326,6 +387,7 @@ private final class DataPlane: Sendable {
     func quiesce() {
         app?.quiesce()
         forwarded.quiesce()
+        state.withLockedValue { $0.cluster }?.quiesce()
     }
 
     /// Closes the app listener, letting its requests finish, then waits for the cluster port's, until the drain's
@@ -357,4 +419,12 @@ public struct ListenError: Error, CustomStringConvertible {
     public var description: String {
         "cannot listen on \(address) (\(setting)): \(ConnectionFailureText.reason(underlying))"
     }
+}
+
+/// The cluster port on relay loops, as the cluster node closes it: once the node has left and the data plane has let
+/// its forwarded requests finish (``DataPlane/close()``), so nothing is waited for here but the connections' own close.
+private struct RelayClusterListener: ClusterListener {
+    let listener: any AppListener
+    var port: Int? { listener.localAddress?.port }
+    func close() async { _ = try? await listener.close(waitingUntil: .now() + .seconds(1)) }
 }

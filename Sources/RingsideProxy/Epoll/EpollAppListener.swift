@@ -5,8 +5,9 @@ import NIOCore
 import NIOPosix
 import Synchronization
 
-/// The app listener on relay loops: one listening socket that every ``EpollLoop`` watches (the kernel wakes one of
-/// them for each connection), a loop per event-loop thread of the node's group.
+/// A listener on relay loops: one listening socket that every ``EpollLoop`` watches (the kernel wakes one of them for
+/// each connection), a loop per event-loop thread of the node's group. The app plane's, and the cluster port's (its
+/// HTTP/2 connections, gossip, handed over to the cluster node).
 final class EpollAppListener: AppListener {
     let localAddress: SocketAddress?
     private let listener: CInt
@@ -16,6 +17,10 @@ final class EpollAppListener: AppListener {
     /// The HTTP/2 connections the loops handed over to NIO.
     private let handedOff: ConnectionTracker
     private let inFlight: InFlightRequests
+    /// Where this listener's requests count: the app plane's HTTP/1.1 and HTTP/2, or the cluster port's.
+    private let entries: [InFlightRequests.Entry]
+    /// Whether a drain reaches the connections handed over (app clients' HTTP/2 does; gossip goes on).
+    private let drainsHandedOff: Bool
 
     /// A loop made on the caller's thread and given to the thread that runs it, which alone touches it from then on.
     private struct Handover: @unchecked Sendable {
@@ -33,6 +38,8 @@ final class EpollAppListener: AppListener {
     ) throws {
         self.handedOff = handedOff
         inFlight = settings.metrics.inFlight
+        entries = settings.plane == .app ? [.appHTTP1, .appHTTP2] : [.cluster]
+        drainsHandedOff = settings.plane == .app
         let address = try SocketAddress.makeAddressResolvingHost(host, port: port)
         listener = try LinuxSocket.listen(on: address, backlog: 1024)
         localAddress = LinuxSocket.localAddress(listener)
@@ -61,7 +68,7 @@ final class EpollAppListener: AppListener {
 
     func quiesce() {
         for control in controls { control.quiesce() }
-        handedOff.quiesce()
+        if drainsHandedOff { handedOff.quiesce() }
     }
 
     /// Stops accepting, lets the requests under way finish until `deadline` (the loops end then at the latest), and
@@ -69,12 +76,12 @@ final class EpollAppListener: AppListener {
     func close(waitingUntil deadline: NIODeadline) async throws -> Int {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return 0 }
         for control in controls { control.stop(deadline: deadline) }
-        handedOff.quiesce()
+        if drainsHandedOff { handedOff.quiesce() }
         // A listening socket shut down for reading stops listening: new connections are refused from now on, not
         // left waiting in the backlog of a listener nobody accepts on any more.
         _ = shutdown(listener, CInt(SHUT_RD))
-        await inFlight.waitUntilNone(of: [.appHTTP1, .appHTTP2], deadline: deadline)
-        let cut = inFlight.count(of: [.appHTTP1, .appHTTP2])
+        await inFlight.waitUntilNone(of: entries, deadline: deadline)
+        let cut = inFlight.count(of: entries)
         try await threads.shutdownGracefully()
         Glibc.close(listener)
         await handedOff.close(deadline: AppServer.closingGrace(deadline, cut: cut))
