@@ -8,7 +8,7 @@ public struct ProxyConfiguration: Sendable {
         case reject
     }
 
-    /// How the app plane serves HTTP/1.1 connections.
+    /// How HTTP/1.1 connections are served: the app plane's, and the cluster port's forwarded requests.
     public enum AppIO: String, Sendable, CaseIterable {
         /// Relay loops of Ringside's own on epoll (Linux only), which hand what they do not carry over to NIO.
         case epoll
@@ -47,7 +47,7 @@ public struct ProxyConfiguration: Sendable {
     public var upstreamIdleTimeout: Duration = .seconds(60)
     /// How long a drain waits for the requests under way before it leaves anyway, cutting them.
     public var drainTimeout: Duration = .seconds(30)
-    /// How the app plane serves HTTP/1.1 connections: relay loops on epoll where there is epoll, NIO elsewhere.
+    /// How HTTP/1.1 connections are served (both planes): relay loops on epoll where there is epoll, NIO elsewhere.
     #if os(Linux)
     public var appIO = AppIO.epoll
     #else

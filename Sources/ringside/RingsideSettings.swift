@@ -45,7 +45,7 @@ struct RingsideSettings {
     var logLevel: Logger.Level
     /// Event loop threads for the listeners and connections.
     var eventLoops: Int
-    /// How the app plane serves HTTP/1.1 connections.
+    /// How HTTP/1.1 connections are served (the app plane and forwarded requests).
     var appIO: ProxyConfiguration.AppIO
 
     /// A `host:port` pair.
@@ -90,7 +90,7 @@ struct RingsideSettings {
         ("node-header", "true", "Whether responses carry X-Ringside-Node."),
         ("log-level", "info", "trace, debug, info, notice, warning, error or critical."),
         ("event-loops", nil, "Event loop threads (default: one per core)."),
-        ("app-io", nil, "How the app plane serves HTTP/1.1: epoll (relay loops, Linux's default) or nio."),
+        ("app-io", nil, "How HTTP/1.1 is served (app plane, forwarded requests): epoll (relay loops) or nio."),
     ]
 
     /// The environment variable for `key`: `RINGSIDE_` and the key in capitals, dashes as underscores.

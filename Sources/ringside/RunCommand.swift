@@ -85,7 +85,7 @@ struct RunCommand: AsyncParsableCommand {
     var logLevel: String?
     @Option(parsing: .unconditional, help: "Event loop threads (default: one per core).")
     var eventLoops: String?
-    @Option(parsing: .unconditional, help: "How the app plane serves HTTP/1.1: epoll or nio (default epoll on Linux).")
+    @Option(parsing: .unconditional, help: "How HTTP/1.1 is served: epoll or nio (default epoll on Linux).")
     var appIO: String?
 
     var flags: [String: String] {
