@@ -75,13 +75,16 @@ final class EpollAppListener: AppListener {
     /// ends the loops.
     func close(waitingUntil deadline: NIODeadline) async throws -> Int {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return 0 }
-        for control in controls { control.stop(deadline: deadline) }
+        // The loops end a moment after the deadline: what is still under way at it is counted first, then cut.
+        for control in controls { control.stop(deadline: deadline + .seconds(1)) }
         if drainsHandedOff { handedOff.quiesce() }
         // A listening socket shut down for reading stops listening: new connections are refused from now on, not
         // left waiting in the backlog of a listener nobody accepts on any more.
         _ = shutdown(listener, CInt(SHUT_RD))
         await inFlight.waitUntilNone(of: entries, deadline: deadline)
         let cut = inFlight.count(of: entries)
+        let end = NIODeadline.now()
+        for control in controls { control.stop(deadline: end) }
         try await threads.shutdownGracefully()
         Glibc.close(listener)
         await handedOff.close(deadline: AppServer.closingGrace(deadline, cut: cut))

@@ -101,7 +101,8 @@ final class EpollLoopControl: Sendable {
     /// When a stopping loop ends at the latest.
     var deadline: NIODeadline { .uptimeNanoseconds(UInt64(max(0, stopDeadline.load(ordering: .acquiring)))) }
 
-    /// Asks the loop to stop accepting, finish what is under way (until `deadline`), and end.
+    /// Asks the loop to stop accepting, finish what is under way (until `deadline`), and end; called again, it moves
+    /// the deadline.
     func stop(deadline: NIODeadline) {
         stopDeadline.store(Int64(min(deadline.uptimeNanoseconds, UInt64(Int64.max))), ordering: .relaxed)
         stopping.store(true, ordering: .releasing)
@@ -194,7 +195,6 @@ final class EpollLoop {
         defer { events.deallocate() }
         let interval = settings.checkInterval
         var nextCheck = NIODeadline.now() + interval
-        var stopDeadline: NIODeadline?
         while true {
             let wait = max(0, (nextCheck - now).nanoseconds / 1_000_000 + 1)
             let count = epoll_wait(epoll, events, CInt(capacity), turns.isEmpty ? CInt(min(wait, 1_000)) : 0)
@@ -238,11 +238,11 @@ final class EpollLoop {
             }
             if !stopping, control.stopRequested {
                 beginStopping()
-                stopDeadline = control.deadline
             }
             if stopping {
                 if clients.isEmpty { break }
-                if let stopDeadline, now >= stopDeadline { break }
+                // Read each time: the listener brings it forward once it has counted what is still under way.
+                if now >= control.deadline { break }
             }
         }
         for client in Array(clients.values) { client.close() }
