@@ -148,8 +148,8 @@ struct DrainTests {
             )
             let second = ContinuousClock.now
             cluster.signal(node, SIGTERM)
-            #expect(await eventually(timeout: .seconds(3)) { !node.process.isRunning }, "it stops at once")
-            #expect(ContinuousClock.now - second < .seconds(2))
+            #expect(await eventually(timeout: .seconds(5)) { !node.process.isRunning }, "it stops at once")
+            #expect(ContinuousClock.now - second < .seconds(5), "well before the 8-second request would have ended")
             #expect(node.process.terminationStatus == 3, "a request was cut")
             _ = await slow
         }
@@ -289,7 +289,7 @@ struct ReadinessGateProcessTests {
         let backend = try await EchoBackend.start()
         defer { backend.channel.close(promise: nil) }
         let node = try start([
-            "--wait-for-size", "3", "--wait-timeout", "2s", "--backend", "http://127.0.0.1:\(backend.port)",
+            "--wait-for-size", "3", "--wait-timeout", "4s", "--backend", "http://127.0.0.1:\(backend.port)",
         ])
         defer {
             node.process.terminate()

@@ -78,8 +78,13 @@ final class EpollAppListener: AppListener {
         // The loops end a moment after the deadline: what is still under way at it is counted first, then cut.
         for control in controls { control.stop(deadline: deadline + .seconds(1)) }
         if drainsHandedOff { handedOff.quiesce() }
-        // A listening socket shut down for reading stops listening: new connections are refused from now on, not
-        // left waiting in the backlog of a listener nobody accepts on any more.
+        // The loops take the connections the kernel has completed first (a second at most); then a listening socket
+        // shut down for reading stops listening: new connections are refused from now on, not left waiting in the
+        // backlog of a listener nobody accepts on any more.
+        let taken = NIODeadline.now() + .seconds(1)
+        while !controls.allSatisfy(\.hasStoppedAccepting), NIODeadline.now() < taken {
+            try? await Task.sleep(for: .milliseconds(1))
+        }
         _ = shutdown(listener, CInt(SHUT_RD))
         await inFlight.waitUntilNone(of: entries, deadline: deadline)
         let cut = inFlight.count(of: entries)

@@ -206,6 +206,9 @@ final class EpollClient: EpollSocket {
     /// The loop stops: an idle connection closes now, a busy one after its response.
     func drain(closingUnused: Bool = false) {
         guard fd >= 0, !closing else { return }
+        // What came already is a request that may not be dropped: read it before judging the connection unused.
+        if closingUnused { pumpReads() }
+        guard fd >= 0, !closing else { return }
         engine.drain(now: loop.now, closingUnused: closingUnused)
         perform()
     }

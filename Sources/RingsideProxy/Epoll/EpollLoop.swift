@@ -85,7 +85,11 @@ final class EpollLoopControl: Sendable {
     /// The loop's wake-up descriptor (an eventfd).
     private let wakeFD: CInt
 
+    /// Owns `wakeFD` from now on: it is closed when nobody can ask the loop anything any more, so that a late request
+    /// never writes into a descriptor number some other connection has been given since.
     init(wakeFD: CInt) { self.wakeFD = wakeFD }
+
+    deinit { Glibc.close(wakeFD) }
 
     var stopRequested: Bool { stopping.load(ordering: .acquiring) }
 
@@ -97,6 +101,14 @@ final class EpollLoopControl: Sendable {
         quiescing.store(true, ordering: .releasing)
         _ = eventfd_write(wakeFD, 1)
     }
+
+    private let acceptDone = Atomic<Bool>(false)
+
+    /// The loop has taken the connections waiting and accepts no more.
+    func acceptStopped() { acceptDone.store(true, ordering: .releasing) }
+
+    /// Whether the loop has stopped accepting.
+    var hasStoppedAccepting: Bool { acceptDone.load(ordering: .acquiring) }
 
     /// When a stopping loop ends at the latest.
     var deadline: NIODeadline { .uptimeNanoseconds(UInt64(max(0, stopDeadline.load(ordering: .acquiring)))) }
@@ -184,7 +196,7 @@ final class EpollLoop {
 
     deinit {
         vectors.deallocate()
-        Glibc.close(wakeFD)
+        // The wake-up descriptor is the control's to close.
         Glibc.close(epoll)
     }
 
@@ -290,10 +302,14 @@ final class EpollLoop {
         }
     }
 
-    /// Stops accepting; connections close once their current exchange is over.
+    /// Stops accepting; connections close once their current exchange is over. Connections the kernel completed
+    /// already are taken first, and what every connection has sent is read before it is judged unused: a request whose
+    /// bytes are there is served, not reset with the close.
     private func beginStopping() {
+        acceptAll()
         stopping = true
         if !acceptPaused { _ = epoll_ctl(epoll, EPOLL_CTL_DEL, listener, nil) }
+        control.acceptStopped()
         for client in Array(clients.values) { client.drain(closingUnused: true) }
     }
 
