@@ -14,6 +14,7 @@ public final class KeyedLoad: Sendable {
 
     private let state: NIOLockedValueBox<Outcome>
     private let keys: Int
+    private let started = ContinuousClock.now
 
     /// Load over `keys` distinct keys (`key-0` …), entering by the app ports `entries`.
     public init(entries: [Int], keys: Int) {
@@ -57,9 +58,11 @@ public final class KeyedLoad: Sendable {
                 if response?.status == 200, response?.header("x-echo-uri") == path {
                     outcome.answered += 1
                 } else {
+                    let at = ContinuousClock.now - self.started
                     outcome.failures.append(
-                        "port \(port) key \(key): "
+                        "port \(port) key \(key) at \(at): "
                             + (response.map { "status \($0.status)" } ?? "no answer, \(raw.bytes.count) bytes")
+                            + (raw.closed ? ", closed" : "")
                     )
                 }
             }

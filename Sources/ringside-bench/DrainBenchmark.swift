@@ -30,6 +30,9 @@ struct DrainBenchmark: AsyncParsableCommand {
     @Option(help: "Seconds of load before the first drain and after the last restart.")
     var settle = 1
 
+    @Flag(help: "Say on stderr when each node drains and comes back, and when each failure happened.")
+    var verbose = false
+
     func validate() throws {
         guard (2...16).contains(nodes) else { throw ValidationError("--nodes must be from 2 to 16") }
         guard (1...64).contains(clients) else { throw ValidationError("--clients must be from 1 to 64") }
@@ -40,6 +43,7 @@ struct DrainBenchmark: AsyncParsableCommand {
         defer { cluster.stop() }
         try cluster.waitUntilReady(timeout: 30)
         let load = KeyedLoad(entries: cluster.nodes.map(\.app), keys: 1000)
+        let loadStart = ContinuousClock.now
         let threads = (0..<clients).map { _ in Thread { load.run() } }
         for thread in threads { thread.start() }
         try await Task.sleep(for: .seconds(settle))
@@ -47,6 +51,11 @@ struct DrainBenchmark: AsyncParsableCommand {
         for index in cluster.nodes.indices {
             let node = cluster.nodes[index]
             load.remove(node.app)
+            if verbose {
+                FileHandle.standardError.write(
+                    Data("\(ContinuousClock.now - loadStart): draining \(node.name) (port \(node.app))\n".utf8)
+                )
+            }
             let start = Date()
             kill(node.process.processIdentifier, SIGTERM)
             node.process.waitUntilExit()
@@ -57,6 +66,9 @@ struct DrainBenchmark: AsyncParsableCommand {
             try cluster.restart(index)
             try cluster.waitUntilReady(timeout: 30)
             load.add(node.app)
+            if verbose {
+                FileHandle.standardError.write(Data("\(ContinuousClock.now - loadStart): \(node.name) back\n".utf8))
+            }
         }
         try await Task.sleep(for: .seconds(settle))
         let outcome = load.stop()

@@ -168,13 +168,15 @@ package struct HTTP1Connection {
     /// Starts draining: every response from now on says `Connection: close` and the connection closes after it; an
     /// idle keep-alive connection closes now. A connection that has not begun a request yet (it may have been opened
     /// for one that is on its way, as a client told to close does for its next request) is given that one request.
-    /// When the listener closes (`closingUnused`, once no request is under way), every connection without a request
-    /// under way closes: unused ones, those with only part of a head (not a request yet), and tunnels after an upgrade,
-    /// which no HTTP means can drain.
+    /// When the listener closes (`closingUnused`, once no request is under way), the connections kept alive after a
+    /// request close, and so do those with only part of a head (not a request yet) and tunnels after an upgrade, which
+    /// no HTTP means can drain; one that has sent nothing yet is left for the listener's last moment (its client may
+    /// be about to send the request it connected for) and closed with it.
     package mutating func drain(now: NIODeadline, closingUnused: Bool = false) {
         draining = true
         switch state {
-        case .idle where closingUnused || (isIdle && requestsBegun > 0):
+        case .idle where requestsBegun > 0 || (closingUnused && reader.headStarted):
+            guard isIdle || closingUnused else { return }
             close()
         case .tunnel where closingUnused:
             close()

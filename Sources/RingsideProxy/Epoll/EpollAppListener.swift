@@ -88,7 +88,8 @@ final class EpollAppListener: AppListener {
         _ = shutdown(listener, CInt(SHUT_RD))
         await inFlight.waitUntilNone(of: entries, deadline: deadline)
         let cut = inFlight.count(of: entries)
-        let end = NIODeadline.now()
+        // A connection that has sent nothing yet gets the grace too: its client may be about to send its request.
+        let end = AppServer.closingGrace(.now(), cut: cut)
         for control in controls { control.stop(deadline: end) }
         try await threads.shutdownGracefully()
         Glibc.close(listener)
