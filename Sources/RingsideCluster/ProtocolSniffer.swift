@@ -48,15 +48,6 @@ public final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandl
         deadline = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
     }
 
-    /// A listener that closes ends a connection that has not said what it speaks: it has sent no request.
-    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ListenerClosingEvent {
-            context.close(promise: nil)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
         if var buffered {
@@ -189,11 +180,4 @@ final class HTTP2IdleTimer: @unchecked Sendable {
         let channel = self.channel
         channel.writeAndFlush(goAway).whenComplete { _ in channel.close(promise: nil) }
     }
-}
-
-/// Sent through the pipeline of each connection of a listener that is closing: a connection with nothing under way
-/// closes now, one with a request under way after its response. (NIO's `ChannelShouldQuiesceEvent`, a drain, leaves a
-/// connection that has not been used yet open for its first request.)
-public struct ListenerClosingEvent: Sendable {
-    public init() {}
 }

@@ -54,6 +54,36 @@ struct AppListenerTests {
         #expect(text.contains("hello\r\n") && text.contains("world\r\n"), "the whole body was echoed")
     }
 
+    /// A client that connected just before the listener closed and sends its request a moment later is served, not
+    /// reset: the closing listener leaves a connection that has sent nothing for its last second.
+    @Test(arguments: AppIO.allCases)
+    func aConnectionThatHasNotSentYetIsServedWhenTheListenerCloses(io: AppIO) async throws {
+        let backend = try await EchoBackend.start()
+        defer { backend.channel.close(promise: nil) }
+        let (proxy, upstreams) = try await startProxy(io: io, backendPort: backend.port)
+        defer { upstreams.shutdown() }
+        let port = try #require(proxy.localAddress?.port)
+        let fd = try #require(connectLoopback(port: port))
+        defer { close(fd) }
+        // The listener has taken the connection (a served request on another one says the proxy is up and reading).
+        #expect(parseResponse(rawExchange(port: port, request("GET /up HTTP/1.1\nHost: app\n\n")).bytes)?.status == 200)
+        async let closed = proxy.close()
+        let refused = await eventually {
+            guard let probe = connectLoopback(port: port) else { return true }
+            close(probe)
+            return false
+        }
+        #expect(refused, "the listener has closed")
+        send(fd, "GET /late HTTP/1.1\r\nHost: app\r\n\r\n")
+        var bytes: [UInt8] = []
+        receive(fd, into: &bytes) { parseResponse($0) != nil }
+        _ = try await closed
+        let response = try #require(parseResponse(bytes), "answered, not reset")
+        #expect(response.status == 200)
+        #expect(response.header("x-echo-uri") == "/late")
+        #expect(response.header("connection") == "close")
+    }
+
     @Test(arguments: AppIO.allCases)
     func closingClosesTheUpstreamConnectionsItKept(io: AppIO) async throws {
         let backend = try await CannedBackend.start(answer: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")

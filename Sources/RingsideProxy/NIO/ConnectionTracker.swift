@@ -1,6 +1,5 @@
 import NIOConcurrencyHelpers
 import NIOCore
-import RingsideCluster
 
 /// The NIO connections of a listener, so that a drain can reach every one of them and a close can end them.
 ///
@@ -73,3 +72,9 @@ final class ConnectionTracker: Sendable {
     /// How many connections are open.
     var count: Int { state.withLockedValue { $0.channels.count } }
 }
+
+/// Sent through the pipeline of each connection of a listener that is closing: a connection kept alive after a request,
+/// or with part of a head, closes now; one with a request under way after its response; one that has sent nothing is
+/// left for the listener's last moment (``ConnectionTracker/close(deadline:)``), and served if its request comes.
+/// (NIO's `ChannelShouldQuiesceEvent`, a drain, leaves a connection not used yet open for its first request.)
+struct ListenerClosingEvent: Sendable {}

@@ -1,5 +1,4 @@
 import NIOCore
-import RingsideCluster
 
 /// A client connection on NIO channels: the cluster port's forwarded requests, and the app plane where the epoll
 /// driver does not run (`app-io: nio`, other platforms). The engine (``HTTP1Connection``) decides everything; this
