@@ -150,8 +150,9 @@ struct ChannelAppListener: AppListener {
     func quiesce() { connections.quiesce() }
 
     func close(waitingUntil deadline: NIODeadline) async throws -> Int {
-        try? await channel.close()
+        // Draining first, so that a connection accepted before the listener stops is set up drained.
         connections.quiesce()
+        try? await channel.close()
         await inFlight.waitUntilNone(of: [.appHTTP1, .appHTTP2], deadline: deadline)
         let cut = inFlight.count(of: [.appHTTP1, .appHTTP2])
         await connections.close(deadline: AppServer.closingGrace(deadline, cut: cut))
