@@ -73,17 +73,7 @@ public enum AppServer {
                 settings: relay,
                 backend: backend,
                 handedOff: connections,
-                handOff: { fd, bytes in
-                    ClientBootstrap(group: group)
-                        .channelInitializer { channel in
-                            channel.eventLoop.makeCompletedFuture {
-                                try channel.pipeline.syncOperations.addHandler(AdoptedBytes(bytes))
-                                try pipeline(channel)
-                            }
-                        }
-                        .withConnectedSocket(fd)
-                        .whenFailure { _ in _ = Glibc.close(fd) }
-                }
+                handOff: { fd, bytes in adopt(fd, bytes: bytes, group: group, setup: pipeline) }
             )
         }
         #endif
@@ -133,6 +123,27 @@ extension AppListener {
 }
 
 extension AppServer {
+    #if os(Linux)
+    /// Makes a NIO channel of a connection a relay loop hands over (`fd`, and `bytes`, what the loop read of it), set up
+    /// by `setup`; the descriptor is closed if that fails.
+    static func adopt(
+        _ fd: CInt,
+        bytes: ByteBuffer?,
+        group: any EventLoopGroup,
+        setup: @escaping @Sendable (any Channel) throws -> Void
+    ) {
+        ClientBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AdoptedBytes(bytes))
+                    try setup(channel)
+                }
+            }
+            .withConnectedSocket(fd)
+            .whenFailure { _ in _ = Glibc.close(fd) }
+    }
+    #endif
+
     /// How long a closing listener's connections get to close by themselves after their last responses (an HTTP/2
     /// connection's second GOAWAY waits for a PING's answer): a second at least when nothing was cut, none otherwise.
     static func closingGrace(_ deadline: NIODeadline, cut: Int) -> NIODeadline {

@@ -6,10 +6,6 @@ import NIOPosix
 import RingsideCluster
 import ServiceLifecycle
 
-#if os(Linux)
-import Glibc
-#endif
-
 /// One Ringside node: cluster membership, the app listener that routes keyed requests, and the cluster port's
 /// forwarded requests, which go to this node's backend.
 ///
@@ -363,16 +359,10 @@ private final class DataPlane: Sendable {
             backend: backend,
             handedOff: gossip,
             handOff: { fd, bytes in
-                ClientBootstrap(group: group)
-                    .channelInitializer { channel in
-                        channel.eventLoop.makeCompletedFuture {
-                            gossip.track(channel)
-                            try channel.pipeline.syncOperations.addHandler(AdoptedBytes(bytes))
-                            try connection(channel)
-                        }
-                    }
-                    .withConnectedSocket(fd)
-                    .whenFailure { _ in _ = Glibc.close(fd) }
+                AppServer.adopt(fd, bytes: bytes, group: group) { channel in
+                    gossip.track(channel)
+                    try connection(channel)
+                }
             }
         )
         state.withLockedValue { $0.cluster = listener }

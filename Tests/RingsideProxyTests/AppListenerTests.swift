@@ -22,6 +22,15 @@ struct NamedPeerRouter: ProxyRouter {
 struct AppListenerTests {
     func send(_ fd: Int32, _ text: String) { sendAll(fd, Array(text.utf8)) }
 
+    /// Whether 127.0.0.1:`port` comes to refuse connections (its listener has closed).
+    func refuses(_ port: Int) async -> Bool {
+        await eventually {
+            guard let probe = connectLoopback(port: port) else { return true }
+            close(probe)
+            return false
+        }
+    }
+
     @Test(arguments: AppIO.allCases)
     func closingTurnsNewConnectionsAwayAndLetsTheRequestUnderWayFinish(io: AppIO) async throws {
         let backend = try await EchoBackend.start()
@@ -39,11 +48,7 @@ struct AppListenerTests {
         #expect(String(decoding: bytes, as: UTF8.self).hasPrefix("HTTP/1.1 200 OK\r\n"))
 
         async let closed: Void = proxy.close()
-        let refused = await eventually {
-            guard let probe = connectLoopback(port: port) else { return true }
-            close(probe)
-            return false
-        }
+        let refused = await refuses(port)
         #expect(refused, "new connections are refused once the listener closes")
 
         send(fd, "world")
@@ -68,11 +73,7 @@ struct AppListenerTests {
         // The listener has taken the connection (a served request on another one says the proxy is up and reading).
         #expect(parseResponse(rawExchange(port: port, request("GET /up HTTP/1.1\nHost: app\n\n")).bytes)?.status == 200)
         async let closed = proxy.close()
-        let refused = await eventually {
-            guard let probe = connectLoopback(port: port) else { return true }
-            close(probe)
-            return false
-        }
+        let refused = await refuses(port)
         #expect(refused, "the listener has closed")
         send(fd, "GET /late HTTP/1.1\r\nHost: app\r\n\r\n")
         var bytes: [UInt8] = []

@@ -21,6 +21,13 @@ func keyedRequest(_ path: String, key: String, closing: Bool = false) -> [UInt8]
 
 @Suite("Draining ringside processes", .serialized)
 struct DrainTests {
+    /// Whether `node` comes to report one HTTP/1.1 request under way on its app plane.
+    func oneRequestUnderWay(at node: RingsideProcesses.Node, in cluster: RingsideProcesses) async -> Bool {
+        await eventually(timeout: .seconds(5)) {
+            cluster.admin(node, "/v1/drain")?.contains("\"app_http1\":1") == true
+        }
+    }
+
     /// A key `owner` owns, as `asking` sees it.
     func key(ownedBy owner: String, in cluster: RingsideProcesses, asking: RingsideProcesses.Node) throws -> String {
         try #require((0..<500).map { "key-\($0)" }.first { cluster.owner(of: $0, askingNode: asking) == owner })
@@ -88,11 +95,7 @@ struct DrainTests {
             async let slow = onThread {
                 rawExchange(port: node.app, keyedRequest("/delay/8000", key: "k"), timeout: .seconds(10))
             }
-            #expect(
-                await eventually(timeout: .seconds(5)) {
-                    cluster.admin(node, "/v1/drain")?.contains("\"app_http1\":1") == true
-                }
-            )
+            #expect(await oneRequestUnderWay(at: node, in: cluster))
             let drain = await onThread {
                 try? ProcessTests.runRingside(["drain", "--admin", "127.0.0.1:\(node.admin)", "--timeout", "1s"])
             }
@@ -135,11 +138,7 @@ struct DrainTests {
             async let slow = onThread {
                 rawExchange(port: node.app, keyedRequest("/delay/8000", key: "k"), timeout: .seconds(10))
             }
-            #expect(
-                await eventually(timeout: .seconds(5)) {
-                    cluster.admin(node, "/v1/drain")?.contains("\"app_http1\":1") == true
-                }
-            )
+            #expect(await oneRequestUnderWay(at: node, in: cluster))
             cluster.signal(node, SIGTERM)
             #expect(
                 await eventually(timeout: .seconds(5)) {
@@ -236,8 +235,13 @@ struct DrainTests {
 
 @Suite("The readiness gate of ringside processes", .serialized)
 struct ReadinessGateProcessTests {
-    /// Starts one `ringside run` with `arguments` (ports chosen here), its log in a pipe.
-    func start(_ arguments: [String]) throws -> (process: Process, admin: Int, log: Pipe) {
+    /// One `ringside run` with `arguments` (ports chosen here; the backend at `backend`, or at a port where nothing
+    /// listens), its log in a pipe; `body` runs while it does, and it is stopped after.
+    func withNode(
+        _ arguments: [String],
+        backend: Int? = nil,
+        _ body: (_ admin: Int, _ stop: () -> String) async throws -> Void
+    ) async throws {
         let admin = freePort()
         let process = Process()
         process.executableURL = RingsideProcesses.binary
@@ -245,79 +249,72 @@ struct ReadinessGateProcessTests {
             [
                 "run", "--node-name", "alone", "--listen", "127.0.0.1:\(freePort())",
                 "--cluster-listen", "127.0.0.1:\(freePort())", "--admin-listen", "127.0.0.1:\(admin)",
-                "--backend", "http://127.0.0.1:\(freePort())", "--participate-immediately", "false",
+                "--backend", "http://127.0.0.1:\(backend ?? freePort())", "--participate-immediately", "false",
                 "--rejoin-interval", "1s",
             ] + arguments
         let log = Pipe()
         process.standardError = log
         try process.run()
-        return (process, admin, log)
+        func stop() -> String {
+            if process.isRunning {
+                process.terminate()
+                process.waitUntilExit()
+            }
+            return String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        }
+        defer { _ = stop() }
+        try await body(admin, stop)
     }
 
-    func readyz(_ admin: Int) -> TestResponse? {
-        parseResponse(rawExchange(port: admin, Array("GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n".utf8)).bytes)
+    /// The text of a GET to the admin plane at `admin` (empty when nothing answered), and its status.
+    func admin(_ admin: Int, _ path: String) -> (status: Int?, text: String) {
+        let response = parseResponse(
+            rawExchange(port: admin, Array("GET \(path) HTTP/1.1\r\nHost: a\r\n\r\n".utf8)).bytes
+        )
+        return (response?.status, String(decoding: response?.body ?? [], as: UTF8.self))
     }
 
     @Test func aNodeWhoseSeedDoesNotResolveIsNeverReadyAndSaysWhy() async throws {
         let backend = try await EchoBackend.start()
         defer { backend.channel.close(promise: nil) }
-        let node = try start([
-            "--join", "nosuchhost.invalid:7401", "--wait-for-size", "2",
-            "--backend", "http://127.0.0.1:\(backend.port)",
-        ])
-        defer {
-            node.process.terminate()
-            node.process.waitUntilExit()
+        try await withNode(["--join", "nosuchhost.invalid:7401", "--wait-for-size", "2"], backend: backend.port) {
+            node,
+            stop in
+            // Give it a few rejoin rounds.
+            #expect(
+                await eventually(timeout: .seconds(10)) { admin(node, "/readyz").text.contains("have not answered") }
+            )
+            let readyz = admin(node, "/readyz")
+            #expect(readyz.status == 503)
+            #expect(readyz.text.contains("nosuchhost.invalid:7401"))
+            #expect(admin(node, "/v1/state").text.contains("\"state\":\"viewer\""), "it owns nothing")
+            let log = stop()
+            #expect(log.contains("the seeds have not answered"), "\(log)")
         }
-        // Give it a few rejoin rounds.
-        let said = await eventually(timeout: .seconds(10)) {
-            String(decoding: readyz(node.admin)?.body ?? [], as: UTF8.self).contains("have not answered")
-        }
-        #expect(said)
-        let response = try #require(readyz(node.admin))
-        #expect(response.status == 503)
-        #expect(String(decoding: response.body, as: UTF8.self).contains("nosuchhost.invalid:7401"))
-        let state = rawExchange(port: node.admin, Array("GET /v1/state HTTP/1.1\r\nHost: a\r\n\r\n".utf8))
-        #expect(String(decoding: state.bytes, as: UTF8.self).contains("\"state\":\"viewer\""), "it owns nothing")
-        node.process.terminate()
-        node.process.waitUntilExit()
-        let log = String(decoding: node.log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(log.contains("the seeds have not answered"), "\(log)")
     }
 
     @Test func aNodeWaitsForTheSizeUntilItsWaitTimesOut() async throws {
         let backend = try await EchoBackend.start()
         defer { backend.channel.close(promise: nil) }
-        let node = try start([
-            "--wait-for-size", "3", "--wait-timeout", "4s", "--backend", "http://127.0.0.1:\(backend.port)",
-        ])
-        defer {
-            node.process.terminate()
-            node.process.waitUntilExit()
+        try await withNode(["--wait-for-size", "3", "--wait-timeout", "4s"], backend: backend.port) { node, _ in
+            let waiting = await eventually(timeout: .seconds(5)) {
+                admin(node, "/readyz").text.contains("1 of the 3 members")
+            }
+            #expect(waiting, "held out while it sees 1 of 3")
+            #expect(
+                await eventually(timeout: .seconds(10)) { admin(node, "/readyz").status == 200 },
+                "ready once the wait timed out"
+            )
+            #expect(admin(node, "/v1/state").text.contains("\"state\":\"participant\""))
         }
-        let waiting = await eventually(timeout: .seconds(5)) {
-            String(decoding: readyz(node.admin)?.body ?? [], as: UTF8.self).contains("1 of the 3 members")
-        }
-        #expect(waiting, "held out while it sees 1 of 3")
-        let ready = await eventually(timeout: .seconds(10)) { readyz(node.admin)?.status == 200 }
-        #expect(ready, "ready once the wait timed out")
-        let state = rawExchange(port: node.admin, Array("GET /v1/state HTTP/1.1\r\nHost: a\r\n\r\n".utf8))
-        #expect(String(decoding: state.bytes, as: UTF8.self).contains("\"state\":\"participant\""))
     }
 
     @Test func aNodeWithAnUnhealthyBackendIsNotReadyAndDoesNotTakePart() async throws {
         // Nothing listens on the backend port.
-        let node = try start([])
-        defer {
-            node.process.terminate()
-            node.process.waitUntilExit()
+        try await withNode([]) { node, _ in
+            #expect(await eventually(timeout: .seconds(10)) { admin(node, "/readyz").text.contains("does not answer") })
+            #expect(admin(node, "/v1/state").text.contains("\"state\":\"viewer\""))
         }
-        let said = await eventually(timeout: .seconds(10)) {
-            String(decoding: readyz(node.admin)?.body ?? [], as: UTF8.self).contains("does not answer")
-        }
-        #expect(said)
-        let state = rawExchange(port: node.admin, Array("GET /v1/state HTTP/1.1\r\nHost: a\r\n\r\n".utf8))
-        #expect(String(decoding: state.bytes, as: UTF8.self).contains("\"state\":\"viewer\""))
     }
 }
 
