@@ -16,6 +16,13 @@ public enum AdvertisedHost {
         host == "0.0.0.0" || host == "::"
     }
 
+    /// Whether `host` is a loopback address or `localhost`: reachable from this machine only.
+    public static func isLoopback(_ host: String) -> Bool {
+        if host == "localhost" || host == "::1" { return true }
+        guard case .v4(let v4)? = try? SocketAddress(ipAddress: host, port: 0) else { return false }
+        return UInt32(bigEndian: v4.address.sin_addr.s_addr) >> 24 == 127
+    }
+
     /// Whether another node can dial `address` when it is given as the address to advertise: not a wildcard, not
     /// port 0.
     public static func canBeDialled(_ address: HostAndPort) -> Bool {

@@ -32,6 +32,11 @@ public struct ClusterConfiguration: Sendable {
     /// The protocol's timings; `nodeName`, `clusterName`, `advertiseAddress`, the initial state and metadata are taken
     /// from this configuration instead.
     public var timings = MembershipConfiguration(nodeName: "", advertiseAddress: "")
+    /// Mutual TLS on the cluster plane (roles ``TLSRole/clusterServer``, ``TLSRole/gossipClient`` and
+    /// ``TLSRole/forwardClient``): every connection, both ways, presents a certificate of the cluster's CA, and gossip
+    /// is taken only under a name the sender's certificate carries. Nil: plaintext, and anyone who reaches the port
+    /// can join.
+    public var tls: PlaneTLS?
 
     /// A configuration for the node named `nodeName`, with defaults for everything else.
     public init(nodeName: String) { self.nodeName = nodeName }

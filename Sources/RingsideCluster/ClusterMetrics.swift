@@ -12,6 +12,8 @@ struct ClusterMetrics: Sendable {
     let pushPulls = Counter(label: "ringside_gossip_push_pulls_total")
     let rejected = Counter(label: "ringside_gossip_rejected_envelopes_total")
     let framesDropped = Counter(label: "ringside_gossip_frames_dropped_total")
+    /// Envelopes refused under mutual TLS because the sender's certificate does not carry the name it claims.
+    let impersonations = Counter(label: "ringside_gossip_impersonations_total")
     let bytesIn = Counter(label: "ringside_gossip_bytes_total", dimensions: [("direction", "in")])
     let bytesOut = Counter(label: "ringside_gossip_bytes_total", dimensions: [("direction", "out")])
     let healthScore = Gauge(label: "ringside_gossip_health_score")

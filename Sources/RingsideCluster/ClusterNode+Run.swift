@@ -96,9 +96,12 @@ extension ClusterNode {
         }
         let maxBody = GossipCodec.Limits().maxEnvelopeBytes
         let listener: any ClusterListener
-        let receive: @Sendable ([UInt8]) -> Bool = { [weak self] bytes in self?.receive(bytes) ?? false }
+        let receive: @Sendable ([UInt8], PeerIdentity?) -> Bool = { [weak self] bytes, identity in
+            self?.receive(bytes, from: identity) ?? false
+        }
+        let tls = configuration.tls
         do {
-            if let bindListener {
+            if let bindListener, tls == nil {
                 let idleTimeout = configuration.idleConnectionTimeout
                 let forwardedConnections = forwardedConnections
                 listener = try await bindListener(listen) { channel in
@@ -107,6 +110,7 @@ extension ClusterNode {
                         maxBodyBytes: maxBody,
                         idleTimeout: idleTimeout,
                         forwardedConnections: forwardedConnections,
+                        tls: nil,
                         receive: receive
                     )
                 }
@@ -117,6 +121,7 @@ extension ClusterNode {
                     maxBodyBytes: maxBody,
                     idleTimeout: configuration.idleConnectionTimeout,
                     forwardedConnections: forwardedConnections,
+                    tls: tls,
                     receive: receive
                 )
             }
@@ -246,8 +251,9 @@ extension ClusterNode {
     // MARK: Inputs and outputs
 
     /// Handles one gossip frame from the listener; false if it was not a valid frame (dropped, counted, logged at
-    /// debug).
-    func receive(_ bytes: [UInt8]) -> Bool {
+    /// debug), or if it came over mutual TLS from a peer whose certificate does not carry the sender's name (refused,
+    /// counted, logged at most once a second).
+    func receive(_ bytes: [UInt8], from identity: PeerIdentity? = nil) -> Bool {
         metrics.bytesIn.increment(by: Int64(bytes.count))
         traffic.bytesIn.wrappingIncrement(by: bytes.count, ordering: .relaxed)
         let envelope: GossipEnvelope
@@ -260,6 +266,21 @@ extension ClusterNode {
                 "dropped a gossip frame",
                 metadata: ["ringside.error": "\(error)", "ringside.bytes": "\(bytes.count)"]
             )
+            return false
+        }
+        if let identity, !identity.carries(envelope.senderName) {
+            metrics.impersonations.increment()
+            if let held = logLimiter.allow("refused gossip under another name") {
+                logger.warning(
+                    "refused gossip: the sender's certificate does not carry the name it speaks under",
+                    metadata: [
+                        "ringside.peer": "\(envelope.senderName)",
+                        "ringside.peer.address": "\(envelope.senderAddress)",
+                        "ringside.certificate.names": "\(identity.names.joined(separator: ","))",
+                        "ringside.suppressed": "\(held)",
+                    ]
+                )
+            }
             return false
         }
         if let directives = try? withInstance({ $0.receive(envelope, now: $1) }) {

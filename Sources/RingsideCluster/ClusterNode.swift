@@ -123,7 +123,12 @@ public final class ClusterNode: Service, Sendable {
         var logger = logger
         logger[metadataKey: "ringside.node"] = "\(configuration.nodeName)"
         self.logger = logger
-        self.client = GossipClient(group: group, connectTimeout: configuration.timings.probeTimeout, logger: logger)
+        self.client = GossipClient(
+            group: group,
+            connectTimeout: configuration.timings.probeTimeout,
+            tls: configuration.tls,
+            logger: logger
+        )
         self.resolver = resolver
         self.view = ManagedAtomic(View(members: [], sharder: EmptySharder()))
         self.protocolAlarm = Alarm(loop: group.next())

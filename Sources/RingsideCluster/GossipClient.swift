@@ -15,6 +15,7 @@ import NIOPosix
 final class GossipClient: Sendable {
     private let group: any EventLoopGroup
     private let connectTimeout: TimeAmount
+    private let tls: PlaneTLS?
     private let connections = NIOLockedValueBox<[String: EventLoopFuture<Connection>]>([:])
     private let logger: Logger
     /// Envelopes handed over and not yet answered or failed.
@@ -25,8 +26,9 @@ final class GossipClient: Sendable {
         var multiplexer: NIOLoopBound<HTTP2StreamMultiplexer>
     }
 
-    init(group: any EventLoopGroup, connectTimeout: Duration, logger: Logger) {
+    init(group: any EventLoopGroup, connectTimeout: Duration, tls: PlaneTLS?, logger: Logger) {
         self.group = group
+        self.tls = tls
         self.connectTimeout = TimeAmount(connectTimeout)
         self.logger = logger
     }
@@ -137,10 +139,15 @@ final class GossipClient: Sendable {
                 ClusterError(code: .invalidAddress, message: "\"\(address)\" is not a host:port address")
             )
         }
+        let (tls, timeout) = (self.tls, connectTimeout)
         return ClientBootstrap(group: group)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connect(host: target.host, port: target.port)
+            .flatMap { @Sendable (channel: any Channel) -> EventLoopFuture<any Channel> in
+                guard let tls else { return channel.eventLoop.makeSucceededFuture(channel) }
+                return tls.connect(channel, role: .gossipClient, serverHostname: nil, timeout: timeout).map { channel }
+            }
             .flatMap { channel in
                 channel.configureHTTP2Pipeline(mode: .client, inboundStreamInitializer: { $0.close() })
                     .map { Connection(channel: channel, multiplexer: NIOLoopBound($0, eventLoop: channel.eventLoop)) }

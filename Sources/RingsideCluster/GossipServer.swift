@@ -28,7 +28,11 @@ public typealias ClusterListenerBinder =
 /// other nodes forwarded, and goes to the `forwardedConnections` initializer; without one it is closed.
 ///
 /// A gossip body is collected up to the decoder's limit (anything longer is answered 413 and dropped) and handed to
-/// `receive`, which answers whether the frame was accepted: 204 if so, 400 if it was not a valid frame.
+/// `receive`, which answers whether the frame was accepted: 204 if so, 400 if it was not a valid frame (or, under
+/// mutual TLS, it came from a node whose certificate does not carry the sender's name).
+///
+/// With `tls`, every connection is mutual TLS first (``TLSRole/clusterServer``): a peer without a certificate of the
+/// cluster's CA is refused at the handshake, and ALPN tells gossip (`h2`) from forwarded requests (`http/1.1`).
 enum GossipServer {
     static let path = "/ringside/v1/gossip"
 
@@ -42,7 +46,8 @@ enum GossipServer {
         maxBodyBytes: Int,
         idleTimeout: Duration,
         forwardedConnections: ClusterConnectionInitializer?,
-        receive: @escaping @Sendable ([UInt8]) -> Bool
+        tls: PlaneTLS?,
+        receive: @escaping @Sendable ([UInt8], PeerIdentity?) -> Bool
     ) async throws -> GossipListener {
         let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
         let channel = try await ServerBootstrap(group: group)
@@ -59,6 +64,7 @@ enum GossipServer {
                         maxBodyBytes: maxBodyBytes,
                         idleTimeout: idleTimeout,
                         forwardedConnections: forwardedConnections,
+                        tls: tls,
                         receive: receive
                     )
                 }
@@ -69,28 +75,42 @@ enum GossipServer {
     }
 
     /// Sets up a connection of the cluster port: told HTTP/2 (gossip) from HTTP/1.1 (forwarded requests, for
-    /// `forwardedConnections`; closed without one) by its first bytes.
+    /// `forwardedConnections`; closed without one) by ALPN under `tls`, by its first bytes otherwise.
     static func configure(
         _ channel: any Channel,
         maxBodyBytes: Int,
         idleTimeout: Duration,
         forwardedConnections: ClusterConnectionInitializer?,
-        receive: @escaping @Sendable ([UInt8]) -> Bool
+        tls: PlaneTLS?,
+        receive: @escaping @Sendable ([UInt8], PeerIdentity?) -> Bool
     ) throws {
-        try channel.pipeline.syncOperations.addHandler(
-            ProtocolSniffer(
-                timeout: prefaceTimeout,
-                http1: { channel in
-                    guard let forwardedConnections else { throw ChannelError.inappropriateOperationForState }
-                    try forwardedConnections(channel)
-                },
-                http2: { channel in
-                    try ProtocolSniffer.configureHTTP2Streams(channel, idleTimeout: .init(idleTimeout)) {
-                        GossipRequestHandler(maxBodyBytes: maxBodyBytes, receive: receive)
-                    }
+        let http1: (any Channel) throws -> Void = { channel in
+            guard let forwardedConnections else { throw ChannelError.inappropriateOperationForState }
+            try forwardedConnections(channel)
+        }
+        func http2(_ identity: PeerIdentity?) -> (any Channel) throws -> Void {
+            { channel in
+                try ProtocolSniffer.configureHTTP2Streams(channel, idleTimeout: .init(idleTimeout)) {
+                    GossipRequestHandler(maxBodyBytes: maxBodyBytes) { receive($0, identity) }
                 }
+            }
+        }
+        guard let tls else {
+            try channel.pipeline.syncOperations.addHandler(
+                ProtocolSniffer(timeout: prefaceTimeout, http1: http1, http2: http2(nil))
             )
-        )
+            return
+        }
+        try tls.accept(channel, role: .clusterServer, timeout: prefaceTimeout) { channel, negotiated, identity in
+            switch negotiated {
+            case "h2": try http2(identity)(channel)
+            case "http/1.1": try http1(channel)
+            default:
+                try channel.pipeline.syncOperations.addHandler(
+                    ProtocolSniffer(timeout: prefaceTimeout, http1: http1, http2: http2(identity))
+                )
+            }
+        }
     }
 }
 
@@ -117,11 +137,11 @@ final class GossipRequestHandler: ChannelInboundHandler, RemovableChannelHandler
     typealias OutboundOut = HTTPServerResponsePart
 
     private let maxBodyBytes: Int
-    private let receive: @Sendable ([UInt8]) -> Bool
+    private let receive: ([UInt8]) -> Bool
     private var body: [UInt8] = []
     private var status: HTTPResponseStatus?
 
-    init(maxBodyBytes: Int, receive: @escaping @Sendable ([UInt8]) -> Bool) {
+    init(maxBodyBytes: Int, receive: @escaping ([UInt8]) -> Bool) {
         self.maxBodyBytes = maxBodyBytes
         self.receive = receive
     }

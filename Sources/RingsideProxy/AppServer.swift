@@ -18,6 +18,9 @@ public enum AppServer {
     /// ``ProxyConfiguration/appIO`` `.epoll`, its epoll driver serves them (``EpollLoop``, as many loops as `group` has
     /// threads), handing HTTP/2 connections over to NIO; otherwise every connection is a NIO channel from the start,
     /// HTTP/1.1 on the engine's NIO driver (``HTTP1Relay``).
+    ///
+    /// With `tls` (``TLSRole/appServer``) every connection is TLS, served on NIO channels: ALPN tells HTTP/2 from
+    /// HTTP/1.1 (the first bytes do when the client offers no ALPN), and requests carry `X-Forwarded-Proto: https`.
     public static func bind(
         host: String,
         port: Int,
@@ -25,47 +28,59 @@ public enum AppServer {
         configuration: ProxyConfiguration,
         router: any ProxyRouter,
         upstreams: any UpstreamProvider,
+        tls: PlaneTLS? = nil,
         metrics: ProxyMetrics = ProxyMetrics(),
         logger: Logger = Logger(label: "ringside.proxy")
     ) async throws -> any AppListener {
+        let scheme = tls == nil ? "http" : "https"
         let relay = RelaySettings(
             configuration: configuration,
             plane: .app,
             metrics: metrics,
             router: router,
             backend: upstreams.backendURL,
+            scheme: scheme,
             logger: logger
         )
         let connections = ConnectionTracker()
         let http1 = relaySetup(relay, upstreams, connections)
+        let http2: @Sendable (any Channel) throws -> Void = { channel in
+            defer { connections.quiesceIfDraining(channel) }
+            try ProtocolSniffer.configureHTTP2Streams(
+                channel,
+                idleTimeout: TimeAmount(configuration.idleTimeout),
+                maxHeaderListSize: configuration.maxHeaderBytes
+            ) {
+                ProxyHandler(
+                    configuration: configuration,
+                    plane: .app,
+                    metrics: metrics,
+                    router: router,
+                    upstreams: upstreams,
+                    scheme: scheme
+                )
+            }
+        }
+        let headerTimeout = TimeAmount(configuration.headerReadTimeout)
+        let sniffer: @Sendable () -> ProtocolSniffer = {
+            ProtocolSniffer(timeout: headerTimeout, http1: http1, http2: http2)
+        }
         let pipeline: @Sendable (any Channel) throws -> Void = { channel in
             connections.track(channel)
-            try channel.pipeline.syncOperations.addHandler(
-                ProtocolSniffer(
-                    timeout: TimeAmount(configuration.headerReadTimeout),
-                    http1: http1,
-                    http2: { channel in
-                        defer { connections.quiesceIfDraining(channel) }
-                        try ProtocolSniffer.configureHTTP2Streams(
-                            channel,
-                            idleTimeout: TimeAmount(configuration.idleTimeout),
-                            maxHeaderListSize: configuration.maxHeaderBytes
-                        ) {
-                            ProxyHandler(
-                                configuration: configuration,
-                                plane: .app,
-                                metrics: metrics,
-                                router: router,
-                                upstreams: upstreams,
-                                scheme: "http"
-                            )
-                        }
-                    }
-                )
-            )
+            guard let tls else {
+                try channel.pipeline.syncOperations.addHandler(sniffer())
+                return
+            }
+            try tls.accept(channel, role: .appServer, timeout: headerTimeout) { channel, negotiated, _ in
+                switch negotiated {
+                case "h2": try http2(channel)
+                case "http/1.1": try http1(channel)
+                default: try channel.pipeline.syncOperations.addHandler(sniffer())
+                }
+            }
         }
         #if os(Linux)
-        if configuration.appIO == .epoll, let backend = upstreams.backend {
+        if configuration.appIO == .epoll, tls == nil, let backend = upstreams.backend {
             return try EpollAppListener(
                 host: host,
                 port: port,

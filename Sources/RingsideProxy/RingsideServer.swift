@@ -22,6 +22,7 @@ public final class RingsideServer: Service, Sendable {
     public let drain: NodeDrain
     private let appHost: String
     private let appPort: Int
+    private let appTLS: PlaneTLS?
     private let group: any EventLoopGroup
     private let upstreams: ClusterUpstreams
     private let logger: Logger
@@ -34,6 +35,10 @@ public final class RingsideServer: Service, Sendable {
 
     /// A node that listens for the app at `appHost:appPort` and proxies to the backend at `backendHost:backendPort`,
     /// in HTTP/1.1, or in HTTP/2 with prior knowledge when `backendSpeaksHTTP2` (a gRPC server).
+    ///
+    /// With `appTLS` the app listener speaks TLS (``TLSRole/appServer``); with `backendTLS` the backend is spoken to
+    /// over TLS (``TLSRole/backendClient``); the cluster plane's mutual TLS is `cluster.tls`, which forwards to peers
+    /// use too. Connections that carry TLS are served on NIO channels.
     public init(
         cluster: ClusterConfiguration,
         proxy: ProxyConfiguration,
@@ -42,31 +47,37 @@ public final class RingsideServer: Service, Sendable {
         backendHost: String,
         backendPort: Int,
         backendSpeaksHTTP2: Bool = false,
+        appTLS: PlaneTLS? = nil,
+        backendTLS: PlaneTLS? = nil,
         readiness: ReadinessConfiguration = .init(),
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "ringside")
     ) {
         self.readiness = readiness
-        backendHealth = BackendHealth(
-            host: backendHost,
-            port: backendPort,
-            path: readiness.backendHealthPath,
-            interval: readiness.backendHealthInterval
-        )
         let upstreams = ClusterUpstreams(
             backendHost: backendHost,
             backendPort: backendPort,
             backendSpeaksHTTP2: backendSpeaksHTTP2,
+            backendTLS: backendTLS,
+            peerTLS: cluster.tls,
             configuration: proxy
+        )
+        backendHealth = BackendHealth(
+            host: backendHost,
+            port: backendPort,
+            path: readiness.backendHealthPath,
+            interval: readiness.backendHealthInterval,
+            tls: upstreams.backendSecurity
         )
         let metrics = ProxyMetrics()
         let drain = NodeDrain(inFlight: metrics.inFlight, defaultTimeout: proxy.drainTimeout)
         let dataPlane = DataPlane(drain: drain, requestTimeout: proxy.requestTimeout)
-        // On Linux with an HTTP/1.1 backend, the cluster port runs on relay loops too (forwarded requests on the
-        // engine's epoll driver; gossip's HTTP/2 connections handed over to the node), as the app plane does.
+        // On Linux with a plaintext HTTP/1.1 backend and cluster, the cluster port runs on relay loops too (forwarded
+        // requests on the engine's epoll driver; gossip's HTTP/2 connections handed over to the node), as the app plane
+        // does.
         var bindListener: ClusterListenerBinder?
         #if os(Linux)
-        if proxy.appIO == .epoll, let backend = upstreams.backend {
+        if proxy.appIO == .epoll, cluster.tls == nil, let backend = upstreams.backend {
             bindListener = { address, connection in
                 try dataPlane.bindClusterPort(address, backend: backend, group: group, connection: connection)
             }
@@ -96,6 +107,7 @@ public final class RingsideServer: Service, Sendable {
         dataPlane.clusterRelay = forwardedRelay
         dataPlane.forwardedSetup = AppServer.relaySetup(forwardedRelay, upstreams, dataPlane.forwarded)
         self.proxy = proxy
+        self.appTLS = appTLS
         self.drain = drain
         self.appHost = appHost
         self.appPort = appPort
@@ -118,6 +130,7 @@ public final class RingsideServer: Service, Sendable {
                 configuration: proxy,
                 router: ClusterRouter(node: node, configuration: proxy),
                 upstreams: upstreams,
+                tls: appTLS,
                 metrics: metrics,
                 logger: logger
             )
@@ -134,9 +147,11 @@ public final class RingsideServer: Service, Sendable {
             metadata: [
                 "ringside.setting": "listen",
                 "ringside.address": "\(app.localAddress.flatMap(HostAndPort.init)?.description ?? "")",
-                "ringside.io": "\(proxy.appIO.rawValue)",
+                "ringside.io": "\(appTLS == nil && upstreams.backend != nil ? proxy.appIO.rawValue : "nio")",
+                "ringside.tls": "\(appTLS != nil)",
             ]
         )
+        warnIfClusterIsOpen()
         defer { upstreams.shutdown() }
         started.withLockedValue { $0 = .now() }
         try await withGracefulShutdownHandler {
@@ -158,7 +173,20 @@ public final class RingsideServer: Service, Sendable {
         } onGracefulShutdown: {
             self.drain.start(by: "shutdown")
         }
-        try? await app.close(waitingUntil: .now())
+        _ = try? await app.close(waitingUntil: .now())
+    }
+
+    /// A cluster port reachable beyond loopback without mutual TLS admits anyone: said at start.
+    private func warnIfClusterIsOpen() {
+        guard node.configuration.tls == nil, let listen = HostAndPort(node.configuration.listenAddress),
+            !AdvertisedHost.isLoopback(listen.host)
+        else { return }
+        logger.warning(
+            "the cluster port has no TLS: any host that reaches it can join the cluster and reach the backend",
+            metadata: [
+                "ringside.setting": "cluster-listen", "ringside.address": "\(listen)", "ringside.cluster_auth": "none",
+            ]
+        )
     }
 
     /// Stops the node without a drain: it leaves the cluster, and the listeners close once what is under way is done.
@@ -295,7 +323,7 @@ public final class RingsideServer: Service, Sendable {
             "stopping at once; requests under way are cut",
             metadata: ["ringside.cut": "\(drain.progress.cut)"]
         )
-        try? await dataPlane.app?.close(waitingUntil: .now())
+        _ = try? await dataPlane.app?.close(waitingUntil: .now())
         await dataPlane.forwarded.closeAll()
         await node.halt()
     }

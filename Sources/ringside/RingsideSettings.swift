@@ -47,6 +47,16 @@ struct RingsideSettings {
     var eventLoops: Int
     /// How HTTP/1.1 connections are served (the app plane and forwarded requests).
     var appIO: ProxyConfiguration.AppIO
+    /// The app plane's certificate and key (TLS on the app plane, and on the admin plane beyond loopback).
+    var tls: TLSFiles?
+    /// This node's certificate and key and the cluster's CA bundle (mutual TLS between peers).
+    var clusterTLS: TLSFiles?
+    /// Whether the backend is spoken to over TLS (an `https://` URL), and the CA bundle it is checked against (nil:
+    /// the system's roots).
+    var backendTLS: Bool
+    var backendTLSCA: String?
+    /// The file holding the admin plane's bearer token.
+    var adminTokenFile: String?
 
     /// A `host:port` pair.
     typealias Address = HostAndPort
@@ -91,6 +101,16 @@ struct RingsideSettings {
         ("log-level", "info", "trace, debug, info, notice, warning, error or critical."),
         ("event-loops", nil, "Event loop threads (default: one per core)."),
         ("app-io", nil, "How HTTP/1.1 is served (app plane, forwarded requests): epoll (relay loops) or nio."),
+        ("tls-cert", "", "A PEM certificate chain: TLS on the app plane (and the admin plane beyond loopback)."),
+        ("tls-key", "", "The PEM private key of tls-cert."),
+        ("cluster-tls-cert", "", "This node's PEM certificate for mutual TLS between peers; a DNS SAN = node-name."),
+        ("cluster-tls-key", "", "The PEM private key of cluster-tls-cert."),
+        ("cluster-tls-ca", "", "The cluster's CA bundle (PEM): peers' certificates must chain to it."),
+        ("backend-tls-ca", "", "The CA bundle an https:// backend is checked against (default: the system's roots)."),
+        (
+            "admin-token-file", "",
+            "A file holding a bearer token the admin plane requires (but for /livez and /readyz)."
+        ),
     ]
 
     /// The environment variable for `key`: `RINGSIDE_` and the key in capitals, dashes as underscores.
@@ -198,6 +218,14 @@ struct RingsideSettings {
         listen = try address("listen")
         clusterListen = try address("cluster-listen")
         adminListen = try address("admin-listen")
+        if !AdvertisedHost.isLoopback(adminListen.host), value("admin-token-file").0.isEmpty,
+            value("tls-cert").0.isEmpty
+        {
+            throw fail(
+                "admin-listen",
+                "is beyond loopback: set admin-token-file (a bearer token) or tls-cert (TLS) to protect it"
+            )
+        }
         let advertiseText = value("advertise").0
         if advertiseText.isEmpty {
             advertise = nil
@@ -223,13 +251,35 @@ struct RingsideSettings {
         }
         let backendText = value("backend").0
         let scheme = backendText.prefix { $0 != ":" }
-        guard scheme == "http" || scheme == "h2c", backendText.dropFirst(scheme.count).hasPrefix("://"),
+        guard scheme == "http" || scheme == "https" || scheme == "h2c",
+            backendText.dropFirst(scheme.count).hasPrefix("://"),
             let backendAddress = Address(String(backendText.dropFirst(scheme.count + 3).prefix { $0 != "/" }))
         else {
-            throw fail("backend", "is not an http://host:port or h2c://host:port URL")
+            throw fail("backend", "is not an http://host:port, https://host:port or h2c://host:port URL")
         }
         backend = backendAddress
         backendSpeaksHTTP2 = scheme == "h2c"
+        backendTLS = scheme == "https"
+        func file(_ key: String) -> String? { value(key).0.isEmpty ? nil : value(key).0 }
+        backendTLSCA = file("backend-tls-ca")
+        if backendTLSCA != nil, !backendTLS {
+            throw fail("backend", "is not an https:// URL, yet backend-tls-ca is set")
+        }
+        /// The files of `keys`: all of them or none.
+        func files(_ keys: [String]) throws(ConfigurationError) -> [String]? {
+            let given = keys.map(file)
+            if given.allSatisfy({ $0 == nil }) { return nil }
+            if let missing = keys.first(where: { file($0) == nil }) {
+                let others = keys.filter { $0 != missing }.joined(separator: " and ")
+                throw ConfigurationError(key: missing, source: "default", reason: "is needed with \(others)")
+            }
+            return given.compactMap(\.self)
+        }
+        tls = try files(["tls-cert", "tls-key"]).map { TLSFiles(certificate: $0[0], key: $0[1]) }
+        clusterTLS = try files(["cluster-tls-cert", "cluster-tls-key", "cluster-tls-ca"]).map {
+            TLSFiles(certificate: $0[0], key: $0[1], ca: $0[2])
+        }
+        adminTokenFile = file("admin-token-file")
         keyHeader = value("key-header").0
         if let problem = ProxyConfiguration.keyHeaderProblem(keyHeader) { throw fail("key-header", problem) }
         guard let replicaCount = Int(value("replicas").0), (1...16).contains(replicaCount) else {

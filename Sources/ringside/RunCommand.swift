@@ -87,6 +87,20 @@ struct RunCommand: AsyncParsableCommand {
     var eventLoops: String?
     @Option(parsing: .unconditional, help: "How HTTP/1.1 is served: epoll or nio (default epoll on Linux).")
     var appIO: String?
+    @Option(parsing: .unconditional, help: "A PEM certificate chain: TLS on the app plane.")
+    var tlsCert: String?
+    @Option(parsing: .unconditional, help: "The PEM private key of --tls-cert.")
+    var tlsKey: String?
+    @Option(parsing: .unconditional, help: "This node's PEM certificate for mutual TLS between peers.")
+    var clusterTlsCert: String?
+    @Option(parsing: .unconditional, help: "The PEM private key of --cluster-tls-cert.")
+    var clusterTlsKey: String?
+    @Option(parsing: .unconditional, help: "The cluster's CA bundle (PEM).")
+    var clusterTlsCa: String?
+    @Option(parsing: .unconditional, help: "The CA bundle an https:// backend is checked against.")
+    var backendTlsCa: String?
+    @Option(parsing: .unconditional, help: "A file holding the admin plane's bearer token.")
+    var adminTokenFile: String?
 
     var flags: [String: String] {
         let given: [(String, String?)] = [
@@ -100,27 +114,32 @@ struct RunCommand: AsyncParsableCommand {
             ("node-header", nodeHeader), ("log-level", logLevel), ("event-loops", eventLoops),
             ("app-io", appIO), ("wait-for-size", waitForSize), ("wait-timeout", waitTimeout),
             ("participate-immediately", participateImmediately), ("backend-health-path", backendHealthPath),
+            ("tls-cert", tlsCert), ("tls-key", tlsKey), ("cluster-tls-cert", clusterTlsCert),
+            ("cluster-tls-key", clusterTlsKey), ("cluster-tls-ca", clusterTlsCa), ("backend-tls-ca", backendTlsCa),
+            ("admin-token-file", adminTokenFile),
         ]
         return Dictionary(uniqueKeysWithValues: given.compactMap { key, value in value.map { (key, $0) } })
     }
 
     func run() async throws {
         let settings: RingsideSettings
+        let security: NodeSecurity
         do {
             settings = try RingsideSettings.load(
                 configFile: config ?? ProcessInfo.processInfo.environment["RINGSIDE_CONFIG"],
                 environment: ProcessInfo.processInfo.environment,
                 flags: flags
             )
+            security = try NodeSecurity(settings, logger: Logger(label: "ringside.tls"))
         } catch {
             FileHandle.standardError.write(Data("ringside: \(error)\n".utf8))
             throw ExitCode(2)
         }
-        try await Self.serve(settings)
+        try await Self.serve(settings, security: security)
     }
 
     /// Runs a node with `settings` until SIGTERM or SIGINT.
-    static func serve(_ settings: RingsideSettings) async throws {
+    static func serve(_ settings: RingsideSettings, security: NodeSecurity) async throws {
         let level = settings.logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -133,7 +152,7 @@ struct RunCommand: AsyncParsableCommand {
         logger[metadataKey: "ringside.node"] = "\(settings.nodeName)"
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: settings.eventLoops)
-        let server = makeServer(settings, group: group, logger: logger)
+        let server = makeServer(settings, security: security, group: group, logger: logger)
         let admin: any Channel
         do {
             admin = try await AdminServer.bind(
@@ -145,8 +164,10 @@ struct RunCommand: AsyncParsableCommand {
                     metricsText: { registry.emitToString() },
                     notReadyReason: { server.notReadyReason },
                     lookupReplicas: settings.replicas,
-                    drain: server.drain
-                )
+                    drain: server.drain,
+                    token: security.adminToken
+                ),
+                tls: AdvertisedHost.isLoopback(settings.adminListen.host) ? nil : security.app
             )
         } catch {
             Self.cannotListen(
@@ -159,16 +180,17 @@ struct RunCommand: AsyncParsableCommand {
             metadata: ["ringside.setting": "admin-listen", "ringside.address": "\(settings.adminListen)"]
         )
         // The node stops by draining: SIGTERM or SIGINT starts a drain, a second one during it stops at once. The
-        // group ends when the node has stopped.
-        let services = ServiceGroup(
-            configuration: .init(
-                services: [
-                    .init(service: server, successTerminationBehavior: .gracefullyShutdownGroup),
-                    .init(service: SignalDrain(drain: server.drain, logger: logger)),
-                ],
-                logger: logger
-            )
-        )
+        // group ends when the node has stopped. Certificates reload when their files change, and on SIGHUP.
+        var configured: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: server, successTerminationBehavior: .gracefullyShutdownGroup),
+            .init(service: SignalDrain(drain: server.drain, logger: logger)),
+        ]
+        if !security.planes.isEmpty {
+            let reloader = TLSReloader(planes: security.planes, logger: logger)
+            configured.append(.init(service: reloader))
+            configured.append(.init(service: SignalReload(reloader: reloader, logger: logger)))
+        }
+        let services = ServiceGroup(configuration: .init(services: configured, logger: logger))
         do {
             try await services.run()
         } catch {
@@ -207,7 +229,12 @@ struct RunCommand: AsyncParsableCommand {
         Foundation.exit(1)
     }
 
-    static func makeServer(_ settings: RingsideSettings, group: any EventLoopGroup, logger: Logger) -> RingsideServer {
+    static func makeServer(
+        _ settings: RingsideSettings,
+        security: NodeSecurity,
+        group: any EventLoopGroup,
+        logger: Logger
+    ) -> RingsideServer {
         var cluster = ClusterConfiguration(nodeName: settings.nodeName)
         cluster.clusterName = settings.clusterName
         cluster.listenAddress = settings.clusterListen.description
@@ -222,6 +249,7 @@ struct RunCommand: AsyncParsableCommand {
         readiness.backendHealthPath = settings.backendHealthPath
         cluster.sharding = settings.sharder
         cluster.rejoinInterval = settings.rejoinInterval
+        cluster.tls = security.cluster
         var proxy = ProxyConfiguration(nodeName: settings.nodeName)
         proxy.keyHeader = settings.keyHeader
         proxy.missingKey = settings.missingKey
@@ -242,6 +270,8 @@ struct RunCommand: AsyncParsableCommand {
             backendHost: settings.backend.host,
             backendPort: settings.backend.port,
             backendSpeaksHTTP2: settings.backendSpeaksHTTP2,
+            appTLS: security.app,
+            backendTLS: security.backend,
             readiness: readiness,
             group: group,
             logger: logger
@@ -268,6 +298,19 @@ struct SignalDrain: Service {
                     Foundation.exit(drain.exitCode)
                 }
             }
+        }
+    }
+}
+
+/// Reloads certificates on SIGHUP, whether or not their files changed.
+struct SignalReload: Service {
+    let reloader: TLSReloader
+    let logger: Logger
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        await cancelWhenGracefulShutdown {
+            for await _ in signals { reloader.reload(force: true, trigger: "SIGHUP") }
         }
     }
 }

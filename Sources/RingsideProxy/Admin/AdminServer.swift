@@ -16,14 +16,18 @@ public struct AdminSources: Sendable {
     public var lookupReplicas: Int
     /// The node's drain, for `POST /v1/drain` and `GET /v1/drain`.
     public var drain: NodeDrain?
+    /// A bearer token every request but `/livez` and `/readyz` must carry (`Authorization: Bearer …`); nil: none.
+    public var token: [UInt8]?
 
     /// Creates the sources.
     public init(
         metricsText: @escaping @Sendable () -> String = { "" },
         notReadyReason: @escaping @Sendable () -> String? = { nil },
         lookupReplicas: Int = 1,
-        drain: NodeDrain? = nil
+        drain: NodeDrain? = nil,
+        token: [UInt8]? = nil
     ) {
+        self.token = token
         self.metricsText = metricsText
         self.notReadyReason = notReadyReason
         self.lookupReplicas = lookupReplicas
@@ -33,24 +37,46 @@ public struct AdminSources: Sendable {
 
 /// The admin plane: health, readiness, metrics and the JSON API (see the README for each path).
 public enum AdminServer {
-    /// Binds the admin listener.
+    /// Binds the admin listener; with `tls` (``TLSRole/adminServer``) it speaks HTTP/1.1 over TLS.
     public static func bind(
         host: String,
         port: Int,
         group: any EventLoopGroup,
         node: ClusterNode,
-        sources: AdminSources
+        sources: AdminSources,
+        tls: PlaneTLS? = nil
     ) async throws -> any Channel {
         try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(AdminHandler(node: node, sources: sources))
+                    let http: (any Channel) throws -> Void = { channel in
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                        try channel.pipeline.syncOperations.addHandler(AdminHandler(node: node, sources: sources))
+                    }
+                    guard let tls else { return try http(channel) }
+                    try tls.accept(channel, role: .adminServer, timeout: .seconds(10)) { channel, _, _ in
+                        try http(channel)
+                    }
                 }
             }
             .bind(host: host, port: port)
             .get()
+    }
+
+    /// Whether a request for `uri` may be answered with the `authorization` it carries: always for `/livez` and
+    /// `/readyz` (probes), otherwise only with the bearer token, when there is one (compared in constant time).
+    static func authorized(_ uri: String, authorization: String?, token: [UInt8]?) -> Bool {
+        guard let token else { return true }
+        let path = split(uri).0
+        if path == "/livez" || path == "/readyz" { return true }
+        guard let authorization, authorization.lowercased().hasPrefix("bearer ") else { return false }
+        let presented = Array(authorization.utf8.dropFirst(7))
+        var difference = UInt8(truncatingIfNeeded: presented.count ^ token.count)
+        for index in 0..<token.count {
+            difference |= token[index] ^ (index < presented.count ? presented[index] : 0)
+        }
+        return difference == 0
     }
 
     /// The answer to `GET uri`: status, content type and body.
@@ -103,6 +129,7 @@ public enum AdminServer {
                 ("name", JSONWriter.quoted(node.configuration.nodeName)),
                 ("state", JSONWriter.quoted(node.state.description)),
                 ("epoch", JSONWriter.quoted(String(sharder.checksum, radix: 16))),
+                ("cluster_auth", JSONWriter.quoted(node.configuration.tls == nil ? "none" : "mtls")),
                 (
                     "peers",
                     JSONWriter.object(
@@ -275,12 +302,21 @@ final class AdminHandler: ChannelInboundHandler {
         case .end:
             guard let request = head else { return }
             head = nil
-            let (status, type, text) = AdminServer.answer(request.method, request.uri, node: node, sources: sources)
+            let authorized = AdminServer.authorized(
+                request.uri,
+                authorization: request.headers.first(name: "authorization"),
+                token: sources.token
+            )
+            let (status, type, text) =
+                authorized
+                ? AdminServer.answer(request.method, request.uri, node: node, sources: sources)
+                : (.unauthorized, "application/json", AdminServer.error("this admin plane needs a bearer token"))
             let body = ByteBuffer(string: text)
             var headers = HTTPHeaders()
             headers.add(name: "content-type", value: type)
             headers.add(name: "content-length", value: String(body.readableBytes))
             if !request.isKeepAlive { headers.add(name: "connection", value: "close") }
+            if !authorized { headers.add(name: "www-authenticate", value: "Bearer") }
             context.write(
                 wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))),
                 promise: nil

@@ -43,6 +43,7 @@ package final class RelaySettings: Sendable {
         metrics: ProxyMetrics,
         router: any ProxyRouter,
         backend: String,
+        scheme: String = "http",
         logger: Logger = Logger(label: "ringside.proxy")
     ) {
         self.configuration = configuration
@@ -55,7 +56,7 @@ package final class RelaySettings: Sendable {
         keyName = Array(configuration.keyHeader.lowercased().utf8)
         viaLine = Array("via: 1.1 ringside-\(name)\r\n".utf8)
         nodeLine = Array("\(HeaderHygiene.nodeHeader): \(name)\r\n".utf8)
-        protoAndViaLines = Array("x-forwarded-proto: http\r\n".utf8) + viaLine
+        protoAndViaLines = Array("x-forwarded-proto: \(scheme)\r\n".utf8) + viaLine
         viaAndNodeLines = viaLine + nodeLine
         hopLine = Array("\(HeaderHygiene.hopHeader): \(name)\r\n".utf8)
         deadlinePrefix = Array("\(HeaderHygiene.deadlineHeader): ".utf8)

@@ -36,19 +36,22 @@ enum ReadinessGate {
     }
 }
 
-/// Checks the backend every interval: a connection, or a GET of a path; the node is not ready while it fails.
+/// Checks the backend every interval: a connection (and its TLS handshake, for an `https://` backend), or a GET of a
+/// path; the node is not ready while it fails.
 final class BackendHealth: Sendable {
     private let host: String
     private let port: Int
     private let path: String?
     private let interval: Duration
+    private let tls: UpstreamSecurity?
     private let state = NIOLockedValueBox<String?>("the backend has not been checked yet")
 
-    init(host: String, port: Int, path: String?, interval: Duration) {
+    init(host: String, port: Int, path: String?, interval: Duration, tls: UpstreamSecurity?) {
         self.host = host
         self.port = port
         self.path = path
         self.interval = interval
+        self.tls = tls
     }
 
     /// Why the backend is not healthy, or nil.
@@ -73,7 +76,7 @@ final class BackendHealth: Sendable {
     }
 
     private func check() async -> String? {
-        let target = "http://\(HostAndPort(host: host, port: port))\(path ?? "")"
+        let target = "\(tls == nil ? "http" : "https")://\(HostAndPort(host: host, port: port))\(path ?? "")"
         let reader = StatusLineReader()
         // Completed whatever happens (a promise left open is a leak; a second completion is ignored).
         defer { reader.fail() }
@@ -86,6 +89,14 @@ final class BackendHealth: Sendable {
                 .connect(host: host, port: port)
                 .get()
             defer { channel.close(promise: nil) }
+            if let tls {
+                try await tls.tls.connect(
+                    channel,
+                    role: tls.role,
+                    serverHostname: tls.serverHostname,
+                    timeout: .seconds(1)
+                ).get()
+            }
             guard let path else { return nil }
             let request =
                 "GET \(path) HTTP/1.1\r\nHost: \(HostAndPort(host: host, port: port))\r\nConnection: close\r\n\r\n"

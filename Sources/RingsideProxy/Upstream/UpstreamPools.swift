@@ -24,6 +24,7 @@ final class HTTP1Pool: Sendable {
         var host: String
         var port: Int
         var loop: ObjectIdentifier
+        var security: UpstreamSecurity?
     }
 
     private struct Idle {
@@ -64,8 +65,15 @@ final class HTTP1Pool: Sendable {
 
     /// A kept connection to `host:port` on `eventLoop`, or a new one (always when `fresh`, unless the bound is
     /// reached), or the next one free.
-    func lease(host: String, port: Int, on eventLoop: any EventLoop, fresh: Bool) -> EventLoopFuture<UpstreamLease> {
-        let key = Key(host: host, port: port, loop: ObjectIdentifier(eventLoop))
+    /// With `security`, a new connection is TLS, handed out once its handshake is done.
+    func lease(
+        host: String,
+        port: Int,
+        security: UpstreamSecurity? = nil,
+        on eventLoop: any EventLoop,
+        fresh: Bool
+    ) -> EventLoopFuture<UpstreamLease> {
+        let key = Key(host: host, port: port, loop: ObjectIdentifier(eventLoop), security: security)
         let decision = slots.withLockedValue { slots -> Decision in
             var slot = slots[key, default: Slot()]
             defer { slots[key] = slot }
@@ -96,7 +104,7 @@ final class HTTP1Pool: Sendable {
     /// Opens a connection counted in `key`'s slot already; when it closes (or fails to open), the slot has room for
     /// the next lease waiting.
     private func open(_ key: Key, on eventLoop: any EventLoop) -> EventLoopFuture<UpstreamLease> {
-        let opening = connect(host: key.host, port: key.port, on: eventLoop)
+        let opening = connect(host: key.host, port: key.port, security: key.security, on: eventLoop)
         opening.whenComplete { result in
             switch result {
             case .success(let channel): channel.closeFuture.whenComplete { _ in self.closed(key) }
@@ -121,8 +129,13 @@ final class HTTP1Pool: Sendable {
     }
 
     /// A new connection with this pool's handlers.
-    private func connect(host: String, port: Int, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
-        let speaksBytes = speaksBytes
+    private func connect(
+        host: String,
+        port: Int,
+        security: UpstreamSecurity?,
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<any Channel> {
+        let (speaksBytes, timeout) = (speaksBytes, connectTimeout)
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -137,6 +150,16 @@ final class HTTP1Pool: Sendable {
                 }
             }
             .connect(host: host, port: port)
+            .flatMap { @Sendable (channel: any Channel) -> EventLoopFuture<any Channel> in
+                guard let security else { return channel.eventLoop.makeSucceededFuture(channel) }
+                return security.tls.connect(
+                    channel,
+                    role: security.role,
+                    serverHostname: security.serverHostname,
+                    expectedName: security.expectedName,
+                    timeout: timeout
+                ).map { channel }
+            }
     }
 
     private func lease(_ channel: any Channel, key: Key, reused: Bool) -> UpstreamLease {
@@ -185,6 +208,26 @@ final class HTTP1Pool: Sendable {
         }
         for channel in channels { channel.close(promise: nil) }
         for waiter in waiters { waiter.promise.fail(ChannelError.ioOnClosedChannel) }
+    }
+}
+
+/// How an upstream connection is secured: TLS of `tls` in `role`, sending `serverHostname` (SNI, and the name checked
+/// by the usual host-name rules), or requiring the certificate to carry `expectedName` exactly (a peer's node name).
+struct UpstreamSecurity: Hashable, Sendable {
+    var tls: PlaneTLS
+    var role: TLSRole
+    var serverHostname: String?
+    var expectedName: String?
+
+    static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs.tls === rhs.tls && lhs.role == rhs.role && lhs.serverHostname == rhs.serverHostname
+            && lhs.expectedName == rhs.expectedName
+    }
+
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(ObjectIdentifier(tls))
+        hasher.combine(serverHostname)
+        hasher.combine(expectedName)
     }
 }
 
@@ -297,20 +340,33 @@ public final class ClusterUpstreams: UpstreamProvider {
     private let backendHost: String
     private let backendPort: Int
     private let backendSpeaksHTTP2: Bool
+    /// TLS towards the backend (an `https://` backend), and towards peers (the cluster's mutual TLS).
+    let backendSecurity: UpstreamSecurity?
+    private let peerTLS: PlaneTLS?
     /// Closes pooled connections idle for ``ProxyConfiguration/upstreamIdleTimeout``, a quarter of it at a time.
     private let idleSweep: RepeatedTask
 
     /// Upstreams for a backend at `backendHost:backendPort`, spoken to in HTTP/1.1 with keep-alive, or in HTTP/2
-    /// (h2c, prior knowledge) when `backendSpeaksHTTP2`.
+    /// (h2c, prior knowledge) when `backendSpeaksHTTP2`; over TLS when `backendTLS` is given (``TLSRole/backendClient``,
+    /// `https://`). Peers are reached over `peerTLS` when given (``TLSRole/forwardClient``), each peer's certificate
+    /// required to carry its node name.
     public init(
         backendHost: String,
         backendPort: Int,
         backendSpeaksHTTP2: Bool = false,
+        backendTLS: PlaneTLS? = nil,
+        peerTLS: PlaneTLS? = nil,
         configuration: ProxyConfiguration
     ) {
         self.backendHost = backendHost
         self.backendPort = backendPort
         self.backendSpeaksHTTP2 = backendSpeaksHTTP2
+        self.peerTLS = peerTLS
+        backendSecurity = backendTLS.map { tls in
+            // SNI names a host, never an address.
+            let isAddress = (try? SocketAddress(ipAddress: backendHost, port: 0)) != nil
+            return UpstreamSecurity(tls: tls, role: .backendClient, serverHostname: isAddress ? nil : backendHost)
+        }
         http1 = HTTP1Pool(configuration: configuration)
         bytes = HTTP1Pool(configuration: configuration, speaksBytes: true)
         http2 = HTTP2Pool(connectTimeout: configuration.connectTimeout)
@@ -325,13 +381,16 @@ public final class ClusterUpstreams: UpstreamProvider {
         }
     }
 
-    /// The relay loops carry HTTP/1.1 backends only: with an HTTP/2 backend the app plane runs on NIO channels.
+    /// The relay loops carry plaintext HTTP/1.1 only: with an HTTP/2 backend, a TLS backend or TLS between peers, the
+    /// app plane runs on NIO channels.
     public var backend: HostAndPort? {
-        backendSpeaksHTTP2 ? nil : HostAndPort(host: backendHost, port: backendPort)
+        backendSpeaksHTTP2 || backendSecurity != nil || peerTLS != nil
+            ? nil : HostAndPort(host: backendHost, port: backendPort)
     }
 
     public var backendURL: String {
-        "\(backendSpeaksHTTP2 ? "h2c" : "http")://\(HostAndPort(host: backendHost, port: backendPort))"
+        let scheme = backendSpeaksHTTP2 ? "h2c" : backendSecurity != nil ? "https" : "http"
+        return "\(scheme)://\(HostAndPort(host: backendHost, port: backendPort))"
     }
 
     /// A stream of its own for each request when the backend speaks HTTP/2 (`fresh` does not apply).
@@ -343,7 +402,9 @@ public final class ClusterUpstreams: UpstreamProvider {
         if case .local = route, backendSpeaksHTTP2 {
             return http2.lease(address: backendAddress, on: eventLoop, speaksBytes: true)
         }
-        return connecting(route, on: eventLoop) { bytes.lease(host: $0, port: $1, on: eventLoop, fresh: fresh) }
+        return connecting(route, on: eventLoop) {
+            bytes.lease(host: $0, port: $1, security: $2, on: eventLoop, fresh: fresh)
+        }
     }
 
     private var backendAddress: String { HostAndPort(host: backendHost, port: backendPort).description }
@@ -353,25 +414,30 @@ public final class ClusterUpstreams: UpstreamProvider {
         if case .local = route, backendSpeaksHTTP2 {
             return http2.lease(address: backendAddress, on: eventLoop)
         }
-        return connecting(route, on: eventLoop) { http1.lease(host: $0, port: $1, on: eventLoop, fresh: fresh) }
+        return connecting(route, on: eventLoop) {
+            http1.lease(host: $0, port: $1, security: $2, on: eventLoop, fresh: fresh)
+        }
     }
 
-    /// `connect(host, port)` for the HTTP/1.1 endpoint of `route`: the backend, or a peer's cluster port.
+    /// `connect(host, port, security)` for the HTTP/1.1 endpoint of `route`: the backend, or a peer's cluster port.
     private func connecting<Value>(
         _ route: ProxyRoute,
         on eventLoop: any EventLoop,
-        _ connect: (String, Int) -> EventLoopFuture<Value>
+        _ connect: (String, Int, UpstreamSecurity?) -> EventLoopFuture<Value>
     ) -> EventLoopFuture<Value> {
         switch route {
         case .local:
-            return connect(backendHost, backendPort)
-        case .peer(_, let address):
+            return connect(backendHost, backendPort, backendSecurity)
+        case .peer(let name, let address):
             guard let target = HostAndPort(address) else {
                 return eventLoop.makeFailedFuture(
                     ProxyRefusal(status: .badGateway, message: "bad peer address \(address)")
                 )
             }
-            return connect(target.host, target.port)
+            let security = peerTLS.map {
+                UpstreamSecurity(tls: $0, role: .forwardClient, serverHostname: nil, expectedName: name)
+            }
+            return connect(target.host, target.port, security)
         }
     }
 
