@@ -28,6 +28,9 @@ public final class KeyedLoad: Sendable {
     /// Sends no new request to `port` (as a load balancer once the node is terminating).
     public func remove(_ port: Int) { state.withLockedValue { $0.entries.removeAll { $0 == port } } }
 
+    /// What happened so far.
+    public var outcome: Outcome { state.withLockedValue { $0 } }
+
     /// Stops the threads after their current request, and returns what happened.
     @discardableResult
     public func stop() -> Outcome {

@@ -269,9 +269,10 @@ struct RingsideSettings {
         func files(_ keys: [String]) throws(ConfigurationError) -> [String]? {
             let given = keys.map(file)
             if given.allSatisfy({ $0 == nil }) { return nil }
-            if let missing = keys.first(where: { file($0) == nil }) {
-                let others = keys.filter { $0 != missing }.joined(separator: " and ")
-                throw ConfigurationError(key: missing, source: "default", reason: "is needed with \(others)")
+            if let missing = keys.first(where: { file($0) == nil }), let given = keys.first(where: { file($0) != nil })
+            {
+                let others = keys.filter { file($0) != nil }.joined(separator: " and ")
+                throw ConfigurationError(key: missing, source: value(given).1, reason: "is needed with \(others)")
             }
             return given.compactMap(\.self)
         }

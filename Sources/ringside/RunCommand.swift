@@ -123,23 +123,21 @@ struct RunCommand: AsyncParsableCommand {
 
     func run() async throws {
         let settings: RingsideSettings
-        let security: NodeSecurity
         do {
             settings = try RingsideSettings.load(
                 configFile: config ?? ProcessInfo.processInfo.environment["RINGSIDE_CONFIG"],
                 environment: ProcessInfo.processInfo.environment,
                 flags: flags
             )
-            security = try NodeSecurity(settings, logger: Logger(label: "ringside.tls"))
         } catch {
             FileHandle.standardError.write(Data("ringside: \(error)\n".utf8))
             throw ExitCode(2)
         }
-        try await Self.serve(settings, security: security)
+        try await Self.serve(settings)
     }
 
     /// Runs a node with `settings` until SIGTERM or SIGINT.
-    static func serve(_ settings: RingsideSettings, security: NodeSecurity) async throws {
+    static func serve(_ settings: RingsideSettings) async throws {
         let level = settings.logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -150,6 +148,14 @@ struct RunCommand: AsyncParsableCommand {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         var logger = Logger(label: "ringside")
         logger[metadataKey: "ringside.node"] = "\(settings.nodeName)"
+        // Loaded once metrics are bootstrapped: the planes count their handshakes.
+        let security: NodeSecurity
+        do {
+            security = try NodeSecurity(settings, logger: logger)
+        } catch {
+            FileHandle.standardError.write(Data("ringside: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: settings.eventLoops)
         let server = makeServer(settings, security: security, group: group, logger: logger)

@@ -184,7 +184,12 @@ struct ClusterNodeTests {
         try await withCluster(2) { nodes in
             #expect(await eventually { nodes.allSatisfy { $0.peers.count == 2 } })
             let address = try await nodes[0].waitUntilRunning()
-            let client = GossipClient(group: nodes[0].group, connectTimeout: .seconds(1), logger: Logger(label: "test"))
+            let client = GossipClient(
+                group: nodes[0].group,
+                connectTimeout: .seconds(1),
+                tls: nil,
+                logger: Logger(label: "test")
+            )
             let (failures, failed) = AsyncStream<Bool>.makeStream()
             for garbage in [[UInt8](), [1, 0, 0xFF], Array(repeating: 0xAB, count: 4096)] {
                 client.send(ByteBuffer(bytes: garbage), to: address) { refused in failed.yield(refused) }

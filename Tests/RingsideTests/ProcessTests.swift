@@ -17,6 +17,9 @@ final class RingsideProcesses {
 
     private(set) var nodes: [Node] = []
     private var backends: [any Channel] = []
+    /// Where each node's log goes (`NAME.log`), when set before ``start(_:joinAll:extraArguments:)``; otherwise to
+    /// the test's own standard error.
+    var logDirectory: URL?
 
     /// The `ringside` binary built next to this test bundle.
     static var binary: URL {
@@ -58,7 +61,23 @@ final class RingsideProcesses {
         node.process = Process()
         node.process.executableURL = Self.binary
         node.process.arguments = node.arguments
+        if let logDirectory {
+            let path = logDirectory.appendingPathComponent("\(node.name).log").path
+            if !FileManager.default.fileExists(atPath: path) {
+                FileManager.default.createFile(atPath: path, contents: nil)
+            }
+            let file = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+            file.seekToEndOfFile()
+            node.process.standardError = file
+        }
         try node.process.run()
+    }
+
+    /// What `node` has logged so far (with a ``logDirectory``).
+    func log(_ node: Node) -> String {
+        guard let logDirectory else { return "" }
+        let path = logDirectory.appendingPathComponent("\(node.name).log").path
+        return (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
     }
 
     /// Waits until every running node is ready and sees `count` participants.
@@ -139,9 +158,11 @@ func withProcesses(
     _ count: Int,
     joinAll: Bool = false,
     extraArguments: [Int: [String]] = [:],
+    logDirectory: URL? = nil,
     _ body: (RingsideProcesses) async throws -> Void
 ) async throws {
     let cluster = RingsideProcesses()
+    cluster.logDirectory = logDirectory
     do {
         try await cluster.start(count, joinAll: joinAll) { extraArguments[$0] ?? [] }
         try await body(cluster)

@@ -1,5 +1,8 @@
 import Foundation
+import Logging
+import RingsideCluster
 import RingsideProxy
+import RingsideTestSupport
 import Testing
 
 @testable import ringside
@@ -47,7 +50,11 @@ struct SettingsTests {
     @Test(
         arguments: [
             (["replicas": "0"], "replicas (from --replicas)"),
-            (["backend": "https://x:1"], "backend (from --backend)"),
+            (["backend": "ftp://x:1"], "backend (from --backend)"),
+            (["tls-cert": "app.pem"], "tls-key (from --tls-cert): is needed with tls-cert"),
+            (["cluster-tls-cert": "n.pem", "cluster-tls-key": "n-key.pem"], "cluster-tls-ca (from --cluster-tls"),
+            (["backend-tls-ca": "ca.pem"], "backend (from default)"),
+            (["admin-listen": "0.0.0.0:7402"], "admin-listen (from --admin-listen)"),
             (["request-timeout": "soon"], "request-timeout (from --request-timeout)"),
             (["max-body-bytes": "lots"], "max-body-bytes (from --max-body-bytes)"),
             (["join": "a:1,not an address"], "join (from --join)"),
@@ -119,5 +126,62 @@ struct SettingsTests {
         #expect(RingsideSettings.parseDuration("2m") == .seconds(120))
         #expect(RingsideSettings.parseDuration("1.5") == .milliseconds(1500))
         #expect(RingsideSettings.parseDuration("-1s") == nil)
+    }
+
+    @Test func anHTTPSBackendAndTLSFilesAreSettings() throws {
+        let settings = try RingsideSettings.load(
+            configFile: nil,
+            environment: [:],
+            flags: [
+                "backend": "https://api.internal:8443", "backend-tls-ca": "/etc/ca.pem", "tls-cert": "/a.pem",
+                "tls-key": "/a-key.pem", "admin-listen": "0.0.0.0:7402",
+            ]
+        )
+        #expect(settings.backendTLS)
+        #expect(settings.backendTLSCA == "/etc/ca.pem")
+        #expect(settings.backend.host == "api.internal")
+        #expect(settings.tls == TLSFiles(certificate: "/a.pem", key: "/a-key.pem"))
+        #expect(settings.clusterTLS == nil)
+        // Beyond loopback, a token file protects the admin plane as well as TLS does.
+        _ = try RingsideSettings.load(
+            configFile: nil,
+            environment: [:],
+            flags: ["admin-listen": "0.0.0.0:7402", "admin-token-file": "/token"]
+        )
+    }
+
+    @Test func certificateFilesThatDoNotLoadNameTheirKey() throws {
+        let directory = TestCA.temporaryDirectory()
+        let ca = try TestCA(directory: directory)
+        let node = try ca.issue(["n1"], file: "n1")
+        let garbage = directory.appendingPathComponent("garbage.pem").path
+        try "not a certificate".write(toFile: garbage, atomically: true, encoding: .utf8)
+        let other = try ca.issue(["n2"], file: "n2")
+        let cases: [([String: String], String)] = [
+            (
+                ["cluster-tls-cert": node.certificate, "cluster-tls-key": node.key, "cluster-tls-ca": "/nonexistent"],
+                "cluster-tls-ca"
+            ),
+            (
+                ["cluster-tls-cert": garbage, "cluster-tls-key": node.key, "cluster-tls-ca": node.certificate],
+                "cluster-tls-cert"
+            ),
+            (["tls-cert": node.certificate, "tls-key": other.key], "tls-key"),
+            (["tls-cert": node.certificate, "tls-key": garbage], "tls-key"),
+        ]
+        for (flags, key) in cases {
+            let settings = try RingsideSettings.load(configFile: nil, environment: [:], flags: flags)
+            let error = #expect(throws: ConfigurationError.self) {
+                _ = try NodeSecurity(settings, logger: Logger(label: "test"))
+            }
+            #expect(error?.key == key, "\(flags): \(error?.description ?? "no error")")
+        }
+        let token = directory.appendingPathComponent("token").path
+        try "short".write(toFile: token, atomically: true, encoding: .utf8)
+        let settings = try RingsideSettings.load(configFile: nil, environment: [:], flags: ["admin-token-file": token])
+        let error = #expect(throws: ConfigurationError.self) {
+            _ = try NodeSecurity(settings, logger: Logger(label: "t"))
+        }
+        #expect(error?.key == "admin-token-file")
     }
 }

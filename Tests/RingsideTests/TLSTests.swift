@@ -1,0 +1,291 @@
+import Foundation
+import RingsideTestSupport
+import Testing
+
+/// A cluster CA made for one test, its bundle written, and certificates issued to node names on demand.
+struct ClusterPKI {
+    let directory = TestCA.temporaryDirectory()
+    let ca: TestCA
+
+    init(name: String = "cluster CA") throws {
+        ca = try TestCA(name: name, directory: directory)
+        try ca.writeBundle()
+    }
+
+    /// The mutual-TLS flags of a node whose certificate carries `names` (by default, just `name`), valid as given.
+    func flags(
+        for name: String,
+        names: [String]? = nil,
+        notValidBefore: Date = Date() - 3600,
+        notValidAfter: Date = Date() + 86_400
+    ) throws -> [String] {
+        let files = try ca.issue(
+            names ?? [name],
+            file: name,
+            notValidBefore: notValidBefore,
+            notValidAfter: notValidAfter
+        )
+        return ["--cluster-tls-cert", files.certificate, "--cluster-tls-key", files.key, "--cluster-tls-ca", ca.bundle]
+    }
+}
+
+extension RingsideProcesses {
+    /// The value of the metric line that starts with `series` (name and labels) on `node`, 0 when absent.
+    func metric(_ node: Node, _ series: String) -> Double {
+        guard let text = admin(node, "/metrics") else { return 0 }
+        for line in text.split(separator: "\n") where line.hasPrefix(series + " ") {
+            return Double(line.split(separator: " ").last ?? "") ?? 0
+        }
+        return 0
+    }
+
+    /// The names in `node`'s view.
+    func view(_ node: Node) -> [String] {
+        let body = admin(node, "/v1/peers") ?? ""
+        return body.components(separatedBy: "\"name\":\"").dropFirst().compactMap { $0.split(separator: "\"").first }
+            .map(String.init)
+    }
+}
+
+/// A `ringside run` started beside a test cluster (an intruder, say), its log kept in a file.
+final class ExtraNode {
+    let admin = freePort()
+    let cluster = freePort()
+    let process = Process()
+    let logPath: String
+
+    init(name: String, joining seed: Int, directory: URL, arguments: [String]) throws {
+        logPath = directory.appendingPathComponent("\(name)-extra.log").path
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        process.executableURL = RingsideProcesses.binary
+        process.arguments =
+            [
+                "run", "--node-name", name, "--listen", "127.0.0.1:\(freePort())",
+                "--cluster-listen", "127.0.0.1:\(cluster)", "--admin-listen", "127.0.0.1:\(admin)",
+                "--backend", "http://127.0.0.1:\(freePort())", "--join", "127.0.0.1:\(seed)",
+                "--participate-immediately", "true", "--rejoin-interval", "1s", "--log-level", "warning",
+            ] + arguments
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        try process.run()
+    }
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    func stop() {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+}
+
+@Suite("Mutual TLS between ringside processes", .serialized)
+struct ClusterTLSTests {
+    @Test func aThreeNodeMutualTLSClusterRoutesEveryKeyFromEveryEntryNode() async throws {
+        let pki = try ClusterPKI()
+        let flags = try (0..<3).map { try pki.flags(for: "node-\($0)") }
+        try await withProcesses(3, extraArguments: [0: flags[0], 1: flags[1], 2: flags[2]]) { cluster in
+            for index in 0..<30 {
+                let key = "account-\(index)"
+                let owner = try #require(cluster.owner(of: key, askingNode: cluster.nodes[0]))
+                for node in cluster.nodes {
+                    let response = try #require(cluster.get("/accounts/\(index)", key: key, through: node))
+                    #expect(response.status == 200)
+                    #expect(response.header("x-ringside-node") == owner)
+                }
+            }
+            let state = try #require(cluster.admin(cluster.nodes[0], "/v1/state"))
+            #expect(state.contains(#""cluster_auth":"mtls""#))
+            let ok = cluster.metric(cluster.nodes[0], #"ringside_tls_handshakes_total{plane="cluster",result="ok"}"#)
+            #expect(ok > 0)
+        }
+    }
+
+    @Test func aPlaintextClientOnTheClusterPortIsRefusedWithOrWithoutTheHopHeader() async throws {
+        let pki = try ClusterPKI()
+        try await withProcesses(1, extraArguments: [0: try pki.flags(for: "node-0")]) { cluster in
+            let node = cluster.nodes[0]
+            for extra in ["", "x-ringside-hop: mallory\r\n", "x-ringside-hop: mallory\r\nx-ringside-final: 1\r\n"] {
+                let raw = rawExchange(
+                    port: node.cluster,
+                    Array("GET /secret HTTP/1.1\r\nHost: a\r\nX-Shard-Key: k\r\n\(extra)\r\n".utf8),
+                    untilClosed: true
+                )
+                #expect(raw.closed)
+                #expect(parseResponse(raw.bytes, closed: true)?.status == nil, "a plaintext request got an answer")
+            }
+            // A TLS client that trusts the cluster's CA but has no certificate of its own is refused too.
+            let anonymous = try await tlsExchange(
+                port: node.cluster,
+                Array("GET / HTTP/1.1\r\nHost: a\r\nx-ringside-hop: mallory\r\n\r\n".utf8),
+                ca: pki.ca.bundle
+            )
+            #expect(anonymous.response == nil)
+            let plaintext = #"ringside_tls_handshakes_total{plane="cluster",result="plaintext"}"#
+            #expect(cluster.metric(node, plaintext) == 3)
+            let untrusted = #"ringside_tls_handshakes_total{plane="cluster",result="untrusted"}"#
+            #expect(await eventually { cluster.metric(node, untrusted) >= 1 })
+        }
+    }
+
+    @Test func aNodeWithACertificateFromAnotherCACannotJoin() async throws {
+        let pki = try ClusterPKI()
+        let foreign = try ClusterPKI(name: "another CA")
+        let flags = try (0..<2).map { try pki.flags(for: "node-\($0)") }
+        try await withProcesses(2, extraArguments: [0: flags[0], 1: flags[1]]) { cluster in
+            let intruder = try ExtraNode(
+                name: "intruder",
+                joining: cluster.nodes[0].cluster,
+                directory: pki.directory,
+                arguments: try foreign.flags(for: "intruder")
+            )
+            defer { intruder.stop() }
+            // Refused at every attempt: wait for three (it rejoins every second).
+            let untrusted = #"ringside_tls_handshakes_total{plane="cluster",result="untrusted"}"#
+            #expect(await eventually { cluster.metric(cluster.nodes[0], untrusted) >= 3 })
+            for node in cluster.nodes { #expect(cluster.view(node).sorted() == ["node-0", "node-1"]) }
+            #expect(intruder.log.contains("the seeds have not answered"))
+        }
+    }
+
+    @Test func aNodeSpeakingUnderAnotherNodesNameWithItsOwnValidCertificateIsRefused() async throws {
+        let pki = try ClusterPKI()
+        let flags = try (0..<2).map { try pki.flags(for: "node-\($0)") }
+        try await withProcesses(2, extraArguments: [0: flags[0], 1: flags[1]]) { cluster in
+            // A certificate of the cluster's CA, for "mallory", used to speak as node-1 and as a new name.
+            for name in ["node-1", "node-7"] {
+                let impostor = try ExtraNode(
+                    name: name,
+                    joining: cluster.nodes[0].cluster,
+                    directory: pki.directory,
+                    arguments: try pki.flags(for: "mallory-\(name)", names: ["mallory"])
+                )
+                defer { impostor.stop() }
+                let before = cluster.metric(cluster.nodes[0], "ringside_gossip_impersonations_total")
+                #expect(
+                    await eventually {
+                        cluster.metric(cluster.nodes[0], "ringside_gossip_impersonations_total") >= before + 3
+                    }
+                )
+                for node in cluster.nodes {
+                    #expect(cluster.view(node).sorted() == ["node-0", "node-1"])
+                    let peers = cluster.admin(node, "/v1/peers") ?? ""
+                    #expect(!peers.contains("127.0.0.1:\(impostor.cluster)"))
+                }
+            }
+        }
+    }
+
+    @Test func anExpiredCertificateIsRefusedWithALogLineThatSaysSo() async throws {
+        let pki = try ClusterPKI()
+        try await withProcesses(1, extraArguments: [0: try pki.flags(for: "node-0")], logDirectory: pki.directory) {
+            cluster in
+            let expired = try ExtraNode(
+                name: "node-9",
+                joining: cluster.nodes[0].cluster,
+                directory: pki.directory,
+                arguments: try pki.flags(
+                    for: "node-9",
+                    notValidBefore: Date() - 86_400 * 2,
+                    notValidAfter: Date() - 86_400
+                )
+            )
+            defer { expired.stop() }
+            let series = #"ringside_tls_handshakes_total{plane="cluster",result="expired"}"#
+            #expect(await eventually { cluster.metric(cluster.nodes[0], series) >= 1 })
+            let log = cluster.log(cluster.nodes[0])
+            #expect(log.contains("refused a TLS connection") && log.contains("expired"))
+            #expect(await eventually { expired.log.contains("this node's certificate has expired") })
+            #expect(cluster.view(cluster.nodes[0]) == ["node-0"])
+        }
+    }
+
+    @Test func rotatingEveryNodesCertificateWhileRequestsFlowLosesNone() async throws {
+        let pki = try ClusterPKI()
+        let flags = try (0..<3).map { try pki.flags(for: "node-\($0)") }
+        try await withProcesses(3, extraArguments: [0: flags[0], 1: flags[1], 2: flags[2]]) { cluster in
+            let load = KeyedLoad(entries: cluster.nodes.map(\.app), keys: 300)
+            let workers = (0..<3).map { _ in Thread { load.run() } }
+            for worker in workers { worker.start() }
+            defer { load.stop() }
+            #expect(await eventually { load.outcome.answered >= 200 })
+            // A client certificate to look at what each cluster port presents.
+            let probe = try pki.ca.issue(["probe"], file: "probe")
+            func serial(_ node: RingsideProcesses.Node) async -> [UInt8]? {
+                let exchange = try? await tlsExchange(
+                    port: node.cluster,
+                    [],
+                    ca: pki.ca.bundle,
+                    certificate: probe.certificate,
+                    key: probe.key,
+                    timeout: .milliseconds(200)
+                )
+                return exchange?.serverSerial
+            }
+            var old: [[UInt8]?] = []
+            for node in cluster.nodes { old.append(await serial(node)) }
+            for (index, node) in cluster.nodes.enumerated() {
+                // New key and certificate written over the old files; node-0 notices by itself, the others on SIGHUP.
+                try pki.ca.issue([node.name], file: node.name)
+                if index > 0 { cluster.signal(node, SIGHUP) }
+            }
+            for (index, node) in cluster.nodes.enumerated() {
+                var current = await serial(node)
+                let deadline = ContinuousClock.now + .seconds(15)
+                while (current == nil || current == old[index]) && ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(50))
+                    current = await serial(node)
+                }
+                #expect(current != nil && current != old[index], "\(node.name) still presents its old certificate")
+            }
+            let rotated = load.outcome.answered
+            #expect(await eventually { load.outcome.answered >= rotated + 200 })
+            let outcome = load.stop()
+            #expect(outcome.failures.isEmpty, "\(outcome.failures.prefix(5))")
+            #expect(cluster.nodes.allSatisfy { $0.process.isRunning })
+        }
+    }
+
+    @Test func theAdminPlaneBeyondLoopbackRefusesARequestWithoutTheToken() async throws {
+        let directory = TestCA.temporaryDirectory()
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let tokenFile = directory.appendingPathComponent("token").path
+        let token = "s3cret-token-\(UInt64.random(in: 0 ... .max))"
+        try "\(token)\n".write(toFile: tokenFile, atomically: true, encoding: .utf8)
+        let admin = freePort()
+        let process = Process()
+        process.executableURL = RingsideProcesses.binary
+        process.arguments = [
+            "run", "--node-name", "alone", "--listen", "127.0.0.1:\(freePort())",
+            "--cluster-listen", "127.0.0.1:\(freePort())", "--admin-listen", "0.0.0.0:\(admin)",
+            "--backend", "http://127.0.0.1:\(freePort())", "--admin-token-file", tokenFile, "--log-level", "error",
+        ]
+        try process.run()
+        defer {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        func get(_ path: String, _ authorization: String? = nil) -> TestResponse? {
+            let header = authorization.map { "Authorization: \($0)\r\n" } ?? ""
+            return parseResponse(
+                rawExchange(port: admin, Array("GET \(path) HTTP/1.1\r\nHost: a\r\n\(header)\r\n".utf8)).bytes
+            )
+        }
+        #expect(await eventually { get("/livez")?.status == 200 })
+        #expect(get("/readyz")?.status != 401)
+        for path in ["/v1/state", "/metrics", "/v1/peers"] {
+            let refused = get(path)
+            #expect(refused?.status == 401, "\(path)")
+            #expect(refused?.header("www-authenticate") == "Bearer")
+            #expect(get(path, "Bearer wrong-\(token)")?.status == 401)
+            #expect(get(path, "Bearer \(token.dropLast())")?.status == 401)
+            #expect(get(path, "Bearer \(token)")?.status == 200, "\(path)")
+        }
+        let drain = parseResponse(
+            rawExchange(port: admin, Array("POST /v1/drain HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n".utf8))
+                .bytes
+        )
+        #expect(drain?.status == 401)
+        #expect(process.isRunning)
+    }
+}
