@@ -99,6 +99,17 @@ public struct TestCA: Sendable {
         return (certificatePath, keyPath)
     }
 
+    /// A TLS server context for a certificate issued to `names` (an `https://` backend, say).
+    public func serverContext(_ names: [String], file: String) throws -> NIOSSLContext {
+        let files = try issue(names, file: file)
+        return try NIOSSLContext(
+            configuration: .makeServerConfiguration(
+                certificateChain: try NIOSSLCertificate.fromPEMFile(files.certificate).map { .certificate($0) },
+                privateKey: .privateKey(try NIOSSLPrivateKey(file: files.key, format: .pem))
+            )
+        )
+    }
+
     private func write(_ text: String, to path: String) throws {
         let staging = path + ".new"
         try Data(text.utf8).write(to: URL(fileURLWithPath: staging))
@@ -165,8 +176,14 @@ public func tlsExchange(
         }
         .connect(host: "127.0.0.1", port: port)
         .get()
-    let handshake = try? await collector.handshake.futureResult.get()
-    if handshake != nil, !request.isEmpty {
+    // A Result, not `try?`: the protocol is nil when none was negotiated, which `try?` would flatten into failure.
+    let handshake: Result<String?, any Error>
+    do {
+        handshake = .success(try await collector.handshake.futureResult.get())
+    } catch {
+        handshake = .failure(error)
+    }
+    if case .success = handshake, !request.isEmpty {
         try? await channel.writeAndFlush(ByteBuffer(bytes: request)).get()
     }
     let deadline = ContinuousClock.now + timeout
@@ -177,7 +194,7 @@ public func tlsExchange(
     try? await channel.close()
     return TLSExchange(
         bytes: collector.received,
-        negotiatedProtocol: handshake ?? nil,
+        negotiatedProtocol: (try? handshake.get()) ?? nil,
         serverSerial: collector.serial,
         handshakeError: collector.error
     )

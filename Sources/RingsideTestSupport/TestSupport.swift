@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 #if canImport(Glibc)
 import Glibc
@@ -56,12 +57,17 @@ public final class EchoBackend: ChannelInboundHandler {
     /// A backend that notes every request head in `log`.
     public init(log: RequestLog? = nil) { self.log = log }
 
-    /// Starts a backend on a free port of 127.0.0.1, noting every request head in `log`.
-    public static func start(log: RequestLog? = nil) async throws -> (channel: any Channel, port: Int) {
+    /// Starts a backend on a free port of 127.0.0.1, noting every request head in `log`; over TLS with `tls` (a
+    /// server context).
+    public static func start(
+        log: RequestLog? = nil,
+        tls: NIOSSLContext? = nil
+    ) async throws -> (channel: any Channel, port: Int) {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(EchoBackend(log: log))
                 }

@@ -21,6 +21,12 @@ final class RingsideProcesses {
     /// the test's own standard error.
     var logDirectory: URL?
 
+    /// The repository's root (this file is Tests/RingsideTests/ProcessTests.swift).
+    static var repository: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+    }
+
     /// The `ringside` binary built next to this test bundle.
     static var binary: URL {
         URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()

@@ -81,9 +81,23 @@ final class ExtraNode {
 
 @Suite("Mutual TLS between ringside processes", .serialized)
 struct ClusterTLSTests {
+    /// The certificates come from `deploy/tls/make-certs`, as the README's three-node mTLS cluster does.
     @Test func aThreeNodeMutualTLSClusterRoutesEveryKeyFromEveryEntryNode() async throws {
-        let pki = try ClusterPKI()
-        let flags = try (0..<3).map { try pki.flags(for: "node-\($0)") }
+        let directory = TestCA.temporaryDirectory().path
+        let script = Process()
+        script.executableURL = RingsideProcesses.repository.appendingPathComponent("deploy/tls/make-certs")
+        script.arguments = [directory, "node-0", "node-1", "node-2"]
+        script.standardOutput = FileHandle.nullDevice
+        script.standardError = FileHandle.nullDevice
+        try script.run()
+        script.waitUntilExit()
+        #expect(script.terminationStatus == 0)
+        let flags = (0..<3).map { index in
+            [
+                "--cluster-tls-cert", "\(directory)/node-\(index).pem", "--cluster-tls-key",
+                "\(directory)/node-\(index)-key.pem", "--cluster-tls-ca", "\(directory)/ca.pem",
+            ]
+        }
         try await withProcesses(3, extraArguments: [0: flags[0], 1: flags[1], 2: flags[2]]) { cluster in
             for index in 0..<30 {
                 let key = "account-\(index)"
