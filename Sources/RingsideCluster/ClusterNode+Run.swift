@@ -96,8 +96,8 @@ extension ClusterNode {
         }
         let maxBody = GossipCodec.Limits().maxEnvelopeBytes
         let listener: any ClusterListener
-        let receive: @Sendable ([UInt8], PeerIdentity?) -> Bool = { [weak self] bytes, identity in
-            self?.receive(bytes, from: identity) ?? false
+        let receive: @Sendable ([UInt8], GossipSource) -> Bool = { [weak self] bytes, source in
+            self?.receive(bytes, from: source) ?? false
         }
         let tls = configuration.tls
         do {
@@ -252,13 +252,18 @@ extension ClusterNode {
 
     /// Handles one gossip frame from the listener; false if it was not a valid frame (dropped, counted, logged at
     /// debug), or if it came over mutual TLS from a peer whose certificate does not carry the sender's name (refused,
-    /// counted, logged at most once a second).
-    func receive(_ bytes: [UInt8], from identity: PeerIdentity? = nil) -> Bool {
+    /// counted, logged at most once a second). A compressed body inflates within its connection's budget
+    /// (``InflateBudget``) as well as the codec's own bounds.
+    func receive(_ bytes: [UInt8], from source: GossipSource? = nil) -> Bool {
         metrics.bytesIn.increment(by: Int64(bytes.count))
         traffic.bytesIn.wrappingIncrement(by: bytes.count, ordering: .relaxed)
         let envelope: GossipEnvelope
+        var limits = GossipCodec.Limits()
+        limits.inflateBudget = source?.budget.remaining()
+        var inflated = 0
         do {
-            envelope = try GossipCodec.decode(bytes)
+            envelope = try GossipCodec.decode(bytes, limits: limits, inflated: &inflated)
+            source?.budget.spend(inflated)
         } catch {
             metrics.framesDropped.increment()
             traffic.framesDropped.wrappingIncrement(ordering: .relaxed)
@@ -268,7 +273,7 @@ extension ClusterNode {
             )
             return false
         }
-        if let identity, !identity.carries(envelope.senderName) {
+        if let identity = source?.identity, !identity.carries(envelope.senderName) {
             metrics.impersonations.increment()
             if let held = logLimiter.allow("refused gossip under another name") {
                 logger.warning(

@@ -47,7 +47,7 @@ enum GossipServer {
         idleTimeout: Duration,
         forwardedConnections: ClusterConnectionInitializer?,
         tls: PlaneTLS?,
-        receive: @escaping @Sendable ([UInt8], PeerIdentity?) -> Bool
+        receive: @escaping @Sendable ([UInt8], GossipSource) -> Bool
     ) async throws -> GossipListener {
         let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
         let channel = try await ServerBootstrap(group: group)
@@ -82,7 +82,7 @@ enum GossipServer {
         idleTimeout: Duration,
         forwardedConnections: ClusterConnectionInitializer?,
         tls: PlaneTLS?,
-        receive: @escaping @Sendable ([UInt8], PeerIdentity?) -> Bool
+        receive: @escaping @Sendable ([UInt8], GossipSource) -> Bool
     ) throws {
         let http1: (any Channel) throws -> Void = { channel in
             guard let forwardedConnections else { throw ChannelError.inappropriateOperationForState }
@@ -90,8 +90,9 @@ enum GossipServer {
         }
         func http2(_ identity: PeerIdentity?) -> (any Channel) throws -> Void {
             { channel in
+                let source = GossipSource(identity: identity, budget: InflateBudget())
                 try ProtocolSniffer.configureHTTP2Streams(channel, idleTimeout: .init(idleTimeout)) {
-                    GossipRequestHandler(maxBodyBytes: maxBodyBytes) { receive($0, identity) }
+                    GossipRequestHandler(maxBodyBytes: maxBodyBytes) { receive($0, source) }
                 }
             }
         }

@@ -30,6 +30,11 @@ public enum GossipCodec {
         public var maxMembers = 100_000
         /// The most metadata entries of one member.
         public var maxMetadataEntries = 256
+        /// How many times its compressed size a body may inflate to (zlib reaches about 1000:1 on a bomb; gossip,
+        /// names and addresses, compresses about 5:1).
+        public var maxInflateRatio = 100
+        /// What is left of the connection's inflate budget (``InflateBudget``), when it has one.
+        public var inflateBudget: Int?
 
         /// The default limits.
         public init() {}
@@ -123,6 +128,16 @@ public enum GossipCodec {
 
     /// Decodes an envelope, or throws a ``GossipCodecError`` that says what is wrong with it.
     public static func decode(_ bytes: [UInt8], limits: Limits = Limits()) throws(GossipCodecError) -> GossipEnvelope {
+        var inflated = 0
+        return try decode(bytes, limits: limits, inflated: &inflated)
+    }
+
+    /// Decodes an envelope, and sets `inflated` to the bytes its compressed body inflated to (0 when it had none).
+    public static func decode(
+        _ bytes: [UInt8],
+        limits: Limits = Limits(),
+        inflated inflatedCount: inout Int
+    ) throws(GossipCodecError) -> GossipEnvelope {
         guard bytes.count <= limits.maxEnvelopeBytes else { throw .tooLarge("envelope of \(bytes.count) bytes") }
         guard bytes.count >= 2 else { throw .truncated }
         guard bytes[0] == version else { throw .unsupportedVersion(bytes[0]) }
@@ -130,9 +145,18 @@ public enum GossipCodec {
         guard flags & ~1 == 0 else { throw .malformed("unknown flags \(flags)") }
         var body = Array(bytes[2...])
         if flags & 1 == 1 {
-            guard let inflated = Zlib.inflate(body, limit: limits.maxEnvelopeBytes) else {
-                throw .malformed("compressed body does not inflate within \(limits.maxEnvelopeBytes) bytes")
+            let byRatio = body.count.multipliedReportingOverflow(by: limits.maxInflateRatio)
+            let limit = min(limits.maxEnvelopeBytes, byRatio.overflow ? .max : byRatio.partialValue)
+            let budget = limits.inflateBudget ?? .max
+            guard let inflated = Zlib.inflate(body, limit: min(limit, budget)) else {
+                throw .malformed(
+                    budget < limit
+                        ? "compressed body does not inflate within the connection's remaining budget of \(budget) bytes"
+                        : "compressed body does not inflate within \(limit) bytes (\(limits.maxInflateRatio) times "
+                            + "its \(body.count) bytes, at most \(limits.maxEnvelopeBytes))"
+                )
             }
+            inflatedCount = inflated.count
             body = inflated
         }
         var reader = ByteReader(body, limits: limits)

@@ -180,6 +180,44 @@ struct ClusterNodeTests {
         }
     }
 
+    @Test func gossipIsTakenOnlyWithinItsConnectionsInflateBudgetAndUnderItsCertificatesName() async throws {
+        try await withCluster(1) { nodes in
+            let node = nodes[0]
+            _ = try await node.waitUntilRunning()
+            let members = (0..<500).map {
+                Member(
+                    name: "stranger-\($0)",
+                    address: "10.0.1.\($0 % 256):7401",
+                    incarnation: 1,
+                    status: .alive,
+                    state: .participant
+                )
+            }
+            let frame = GossipCodec.encode(
+                GossipEnvelope(
+                    clusterName: node.configuration.clusterName,
+                    senderName: "stranger-0",
+                    senderAddress: "10.0.1.0:7401",
+                    messages: [.pushPull(isResponse: true, isJoin: false, members: members)]
+                )
+            )
+            #expect(frame[1] == 1, "the frame is compressed")
+            let poor = InflateBudget(bytesPerWindow: 1000)
+            #expect(!node.receive(frame, from: GossipSource(identity: nil, budget: poor)))
+            // Under mutual TLS, a certificate for another name cannot speak as stranger-0.
+            let budget = InflateBudget()
+            let impostor = GossipSource(identity: PeerIdentity(names: ["mallory"]), budget: budget)
+            #expect(!node.receive(frame, from: impostor))
+            #expect(!node.members.contains { $0.name.hasPrefix("stranger") })
+            let honest = GossipSource(identity: PeerIdentity(names: ["stranger-0"]), budget: budget)
+            let before = budget.remaining()
+            #expect(node.receive(frame, from: honest))
+            #expect(budget.remaining() < before - 10_000, "what the frame inflated to is spent")
+            // The window comes round again.
+            #expect(budget.remaining(now: .now + .seconds(11)) == budget.bytesPerWindow)
+        }
+    }
+
     @Test func corruptFramesAreRefusedCountedAndHarmless() async throws {
         try await withCluster(2) { nodes in
             #expect(await eventually { nodes.allSatisfy { $0.peers.count == 2 } })

@@ -98,6 +98,47 @@ struct GossipCodecTests {
         #expect(throws: GossipCodecError.self) { try GossipCodec.decode([1, 1] + bomb, limits: limits) }
     }
 
+    @Test func aSmallBodyMayNotInflateBeyondAHundredTimesItsSize() throws {
+        // 256 KiB of zeros deflate to a few hundred bytes: far within the envelope bound, far beyond the ratio.
+        let bomb = try #require(Zlib.deflate([UInt8](repeating: 0, count: 256 << 10)))
+        #expect(bomb.count * 100 < 256 << 10)
+        let error = #expect(throws: GossipCodecError.self) { try GossipCodec.decode([1, 1] + bomb) }
+        #expect(error.map { "\($0)" }?.contains("100 times") == true)
+        // A real full-state exchange compresses well within it.
+        let members = (0..<500).map {
+            Member(
+                name: "ringside-\($0)",
+                address: "10.0.1.\($0 % 256):7401",
+                incarnation: 5,
+                status: .alive,
+                state: .participant
+            )
+        }
+        let original = Self.envelope([.pushPull(isResponse: false, isJoin: false, members: members)])
+        var inflated = 0
+        #expect(try GossipCodec.decode(GossipCodec.encode(original), inflated: &inflated) == original)
+        #expect(inflated == GossipCodec.encode(original, compress: false).count - 2)
+    }
+
+    @Test func aCompressedBodyInflatesOnlyWithinTheBudgetLeft() throws {
+        let members = (0..<500).map {
+            Member(
+                name: "ringside-\($0)",
+                address: "10.0.1.\($0 % 256):7401",
+                incarnation: 5,
+                status: .alive,
+                state: .participant
+            )
+        }
+        let frame = GossipCodec.encode(Self.envelope([.pushPull(isResponse: false, isJoin: false, members: members)]))
+        var limits = GossipCodec.Limits()
+        limits.inflateBudget = 1000
+        let error = #expect(throws: GossipCodecError.self) { try GossipCodec.decode(frame, limits: limits) }
+        #expect(error.map { "\($0)" }?.contains("remaining budget") == true)
+        limits.inflateBudget = 1 << 20
+        #expect(throws: Never.self) { try GossipCodec.decode(frame, limits: limits) }
+    }
+
     /// Random bytes, and valid frames with bytes flipped, cut short or extended: the decoder answers every one with a
     /// value or an error, never a crash.
     @Test func randomAndMutatedFramesNeverCrash() {
