@@ -128,6 +128,9 @@ let package = Package(
             name: "ringside-fuzz",
             dependencies: [
                 "RingsideProxy",
+                "RingsideCluster",
+                "RingsideMembership",
+                "RingsideSharding",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -124,17 +124,17 @@ struct SeedResolver: Sendable {
 }
 
 /// One SRV record.
-struct SRVRecord: Hashable, Sendable {
-    var priority: Int
-    var weight: Int
-    var port: Int
-    var target: String
+package struct SRVRecord: Hashable, Sendable {
+    package var priority: Int
+    package var weight: Int
+    package var port: Int
+    package var target: String
 }
 
 /// Reads the records Ringside needs from a DNS answer (RFC 1035 §4), bounds-checked throughout.
-enum DNSMessage {
+package enum DNSMessage {
     /// The SRV records in the answer section of `message`; an empty list for anything malformed.
-    static func srvRecords(in message: [UInt8]) -> [SRVRecord] {
+    package static func srvRecords(in message: [UInt8]) -> [SRVRecord] {
         guard message.count >= 12 else { return [] }
         let questions = Int(message[4]) << 8 | Int(message[5])
         let answers = Int(message[6]) << 8 | Int(message[7])
@@ -166,12 +166,13 @@ enum DNSMessage {
     }
 
     /// The domain name at `offset` (following compression pointers, at most 64 of them) and the offset just after it
-    /// in the record.
-    static func name(in message: [UInt8], at start: Int) -> (String, Int)? {
+    /// in the record; nil past RFC 1035's 255 bytes.
+    package static func name(in message: [UInt8], at start: Int) -> (String, Int)? {
         var labels: [String] = []
         var offset = start
         var end: Int?
         var jumps = 0
+        var size = 1
         while true {
             guard offset < message.count else { return nil }
             let length = Int(message[offset])
@@ -184,6 +185,8 @@ enum DNSMessage {
                 jumps += 1
             } else {
                 guard length <= 63, offset + 1 + length <= message.count else { return nil }
+                size += 1 + length
+                guard size <= 255 else { return nil }
                 labels.append(String(decoding: message[(offset + 1)..<(offset + 1 + length)], as: UTF8.self))
                 offset += 1 + length
             }

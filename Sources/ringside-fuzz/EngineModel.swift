@@ -32,7 +32,25 @@ enum EngineModel {
         }
     }
 
-    static let settings: RelaySettings = {
+    /// The cluster port's rule, as ``ForwardedRouter`` decides it with a view in which this node owns keys that start
+    /// with "o": only forwarded requests; the last candidate, or an owned key, is served; the rest is 421.
+    struct ForwardedRouter: ProxyRouter {
+        func routes(for request: RoutingRequest) -> Result<[ProxyRoute], ProxyRefusal> {
+            guard request.isForwarded else {
+                return .failure(ProxyRefusal(status: .forbidden, message: "not forwarded"))
+            }
+            guard let key = request.key, !request.isFinalCandidate, !key.hasPrefix("o") else {
+                return .success([.local])
+            }
+            return .failure(ProxyRefusal(status: .misdirectedRequest, message: "not the owner"))
+        }
+    }
+
+    static let settings = makeSettings(plane: .app)
+    /// The cluster port's forwarded requests: the `x-ringside-*` fields a peer sends are read here.
+    static let forwardedSettings = makeSettings(plane: .cluster)
+
+    static func makeSettings(plane: ProxyPlane) -> RelaySettings {
         var configuration = ProxyConfiguration(nodeName: "fuzz")
         configuration.maxHeaderBytes = 4096
         configuration.maxBodyBytes = 1 << 20
@@ -41,13 +59,13 @@ enum EngineModel {
         configuration.requestTimeout = .seconds(5)
         return RelaySettings(
             configuration: configuration,
-            plane: .app,
+            plane: plane,
             metrics: ProxyMetrics(),
-            router: Router(),
+            router: plane == .app ? Router() : ForwardedRouter(),
             backend: "http://backend",
             logger: Logger(label: "fuzz", factory: { _ in SwiftLogNoOpLogHandler() })
         )
-    }()
+    }
 
     private enum Upstream: Equatable {
         case none
@@ -59,8 +77,9 @@ enum EngineModel {
         var description: String
     }
 
-    /// Runs `input` through an engine; throws what the model found wrong.
-    static func run(_ input: [UInt8]) throws {
+    /// Runs `input` through an engine of the app plane (of the cluster port with `settings`); throws what the model
+    /// found wrong.
+    static func run(_ input: [UInt8], settings: RelaySettings = settings) throws {
         var now = NIODeadline.uptimeNanoseconds(1_000_000_000)
         var engine = HTTP1Connection(
             settings: settings,
@@ -173,16 +192,4 @@ enum EngineModel {
             }
         }
     }
-}
-
-/// One input for libFuzzer (through LLVMFuzzerRunDriver): a crash is a finding.
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
-    let input = data.map { Array(UnsafeBufferPointer(start: $0, count: size)) } ?? []
-    do {
-        try EngineModel.run(input)
-    } catch {
-        fatalError("\(error)")
-    }
-    return 0
 }
