@@ -12,7 +12,11 @@ struct ProxyBenchmark: ParsableCommand {
             wrk over many keys (a random X-Shard-Key per request): backend (no proxy), ringside_local (one node, one
             event loop), ringside_forward (two nodes, every key owned by the other: the entry node is a viewer),
             nginx (`hash $http_x_shard_key consistent`, one worker), nginx_chain (two such nginx in a row, to compare
-            with ringside_forward), haproxy (`balance hdr(X-Shard-Key)`, `hash-type consistent`, one thread).
+            with ringside_forward), haproxy (`balance hdr(X-Shard-Key)`, `hash-type consistent`, one thread). Over \
+            TLS (certificates made for the run): ringside_local_tls, nginx_tls and haproxy_tls take the client's \
+            requests over TLS (wrk keeps its connections; TLS 1.3); ringside_forward_mtls is ringside_forward with \
+            mutual TLS between the two nodes, nginx_chain_tls the nginx chain with mutual TLS and keep-alive between \
+            the two nginx.
             Fields: rps, p50_ms and p99_ms (wrk's latency distribution), cpu_us_per_req (CPU time of the proxy
             processes over the run, per request; cpu_user_us_per_req and cpu_system_us_per_req split it), rss_mb
             (their resident memory after the run). Where the machine's time went, to read the others by: \
@@ -126,6 +130,61 @@ struct ProxyBenchmark: ParsableCommand {
         case "haproxy":
             let proxy = try bench.startHAProxy(upstreamPort: backend.port)
             (url, processes) = ("http://127.0.0.1:\(proxy.port)/", [proxy.process])
+        case "ringside_local_tls":
+            let app = try bench.certificates.issue(["127.0.0.1", "localhost"], file: "app")
+            let node = try bench.startRingside(
+                name: "solo",
+                backendHost: backendHost,
+                backendPort: backend.port,
+                extra: ["--tls-cert", app.certificate, "--tls-key", app.key]
+            )
+            (url, processes) = ("https://127.0.0.1:\(node.app)/", [node.process])
+        case "ringside_forward_mtls":
+            let owner = try bench.startRingside(
+                name: "owner",
+                backendHost: backendHost,
+                backendPort: backend.port,
+                extra: try bench.clusterTLSFlags("owner")
+            )
+            let entry = try bench.startRingside(
+                name: "entry",
+                backendHost: backendHost,
+                backendPort: backend.port,
+                extra: ["--role", "viewer", "--join", "127.0.0.1:\(owner.cluster)"]
+                    + (try bench.clusterTLSFlags("entry"))
+            )
+            try bench.waitForParticipants(1, admin: entry.admin)
+            (url, processes) = ("http://127.0.0.1:\(entry.app)/", [entry.process, owner.process])
+        case "nginx_tls":
+            let proxy = try bench.startNginx(
+                name: "nginx",
+                config: try bench.nginxProxyConfig(upstreamPort: backend.port, tls: bench.nginxServerTLS("nginx"))
+            )
+            (url, processes) = ("https://127.0.0.1:\(proxy.port)/", [proxy.process])
+            pids = Bench.withChildren(proxy.process.processIdentifier)
+        case "nginx_chain_tls":
+            // The second nginx asks the first for a certificate of the CA; the first checks the second's name.
+            let second = try bench.startNginx(
+                name: "nginx2",
+                config: try bench.nginxProxyConfig(
+                    upstreamPort: backend.port,
+                    tls: bench.nginxServerTLS("nginx2") + bench.nginxClientVerification()
+                )
+            )
+            let first = try bench.startNginx(
+                name: "nginx1",
+                config: try bench.nginxProxyConfig(
+                    upstreamPort: second.port,
+                    upstreamTLS: bench.nginxUpstreamTLS("nginx1")
+                )
+            )
+            (url, processes) = ("http://127.0.0.1:\(first.port)/", [first.process, second.process])
+            pids =
+                Bench.withChildren(first.process.processIdentifier)
+                + Bench.withChildren(second.process.processIdentifier)
+        case "haproxy_tls":
+            let proxy = try bench.startHAProxy(upstreamPort: backend.port, tls: try bench.haproxyCertificate())
+            (url, processes) = ("https://127.0.0.1:\(proxy.port)/", [proxy.process])
         default:
             throw ValidationError("unknown target \(target)")
         }
@@ -223,7 +282,9 @@ final class Bench {
         }
     }
 
-    func nginxProxyConfig(upstreamPort: Int) -> (Int) -> String {
+    /// nginx as a keyed proxy; with `tls`, its listener's TLS directives (`ssl` is added to `listen`); with
+    /// `upstreamTLS`, the `proxy_ssl_*` directives of TLS to the upstream.
+    func nginxProxyConfig(upstreamPort: Int, tls: String? = nil, upstreamTLS: String? = nil) -> (Int) -> String {
         { port in
             """
             worker_processes 1; daemon off; pid PIDFILE; error_log stderr crit;
@@ -232,12 +293,69 @@ final class Bench {
               access_log off; keepalive_requests 1000000;
               upstream shard { hash $http_x_shard_key consistent; server 127.0.0.1:\(upstreamPort); keepalive 64; keepalive_requests 1000000; }
               server {
-                listen 127.0.0.1:\(port);
-                location / { proxy_pass http://shard; proxy_http_version 1.1; proxy_set_header Connection ""; }
+                listen 127.0.0.1:\(port)\(tls == nil ? "" : " ssl");
+                \(tls ?? "")
+                location / {
+                  proxy_pass \(upstreamTLS == nil ? "http" : "https")://shard; proxy_http_version 1.1; proxy_set_header Connection "";
+                  \(upstreamTLS ?? "")
+                }
               }
             }
             """
         }
+    }
+
+    // MARK: TLS material, made for the run
+
+    /// The run's CA, made on first use.
+    lazy var certificates: TestCA = {
+        let ca = try! TestCA(name: "ringside bench CA", directory: directory.appendingPathComponent("pki"))
+        try! ca.writeBundle()
+        return ca
+    }()
+
+    /// A Ringside node's cluster mutual-TLS flags.
+    func clusterTLSFlags(_ name: String) throws -> [String] {
+        let files = try certificates.issue([name], file: name)
+        return [
+            "--cluster-tls-cert", files.certificate, "--cluster-tls-key", files.key, "--cluster-tls-ca",
+            certificates.bundle,
+        ]
+    }
+
+    /// nginx's TLS listener directives for a certificate named `name` (and 127.0.0.1).
+    func nginxServerTLS(_ name: String) throws -> String {
+        let files = try certificates.issue([name, "127.0.0.1", "localhost"], file: name)
+        return """
+            ssl_certificate \(files.certificate); ssl_certificate_key \(files.key); ssl_protocols TLSv1.2 TLSv1.3;
+            ssl_session_cache shared:tls:1m;
+            """
+    }
+
+    /// nginx's directives to require a client certificate of the run's CA.
+    func nginxClientVerification() -> String {
+        "ssl_verify_client on; ssl_client_certificate \(certificates.bundle);"
+    }
+
+    /// nginx's directives for mutual TLS to an upstream nginx named nginx2, presenting `name`'s certificate.
+    func nginxUpstreamTLS(_ name: String) throws -> String {
+        let files = try certificates.issue([name], file: name)
+        return """
+            proxy_ssl_certificate \(files.certificate); proxy_ssl_certificate_key \(files.key);
+            proxy_ssl_trusted_certificate \(certificates.bundle); proxy_ssl_verify on; proxy_ssl_name nginx2;
+            proxy_ssl_session_reuse on; proxy_ssl_protocols TLSv1.2 TLSv1.3;
+            """
+    }
+
+    /// HAProxy's `crt` file: the certificate and its key in one.
+    func haproxyCertificate() throws -> String {
+        let files = try certificates.issue(["haproxy", "127.0.0.1", "localhost"], file: "haproxy")
+        let combined = directory.appendingPathComponent("haproxy.pem").path
+        let text =
+            try String(contentsOfFile: files.certificate, encoding: .utf8)
+            + String(contentsOfFile: files.key, encoding: .utf8)
+        try text.write(toFile: combined, atomically: true, encoding: .utf8)
+        return combined
     }
 
     func startNginx(name: String, config: (Int) -> String) throws -> (process: Process, port: Int) {
@@ -253,7 +371,8 @@ final class Bench {
         return (process, port)
     }
 
-    func startHAProxy(upstreamPort: Int) throws -> (process: Process, port: Int) {
+    /// HAProxy as a keyed proxy; with `tls` (a `crt` file), its listener speaks TLS.
+    func startHAProxy(upstreamPort: Int, tls: String? = nil) throws -> (process: Process, port: Int) {
         let port = Self.freePort()
         let file = directory.appendingPathComponent("haproxy.cfg")
         try """
@@ -267,7 +386,7 @@ final class Bench {
           timeout server 30s
           http-reuse always
         frontend in
-          bind 127.0.0.1:\(port)
+          bind 127.0.0.1:\(port)\(tls.map { " ssl crt \($0)" } ?? "")
           default_backend shard
         backend shard
           balance hdr(X-Shard-Key)
@@ -475,10 +594,14 @@ final class Bench {
         try? FileManager.default.removeItem(at: directory)
     }
 
+    /// Waits until something accepts connections on `port` (TLS listeners do not answer a plaintext request).
     func waitForPort(_ port: Int) throws {
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {
-            if Self.get(port: port, path: "/") != nil { return }
+            if let fd = connectLoopback(port: port) {
+                close(fd)
+                return
+            }
             Thread.sleep(forTimeInterval: 0.05)
         }
         throw ValidationError("nothing listened on port \(port) within 20 s")
