@@ -31,6 +31,17 @@ struct GossipCodecTests {
         .pushPull(isResponse: false, isJoin: true, members: []),
     ]
 
+    /// Five hundred members: a full-state exchange that is compressed.
+    static let crowd = (0..<500).map {
+        Member(
+            name: "ringside-\($0)",
+            address: "10.0.1.\($0 % 256):7401",
+            incarnation: 5,
+            status: .alive,
+            state: .participant
+        )
+    }
+
     static func envelope(_ messages: [GossipMessage]) -> GossipEnvelope {
         GossipEnvelope(
             clusterName: "prod",
@@ -105,32 +116,16 @@ struct GossipCodecTests {
         let error = #expect(throws: GossipCodecError.self) { try GossipCodec.decode([1, 1] + bomb) }
         #expect(error.map { "\($0)" }?.contains("100 times") == true)
         // A real full-state exchange compresses well within it.
-        let members = (0..<500).map {
-            Member(
-                name: "ringside-\($0)",
-                address: "10.0.1.\($0 % 256):7401",
-                incarnation: 5,
-                status: .alive,
-                state: .participant
-            )
-        }
-        let original = Self.envelope([.pushPull(isResponse: false, isJoin: false, members: members)])
+        let original = Self.envelope([.pushPull(isResponse: false, isJoin: false, members: Self.crowd)])
         var inflated = 0
         #expect(try GossipCodec.decode(GossipCodec.encode(original), inflated: &inflated) == original)
         #expect(inflated == GossipCodec.encode(original, compress: false).count - 2)
     }
 
     @Test func aCompressedBodyInflatesOnlyWithinTheBudgetLeft() throws {
-        let members = (0..<500).map {
-            Member(
-                name: "ringside-\($0)",
-                address: "10.0.1.\($0 % 256):7401",
-                incarnation: 5,
-                status: .alive,
-                state: .participant
-            )
-        }
-        let frame = GossipCodec.encode(Self.envelope([.pushPull(isResponse: false, isJoin: false, members: members)]))
+        let frame = GossipCodec.encode(
+            Self.envelope([.pushPull(isResponse: false, isJoin: false, members: Self.crowd)])
+        )
         var limits = GossipCodec.Limits()
         limits.inflateBudget = 1000
         let error = #expect(throws: GossipCodecError.self) { try GossipCodec.decode(frame, limits: limits) }

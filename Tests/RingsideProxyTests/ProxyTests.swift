@@ -2,6 +2,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import RingsideCluster
 import RingsideTestSupport
 import Testing
 
@@ -22,7 +23,8 @@ struct LocalRouter: ProxyRouter {
     }
 }
 
-/// A proxy serving its connections the `io` way in front of an echo backend, both on free ports, for one test.
+/// A proxy serving its connections the `io` way (over TLS with `tls`) in front of an echo backend, both on free ports,
+/// for one test.
 func withProxy(
     io: AppIO,
     configuration: ProxyConfiguration = proxyConfiguration(),
@@ -30,6 +32,7 @@ func withProxy(
     backendHost: String = "127.0.0.1",
     backendPort: Int? = nil,
     log: RequestLog? = nil,
+    tls: PlaneTLS? = nil,
     _ body: (_ proxyPort: Int) async throws -> Void
 ) async throws {
     let backend = try await EchoBackend.start(log: log)
@@ -38,7 +41,8 @@ func withProxy(
         configuration: configuration,
         router: router,
         backendHost: backendHost,
-        backendPort: backendPort ?? backend.port
+        backendPort: backendPort ?? backend.port,
+        tls: tls
     )
     do {
         try await body(proxy.localAddress!.port!)
@@ -52,20 +56,24 @@ func withProxy(
     try await backend.channel.close()
 }
 
-/// An app listener on a free port of 127.0.0.1 with `io`, routing with `router` to the backend at `backendPort`.
-/// The caller closes the listener, then shuts the upstreams down.
+/// An app listener on a free port of 127.0.0.1 with `io`, routing with `router` to the backend at `backendPort`;
+/// over TLS with `tls`, to a TLS backend with `backendTLS`. The caller closes the listener, then shuts the upstreams
+/// down.
 func startProxy(
     io: AppIO,
     configuration: ProxyConfiguration = proxyConfiguration(),
     router: any ProxyRouter = LocalRouter(),
     backendHost: String = "127.0.0.1",
-    backendPort: Int
+    backendPort: Int,
+    backendTLS: PlaneTLS? = nil,
+    tls: PlaneTLS? = nil
 ) async throws -> (listener: any AppListener, upstreams: ClusterUpstreams) {
     var configuration = configuration
     configuration.appIO = io
     let upstreams = ClusterUpstreams(
         backendHost: backendHost,
         backendPort: backendPort,
+        backendTLS: backendTLS,
         configuration: configuration
     )
     let listener = try await AppServer.bind(
@@ -74,7 +82,8 @@ func startProxy(
         group: MultiThreadedEventLoopGroup.singleton,
         configuration: configuration,
         router: router,
-        upstreams: upstreams
+        upstreams: upstreams,
+        tls: tls
     )
     return (listener, upstreams)
 }

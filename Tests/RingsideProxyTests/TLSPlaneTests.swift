@@ -15,32 +15,7 @@ struct TLSPlaneTests {
         try ca.writeBundle()
         let files = try ca.issue(["localhost", "127.0.0.1"], file: "app")
         let tls = try PlaneTLS.app(certificate: files.certificate, key: files.key, logger: Logger(label: "test"))
-        let backend = try await EchoBackend.start()
-        let configuration = proxyConfiguration()
-        let upstreams = ClusterUpstreams(
-            backendHost: "127.0.0.1",
-            backendPort: backend.port,
-            configuration: configuration
-        )
-        let listener = try await AppServer.bind(
-            host: "127.0.0.1",
-            port: 0,
-            group: MultiThreadedEventLoopGroup.singleton,
-            configuration: configuration,
-            router: LocalRouter(),
-            upstreams: upstreams,
-            tls: tls
-        )
-        defer { upstreams.shutdown() }
-        do {
-            try await body(listener.localAddress!.port!, ca)
-        } catch {
-            try? await listener.close()
-            try? await backend.channel.close()
-            throw error
-        }
-        try await listener.close()
-        try await backend.channel.close()
+        try await withProxy(io: .nio, tls: tls) { port in try await body(port, ca) }
     }
 
     @Test func aRequestOverTLSIsProxiedAndSaysHTTPSToTheBackend() async throws {
@@ -96,25 +71,15 @@ struct TLSPlaneTests {
         defer { backend.channel.close(promise: nil) }
         let bundle = try (trustsBackendCA ? backendCA : other).writeBundle()
         let tls = try PlaneTLS.backend(ca: bundle, logger: Logger(label: "test"))
-        var configuration = proxyConfiguration()
-        configuration.appIO = .nio
-        let upstreams = ClusterUpstreams(
+        let (listener, upstreams) = try await startProxy(
+            io: .epoll,
             backendHost: host,
             backendPort: backend.port,
-            backendTLS: tls,
-            configuration: configuration
+            backendTLS: tls
         )
         defer { upstreams.shutdown() }
         #expect(upstreams.backend == nil, "a TLS backend is not carried by the relay loops")
         #expect(upstreams.backendURL == "https://\(host):\(backend.port)")
-        let listener = try await AppServer.bind(
-            host: "127.0.0.1",
-            port: 0,
-            group: MultiThreadedEventLoopGroup.singleton,
-            configuration: configuration,
-            router: LocalRouter(),
-            upstreams: upstreams
-        )
         defer { Task { try? await listener.close() } }
         let raw = rawExchange(port: listener.localAddress!.port!, request("GET /s HTTP/1.1\nHost: app\n\n"))
         return parseResponse(raw.bytes)?.status

@@ -47,29 +47,46 @@ extension RingsideProcesses {
     }
 }
 
-/// A `ringside run` started beside a test cluster (an intruder, say), its log kept in a file.
+/// A `ringside run` started beside a test cluster (an intruder, say) or alone, its log kept in a file.
 final class ExtraNode {
     let admin = freePort()
     let cluster = freePort()
     let process = Process()
     let logPath: String
 
-    init(name: String, joining seed: Int, directory: URL, arguments: [String]) throws {
+    /// A node named `name` that joins the cluster port `seed` (none: alone), its cluster and admin planes listening
+    /// on `clusterHost` and `adminHost`, with `arguments` added.
+    init(
+        name: String,
+        joining seed: Int? = nil,
+        clusterHost: String = "127.0.0.1",
+        adminHost: String = "127.0.0.1",
+        directory: URL,
+        arguments: [String]
+    ) throws {
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         logPath = directory.appendingPathComponent("\(name)-extra.log").path
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process.executableURL = RingsideProcesses.binary
         process.arguments =
             [
                 "run", "--node-name", name, "--listen", "127.0.0.1:\(freePort())",
-                "--cluster-listen", "127.0.0.1:\(cluster)", "--admin-listen", "127.0.0.1:\(admin)",
-                "--backend", "http://127.0.0.1:\(freePort())", "--join", "127.0.0.1:\(seed)",
+                "--cluster-listen", "\(clusterHost):\(cluster)", "--admin-listen", "\(adminHost):\(admin)",
+                "--backend", "http://127.0.0.1:\(freePort())",
                 "--participate-immediately", "true", "--rejoin-interval", "1s", "--log-level", "warning",
-            ] + arguments
+            ] + (seed.map { ["--join", "127.0.0.1:\($0)"] } ?? []) + arguments
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         try process.run()
     }
 
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// The status and body of a request to the admin plane.
+    func admin(_ path: String, method: String = "GET", authorization: String? = nil) -> TestResponse? {
+        let header = authorization.map { "Authorization: \($0)\r\n" } ?? ""
+        let request = "\(method) \(path) HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\(header)\r\n"
+        return parseResponse(rawExchange(port: admin, Array(request.utf8)).bytes)
+    }
 
     func stop() {
         if process.isRunning {
@@ -110,6 +127,8 @@ struct ClusterTLSTests {
             }
             let state = try #require(cluster.admin(cluster.nodes[0], "/v1/state"))
             #expect(state.contains(#""cluster_auth":"mtls""#))
+            let expiry = cluster.metric(cluster.nodes[0], #"ringside_tls_certificate_expiry_seconds{plane="cluster"}"#)
+            #expect(expiry > 86_400 * 300, "make-certs issues for a year")
             let ok = cluster.metric(cluster.nodes[0], #"ringside_tls_handshakes_total{plane="cluster",result="ok"}"#)
             #expect(ok > 0)
         }
@@ -266,40 +285,46 @@ struct ClusterTLSTests {
         let tokenFile = directory.appendingPathComponent("token").path
         let token = "s3cret-token-\(UInt64.random(in: 0 ... .max))"
         try "\(token)\n".write(toFile: tokenFile, atomically: true, encoding: .utf8)
-        let admin = freePort()
-        let process = Process()
-        process.executableURL = RingsideProcesses.binary
-        process.arguments = [
-            "run", "--node-name", "alone", "--listen", "127.0.0.1:\(freePort())",
-            "--cluster-listen", "127.0.0.1:\(freePort())", "--admin-listen", "0.0.0.0:\(admin)",
-            "--backend", "http://127.0.0.1:\(freePort())", "--admin-token-file", tokenFile, "--log-level", "error",
-        ]
-        try process.run()
-        defer {
-            process.terminate()
-            process.waitUntilExit()
-        }
-        func get(_ path: String, _ authorization: String? = nil) -> TestResponse? {
-            let header = authorization.map { "Authorization: \($0)\r\n" } ?? ""
-            return parseResponse(
-                rawExchange(port: admin, Array("GET \(path) HTTP/1.1\r\nHost: a\r\n\(header)\r\n".utf8)).bytes
-            )
-        }
-        #expect(await eventually { get("/livez")?.status == 200 })
-        #expect(get("/readyz")?.status != 401)
+        let node = try ExtraNode(
+            name: "alone",
+            adminHost: "0.0.0.0",
+            directory: directory,
+            arguments: ["--admin-token-file", tokenFile]
+        )
+        defer { node.stop() }
+        #expect(await eventually { node.admin("/livez")?.status == 200 })
+        #expect(node.admin("/readyz")?.status != 401)
         for path in ["/v1/state", "/metrics", "/v1/peers"] {
-            let refused = get(path)
+            let refused = node.admin(path)
             #expect(refused?.status == 401, "\(path)")
             #expect(refused?.header("www-authenticate") == "Bearer")
-            #expect(get(path, "Bearer wrong-\(token)")?.status == 401)
-            #expect(get(path, "Bearer \(token.dropLast())")?.status == 401)
-            #expect(get(path, "Bearer \(token)")?.status == 200, "\(path)")
+            #expect(node.admin(path, authorization: "Bearer wrong-\(token)")?.status == 401)
+            #expect(node.admin(path, authorization: "Bearer \(token.dropLast())")?.status == 401)
+            #expect(node.admin(path, authorization: "Bearer \(token)")?.status == 200, "\(path)")
         }
-        let drain = parseResponse(
-            rawExchange(port: admin, Array("POST /v1/drain HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n".utf8))
-                .bytes
+        #expect(node.admin("/v1/drain", method: "POST")?.status == 401)
+        #expect(node.process.isRunning)
+    }
+
+    @Test func aPlaintextClusterPortBeyondLoopbackIsWarnedAbout() async throws {
+        let node = try ExtraNode(
+            name: "open",
+            clusterHost: "0.0.0.0",
+            directory: TestCA.temporaryDirectory(),
+            arguments: []
         )
-        #expect(drain?.status == 401)
-        #expect(process.isRunning)
+        defer { node.stop() }
+        #expect(
+            await eventually {
+                node.admin("/v1/state").map { String(decoding: $0.body, as: UTF8.self) }?.contains(
+                    #""cluster_auth":"none""#
+                ) == true
+            }
+        )
+        #expect(
+            await eventually {
+                node.log.contains("any host that reaches it can join the cluster and reach the backend")
+            }
+        )
     }
 }
