@@ -352,8 +352,8 @@ final class Bench {
         let files = try certificates.issue(["haproxy", "127.0.0.1", "localhost"], file: "haproxy")
         let combined = directory.appendingPathComponent("haproxy.pem").path
         let text =
-            try String(contentsOfFile: files.certificate, encoding: .utf8)
-            + String(contentsOfFile: files.key, encoding: .utf8)
+            try String(contentsOfFile: files.certificate, encoding: .utf8) + "\n"
+            + String(contentsOfFile: files.key, encoding: .utf8) + "\n"
         try text.write(toFile: combined, atomically: true, encoding: .utf8)
         return combined
     }
