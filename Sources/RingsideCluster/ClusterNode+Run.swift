@@ -273,8 +273,10 @@ extension ClusterNode {
             )
             return false
         }
-        if let identity = source?.identity, !identity.carries(envelope.senderName) {
+        if let source, let identity = source.identity, !identity.carries(envelope.senderName) {
             metrics.impersonations.increment()
+            // As the cluster plane's handshakes count it: the certificate does not carry the name it speaks under.
+            if source.firstRefusal() { configuration.tls?.handshakes.count(.nameMismatch) }
             if let held = logLimiter.allow("refused gossip under another name") {
                 logger.warning(
                     "refused gossip: the sender's certificate does not carry the name it speaks under",

@@ -33,7 +33,21 @@ final class InflateBudget: Sendable {
 }
 
 /// Where a gossip frame came from: the sender's certificate (under mutual TLS) and its connection's inflate budget.
-struct GossipSource: Sendable {
-    var identity: PeerIdentity?
-    var budget: InflateBudget
+final class GossipSource: Sendable {
+    let identity: PeerIdentity?
+    let budget: InflateBudget
+    private let refused = NIOLockedValueBox(false)
+
+    init(identity: PeerIdentity?, budget: InflateBudget) {
+        self.identity = identity
+        self.budget = budget
+    }
+
+    /// True the first time it is called: a connection's impersonation is counted once, as its handshake was.
+    func firstRefusal() -> Bool {
+        refused.withLockedValue { refused in
+            defer { refused = true }
+            return !refused
+        }
+    }
 }

@@ -206,6 +206,8 @@ struct ClusterTLSTests {
                     #expect(!peers.contains("127.0.0.1:\(impostor.cluster)"))
                 }
             }
+            let mismatches = #"ringside_tls_handshakes_total{plane="cluster",result="name_mismatch"}"#
+            #expect(cluster.metric(cluster.nodes[0], mismatches) >= 2, "one a connection, for each impostor")
         }
     }
 

@@ -55,6 +55,9 @@ final class TLSHandshakes: Sendable {
         self.counters = counters
     }
 
+    /// Counts a result without a log line (its caller logs it).
+    func count(_ result: TLSHandshakeResult) { counters[result]?.increment() }
+
     /// Counts a handshake; a refusal is logged (rate-limited) with what the peer was and why.
     func record(_ result: TLSHandshakeResult, peer: SocketAddress?, detail: String? = nil) {
         counters[result]?.increment()
