@@ -425,6 +425,16 @@ public func eventually(timeout: Duration = .seconds(15), _ condition: () -> Bool
     return condition()
 }
 
+/// ``eventually(timeout:_:)`` for a condition that awaits.
+public func eventuallyAsync(timeout: Duration = .seconds(15), _ condition: () async -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return await condition()
+}
+
 /// A port of 127.0.0.1 that was free a moment ago.
 /// Ports `freePort()` has given out in this process: concurrent tests never get the same one.
 private let givenPorts = NIOLockedValueBox<Set<Int>>([])
