@@ -165,17 +165,24 @@ public func tlsExchange(
     configuration.applicationProtocols = protocols
     let context = try NIOSSLContext(configuration: configuration)
     let collector = TLSCollector()
-    let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-        .channelInitializer { channel in
-            channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandler(
-                    NIOSSLClientHandler(context: context, serverHostname: serverName)
-                )
-                try channel.pipeline.syncOperations.addHandler(collector)
+    let channel: any Channel
+    do {
+        channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        NIOSSLClientHandler(context: context, serverHostname: serverName)
+                    )
+                    try channel.pipeline.syncOperations.addHandler(collector)
+                }
             }
-        }
-        .connect(host: "127.0.0.1", port: port)
-        .get()
+            .connect(host: "127.0.0.1", port: port)
+            .get()
+    } catch {
+        // No channel ever carried the collector, so nothing else completes its promise.
+        collector.handshake.fail(error)
+        throw error
+    }
     // A Result, not `try?`: the protocol is nil when none was negotiated, which `try?` would flatten into failure.
     let handshake: Result<String?, any Error>
     do {

@@ -243,17 +243,16 @@ struct ReadinessGateProcessTests {
         _ body: (_ admin: Int, _ stop: () -> String) async throws -> Void
     ) async throws {
         let admin = freePort()
-        let process = Process()
-        process.executableURL = RingsideProcesses.binary
-        process.arguments =
+        let log = Pipe()
+        let process = RingsideProcesses.process(
             [
                 "run", "--node-name", "alone", "--listen", "127.0.0.1:\(freePort())",
                 "--cluster-listen", "127.0.0.1:\(freePort())", "--admin-listen", "127.0.0.1:\(admin)",
                 "--backend", "http://127.0.0.1:\(backend ?? freePort())", "--participate-immediately", "false",
                 "--rejoin-interval", "1s",
-            ] + arguments
-        let log = Pipe()
-        process.standardError = log
+            ] + arguments,
+            errors: log
+        )
         try process.run()
         func stop() -> String {
             if process.isRunning {

@@ -17,9 +17,9 @@ final class RingsideProcesses {
 
     private(set) var nodes: [Node] = []
     private var backends: [any Channel] = []
-    /// Where each node's log goes (`NAME.log`), when set before ``start(_:joinAll:extraArguments:)``; otherwise to
-    /// the test's own standard error.
-    var logDirectory: URL?
+    /// Where each node's log goes (`NAME.log`); set it before ``start(_:joinAll:extraArguments:)`` to keep the logs
+    /// beside other files of the test.
+    var logDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("ringside-logs-\(UUID().uuidString)")
 
     /// The repository's root (this file is Tests/RingsideTests/ProcessTests.swift).
     static var repository: URL {
@@ -64,24 +64,32 @@ final class RingsideProcesses {
     }
 
     private func launch(_ node: inout Node) throws {
-        node.process = Process()
-        node.process.executableURL = Self.binary
-        node.process.arguments = node.arguments
-        if let logDirectory {
-            let path = logDirectory.appendingPathComponent("\(node.name).log").path
-            if !FileManager.default.fileExists(atPath: path) {
-                FileManager.default.createFile(atPath: path, contents: nil)
-            }
-            let file = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
-            file.seekToEndOfFile()
-            node.process.standardError = file
+        try FileManager.default.createDirectory(at: logDirectory, withIntermediateDirectories: true)
+        let path = logDirectory.appendingPathComponent("\(node.name).log").path
+        if !FileManager.default.fileExists(atPath: path) {
+            FileManager.default.createFile(atPath: path, contents: nil)
         }
+        let file = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        file.seekToEndOfFile()
+        node.process = Self.process(node.arguments, errors: file)
         try node.process.run()
     }
 
-    /// What `node` has logged so far (with a ``logDirectory``).
+    /// A `ringside` process with `arguments`, its standard error going to `errors`. Nothing of it is the test's own
+    /// output: a child that outlives a crashed test must not keep the runner's pipe open (the runner would wait for
+    /// it forever).
+    static func process(_ arguments: [String], errors: Any = FileHandle.nullDevice) -> Process {
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = arguments
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = errors
+        return process
+    }
+
+    /// What `node` has logged so far.
     func log(_ node: Node) -> String {
-        guard let logDirectory else { return "" }
         let path = logDirectory.appendingPathComponent("\(node.name).log").path
         return (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
     }
@@ -168,7 +176,7 @@ func withProcesses(
     _ body: (RingsideProcesses) async throws -> Void
 ) async throws {
     let cluster = RingsideProcesses()
-    cluster.logDirectory = logDirectory
+    if let logDirectory { cluster.logDirectory = logDirectory }
     do {
         try await cluster.start(count, joinAll: joinAll) { extraArguments[$0] ?? [] }
         try await body(cluster)
@@ -402,13 +410,10 @@ struct ProcessTests {
 
     /// Runs `ringside` with `arguments` to its end.
     static func runRingside(_ arguments: [String]) throws -> (status: Int32, output: String, errors: String) {
-        let process = Process()
-        process.executableURL = RingsideProcesses.binary
-        process.arguments = arguments
         let output = Pipe()
         let errors = Pipe()
+        let process = RingsideProcesses.process(arguments, errors: errors)
         process.standardOutput = output
-        process.standardError = errors
         try process.run()
         let outputData = output.fileHandleForReading.readDataToEndOfFile()
         let errorData = errors.fileHandleForReading.readDataToEndOfFile()

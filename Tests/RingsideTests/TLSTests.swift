@@ -51,7 +51,7 @@ extension RingsideProcesses {
 final class ExtraNode {
     let admin = freePort()
     let cluster = freePort()
-    let process = Process()
+    let process: Process
     let logPath: String
 
     /// A node named `name` that joins the cluster port `seed` (none: alone), its cluster and admin planes listening
@@ -67,15 +67,15 @@ final class ExtraNode {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         logPath = directory.appendingPathComponent("\(name)-extra.log").path
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        process.executableURL = RingsideProcesses.binary
-        process.arguments =
+        process = RingsideProcesses.process(
             [
                 "run", "--node-name", name, "--listen", "127.0.0.1:\(freePort())",
                 "--cluster-listen", "\(clusterHost):\(cluster)", "--admin-listen", "\(adminHost):\(admin)",
                 "--backend", "http://127.0.0.1:\(freePort())",
                 "--participate-immediately", "true", "--rejoin-interval", "1s", "--log-level", "warning",
-            ] + (seed.map { ["--join", "127.0.0.1:\($0)"] } ?? []) + arguments
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+            ] + (seed.map { ["--join", "127.0.0.1:\($0)"] } ?? []) + arguments,
+            errors: try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        )
         try process.run()
     }
 
