@@ -19,7 +19,8 @@ final class RingsideProcesses {
     private var backends: [any Channel] = []
     /// Where each node's log goes (`NAME.log`); set it before ``start(_:joinAll:extraArguments:)`` to keep the logs
     /// beside other files of the test.
-    var logDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("ringside-logs-\(UUID().uuidString)")
+    var logDirectory = FileManager.default.temporaryDirectory
+        .appendingPathComponent("ringside-logs-\(UUID().uuidString)")
 
     /// The repository's root (this file is Tests/RingsideTests/ProcessTests.swift).
     static var repository: URL {
