@@ -146,6 +146,8 @@ extension ClusterNode {
         timings.advertiseAddress = advertisedAddress
         timings.initialState = configuration.initialState
         timings.initialMetadata = configuration.initialMetadata
+        // Under mutual TLS an envelope's sender is proven, so a member is taken only on its own word.
+        timings.membersIntroduceThemselves = configuration.tls != nil
         // Milliseconds since the epoch: a restarted node supersedes its previous self at once.
         timings.initialIncarnation = UInt64(max(0, Self.wallClockMilliseconds()))
         let instance = SWIMInstance(configuration: timings, now: now(), seed: UInt64.random(in: .min ... .max))

@@ -43,6 +43,12 @@ public struct MembershipConfiguration: Sendable {
     public var metadataTombstoneTTL: Duration = .seconds(60)
     /// The most bytes of updates piggybacked on one probe, ack or gossip message.
     public var maxPiggybackBytes = 1400
+    /// Whether a member enters this node's view only on its own word: an `alive` relayed by another member that
+    /// would add a member, move it to another address or bring it back from dead or left is not applied; the member
+    /// is asked at the claimed address for its full state instead, and its answer (sent under its own name) is.
+    /// Meaningful only where the transport proves who sent an envelope (mutual TLS with names bound to
+    /// certificates): one member cannot then invent others, or send a member's traffic elsewhere.
+    public var membersIntroduceThemselves = false
 
     /// A configuration with the LAN profile's timings.
     public init(

@@ -38,7 +38,7 @@ extension SWIMInstance {
                 now: now
             )
         case .alive(let member):
-            applyAlive(member, now: now)
+            applyAlive(member, from: envelope.senderName, now: now)
         case .suspect(let name, let incarnation, let from):
             correctOutdatedRumor(about: name, incarnation: incarnation, sender: envelope.senderAddress)
             applySuspect(name: name, incarnation: incarnation, from: from, now: now)
@@ -78,8 +78,10 @@ extension SWIMInstance {
         return (.dead(name: name, incarnation: member.incarnation, from: name), member.incarnation)
     }
 
-    /// A member's own announcement of its state: accepted when newer than what this node knows.
-    mutating func applyAlive(_ announced: Member, now: GossipInstant) {
+    /// A member's own announcement of its state, as `sender` passed it on: accepted when newer than what this node
+    /// knows (and, where members introduce themselves, when it is the member's own word or changes nothing but what
+    /// a live member at a known address says of itself).
+    mutating func applyAlive(_ announced: Member, from sender: String, now: GossipInstant) {
         var member = announced
         member.status = .alive
         if member.name == localMember.name {
@@ -87,6 +89,14 @@ extension SWIMInstance {
             guard !isLeaving, member.incarnation >= localMember.incarnation, member != localMember else { return }
             refute(incarnation: member.incarnation, now: now)
             return
+        }
+        if configuration.membersIntroduceThemselves, sender != member.name {
+            let known = records[member.name]?.member
+            if known?.status.isActive != true || known?.address != member.address {
+                guard known.map({ member.incarnation > $0.incarnation }) ?? true else { return }
+                askToIntroduce(member.address, now: now)
+                return
+            }
         }
         guard let known = records[member.name]?.member else {
             store(Record(member: member, statusSince: now))
@@ -178,7 +188,7 @@ extension SWIMInstance {
         for member in members {
             switch member.status {
             case .alive:
-                applyAlive(member, now: now)
+                applyAlive(member, from: sender, now: now)
             case .suspect, .dead:
                 if member.name == localMember.name || records[member.name] != nil {
                     applySuspect(name: member.name, incarnation: member.incarnation, from: sender, now: now)
@@ -188,6 +198,28 @@ extension SWIMInstance {
             }
         }
     }
+
+    /// Asks the node at `address` for its full state, which it answers under its own name: how a member heard of
+    /// second-hand enters the view where members introduce themselves. Each address is asked at most once a probe
+    /// interval, and a flood of claims asks a bounded number of addresses.
+    mutating func askToIntroduce(_ address: String, now: GossipInstant) {
+        guard address != localMember.address else { return }
+        let window = configuration.probeInterval
+        if let asked = introductionsAsked[address], now < asked + window { return }
+        if introductionsAsked.count >= Self.maxPendingIntroductions {
+            introductionsAsked = introductionsAsked.filter { now < $0.value + window }
+            guard introductionsAsked.count < Self.maxPendingIntroductions else { return }
+        }
+        introductionsAsked[address] = now
+        send(
+            [.pushPull(isResponse: false, isJoin: false, members: fullState(now: now))],
+            to: address,
+            piggyback: false
+        )
+    }
+
+    /// The most addresses asked to introduce themselves within one probe interval.
+    static var maxPendingIntroductions: Int { 64 }
 
     /// Supersedes a rumor about this node at `incarnation` by announcing itself with a higher one.
     mutating func refute(incarnation: UInt64, now: GossipInstant) {

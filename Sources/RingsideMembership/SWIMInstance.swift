@@ -65,6 +65,10 @@ public struct SWIMInstance: Sendable {
     var joinSeeds: [String] = []
     var nextJoinAttemptAt: GossipInstant?
     var joinBackoff: Duration = .seconds(1)
+    /// With ``MembershipConfiguration/membersIntroduceThemselves``: the addresses asked to introduce themselves, and
+    /// when, so that a stream of claims asks each address at most once a probe interval (and at most
+    /// `maxPendingIntroductions` addresses at a time).
+    var introductionsAsked: [String: GossipInstant] = [:]
     var nextSequence: UInt32 = 0
     var random: SplitMix64
     var output: [MembershipDirective] = []

@@ -218,6 +218,51 @@ struct ClusterNodeTests {
         }
     }
 
+    @Test func underMutualTLSAMemberCannotIntroduceOthersOrMoveThem() async throws {
+        let ca = try TestCA(directory: TestCA.temporaryDirectory())
+        let bundle = try ca.writeBundle()
+        let planes = try (0..<2).map { index in
+            let files = try ca.issue(["node-\(index)"], file: "node-\(index)")
+            return try PlaneTLS.cluster(
+                certificate: files.certificate,
+                key: files.key,
+                ca: bundle,
+                logger: Logger(label: "test")
+            )
+        }
+        try await withCluster(2) { index, configuration in
+            configuration.tls = planes[index]
+        } _: { nodes in
+            // The two meet over mutual TLS, each hearing of the other from the other.
+            #expect(await eventually { nodes.allSatisfy { $0.peers.count == 2 } })
+            let node = nodes[0]
+            let honest = try #require(node.members.first { $0.name == "node-1" })
+            var moved = honest
+            moved.address = "127.0.0.1:1"
+            moved.incarnation += 1
+            let ghost = Member(
+                name: "ghost",
+                address: "127.0.0.1:2",
+                incarnation: 1,
+                status: .alive,
+                state: .participant
+            )
+            let frame = GossipCodec.encode(
+                GossipEnvelope(
+                    clusterName: node.configuration.clusterName,
+                    senderName: "evil",
+                    senderAddress: "127.0.0.1:3",
+                    messages: [.alive(ghost), .pushPull(isResponse: true, isJoin: false, members: [moved])]
+                )
+            )
+            // A certificate of the cluster's CA named evil: its own word is taken, its word about others is not.
+            let evil = GossipSource(identity: PeerIdentity(names: ["evil"]), budget: InflateBudget())
+            #expect(node.receive(frame, from: evil))
+            #expect(!node.members.contains { $0.name == "ghost" })
+            #expect(node.members.first { $0.name == "node-1" }?.address == honest.address)
+        }
+    }
+
     @Test func corruptFramesAreRefusedCountedAndHarmless() async throws {
         try await withCluster(2) { nodes in
             #expect(await eventually { nodes.allSatisfy { $0.peers.count == 2 } })

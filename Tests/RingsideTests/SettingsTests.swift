@@ -166,6 +166,14 @@ struct SettingsTests {
                 ["cluster-tls-cert": garbage, "cluster-tls-key": node.key, "cluster-tls-ca": node.certificate],
                 "cluster-tls-cert"
             ),
+            // A node's own certificate is no CA: nothing would ever verify against it.
+            (
+                [
+                    "cluster-tls-cert": node.certificate, "cluster-tls-key": node.key,
+                    "cluster-tls-ca": other.certificate,
+                ],
+                "cluster-tls-ca"
+            ),
             (["tls-cert": node.certificate, "tls-key": other.key], "tls-key"),
             (["tls-cert": node.certificate, "tls-key": garbage], "tls-key"),
         ]

@@ -2,6 +2,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
+import X509
 
 #if canImport(Glibc)
 import Glibc
@@ -143,6 +144,11 @@ public final class PlaneTLS: Sendable {
         }
         let chain = try files.certificate.map(certificates) ?? []
         let trustRoots = try files.ca.map(certificates)
+        // A CA that clients' certificates are checked against issues them: it must be an authority. (A client's
+        // bundle may pin a backend's self-signed certificate instead.)
+        if let path = files.ca, let trustRoots, roles.contains(where: { $0.isServer && $0.verifiesPeer }) {
+            try requireAuthorities(trustRoots, in: path)
+        }
         var key: NIOSSLPrivateKey?
         if let path = files.key {
             do {
@@ -183,6 +189,26 @@ public final class PlaneTLS: Sendable {
             }
         }
         return (contexts, chain.first.map { Int($0.notValidAfter) })
+    }
+}
+
+/// Refuses a CA bundle with a certificate that is not a certificate authority's (a node's own certificate given as
+/// the CA, say): nothing would ever verify against it, and every handshake would fail for a reason far from here.
+private func requireAuthorities(_ certificates: [NIOSSLCertificate], in path: String) throws(TLSLoadError) {
+    for certificate in certificates {
+        let parsed: Certificate
+        do {
+            parsed = try Certificate(derEncoded: certificate.toDERBytes())
+        } catch {
+            throw TLSLoadError(file: path, reason: "holds a certificate that does not parse: \(error)")
+        }
+        let constraints = try? parsed.extensions.basicConstraints
+        guard case .isCertificateAuthority = constraints else {
+            throw TLSLoadError(
+                file: path,
+                reason: "holds \(parsed.subject), which is not a certificate authority (no basicConstraints CA:TRUE)"
+            )
+        }
     }
 }
 
