@@ -185,6 +185,13 @@ struct RunCommand: AsyncParsableCommand {
             "admin listener started",
             metadata: ["ringside.setting": "admin-listen", "ringside.address": "\(settings.adminListen)"]
         )
+        if !AdvertisedHost.isLoopback(settings.adminListen.host), security.adminToken == nil {
+            // TLS alone keeps the admin plane's traffic private but does not say who may drain the node.
+            logger.warning(
+                "the admin plane beyond loopback has TLS but no token: any client that reaches it can drain this node",
+                metadata: ["ringside.setting": "admin-token-file", "ringside.address": "\(settings.adminListen)"]
+            )
+        }
         // The node stops by draining: SIGTERM or SIGINT starts a drain, a second one during it stops at once. The
         // group ends when the node has stopped. Certificates reload when their files change, and on SIGHUP.
         var configured: [ServiceGroupConfiguration.ServiceConfiguration] = [
