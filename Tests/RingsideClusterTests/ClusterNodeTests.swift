@@ -60,6 +60,24 @@ func withCluster(
     }
 }
 
+/// A participant, alive at incarnation 1, as another node would gossip it.
+func aliveMember(_ name: String, at address: String) -> Member {
+    Member(name: name, address: address, incarnation: 1, status: .alive, state: .participant)
+}
+
+/// A gossip frame of `node`'s cluster, sent by `sender` from `address`.
+func gossipFrame(to node: ClusterNode, from sender: String, at address: String, _ messages: [GossipMessage]) -> [UInt8]
+{
+    GossipCodec.encode(
+        GossipEnvelope(
+            clusterName: node.configuration.clusterName,
+            senderName: sender,
+            senderAddress: address,
+            messages: messages
+        )
+    )
+}
+
 /// Whether every node in `observers` sees the member `name` and `check` holds for it.
 func everyone(_ observers: [ClusterNode], sees name: String, _ check: (Member) -> Bool) -> Bool {
     observers.allSatisfy { node in node.members.first { $0.name == name }.map(check) ?? false }
@@ -184,22 +202,12 @@ struct ClusterNodeTests {
         try await withCluster(1) { nodes in
             let node = nodes[0]
             _ = try await node.waitUntilRunning()
-            let members = (0..<500).map {
-                Member(
-                    name: "stranger-\($0)",
-                    address: "10.0.1.\($0 % 256):7401",
-                    incarnation: 1,
-                    status: .alive,
-                    state: .participant
-                )
-            }
-            let frame = GossipCodec.encode(
-                GossipEnvelope(
-                    clusterName: node.configuration.clusterName,
-                    senderName: "stranger-0",
-                    senderAddress: "10.0.1.0:7401",
-                    messages: [.pushPull(isResponse: true, isJoin: false, members: members)]
-                )
+            let members = (0..<500).map { aliveMember("stranger-\($0)", at: "10.0.1.\($0 % 256):7401") }
+            let frame = gossipFrame(
+                to: node,
+                from: "stranger-0",
+                at: "10.0.1.0:7401",
+                [.pushPull(isResponse: true, isJoin: false, members: members)]
             )
             #expect(frame[1] == 1, "the frame is compressed")
             let poor = InflateBudget(bytesPerWindow: 1000)
@@ -240,20 +248,14 @@ struct ClusterNodeTests {
             var moved = honest
             moved.address = "127.0.0.1:1"
             moved.incarnation += 1
-            let ghost = Member(
-                name: "ghost",
-                address: "127.0.0.1:2",
-                incarnation: 1,
-                status: .alive,
-                state: .participant
-            )
-            let frame = GossipCodec.encode(
-                GossipEnvelope(
-                    clusterName: node.configuration.clusterName,
-                    senderName: "evil",
-                    senderAddress: "127.0.0.1:3",
-                    messages: [.alive(ghost), .pushPull(isResponse: true, isJoin: false, members: [moved])]
-                )
+            let frame = gossipFrame(
+                to: node,
+                from: "evil",
+                at: "127.0.0.1:3",
+                [
+                    .alive(aliveMember("ghost", at: "127.0.0.1:2")),
+                    .pushPull(isResponse: true, isJoin: false, members: [moved]),
+                ]
             )
             // A certificate of the cluster's CA named evil: its own word is taken, its word about others is not.
             let evil = GossipSource(identity: PeerIdentity(names: ["evil"]), budget: InflateBudget())
