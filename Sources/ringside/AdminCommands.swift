@@ -11,58 +11,142 @@ struct AdminOptions: ParsableArguments {
     @Option(help: "The node's admin address (default: RINGSIDE_ADMIN, or 127.0.0.1:7402).")
     var admin: String?
 
+    @Option(help: "A file holding the admin plane's bearer token (default: RINGSIDE_ADMIN_TOKEN_FILE).")
+    var tokenFile: String?
+
+    @Flag(help: "Print the node's JSON answer instead of a table.")
+    var json = false
+
     var address: String { admin ?? ProcessInfo.processInfo.environment["RINGSIDE_ADMIN"] ?? "127.0.0.1:7402" }
 
-    /// GETs `path` from the admin plane and prints the body; a non-2xx answer goes to stderr with exit status 1.
-    func printAnswer(to path: String) async throws {
-        guard let target = HostAndPort(address) else {
-            FileHandle.standardError.write(Data("ringside: --admin \"\(address)\" is not host:port\n".utf8))
-            throw ExitCode(2)
+    /// The admin address, or exit status 2 when it is not `host:port`.
+    func target() throws -> HostAndPort {
+        guard let target = HostAndPort(address) else { throw usage("--admin \"\(address)\" is not host:port") }
+        return target
+    }
+
+    /// The `Authorization` header the token file asks for, if any; exit status 2 when the file cannot be read.
+    func authorization() throws -> [(String, String)] {
+        guard let path = tokenFile ?? ProcessInfo.processInfo.environment["RINGSIDE_ADMIN_TOKEN_FILE"] else {
+            return []
         }
-        let response: AdminClient.Response
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw usage("--token-file \"\(path)\" cannot be read")
+        }
+        return [("authorization", "Bearer \(text.trimmingCharacters(in: .whitespacesAndNewlines))")]
+    }
+
+    /// Asks the admin plane: the answer of any status, or exit status 1 when the node cannot be reached.
+    func ask(_ path: String, method: HTTPMethod = .GET) async throws -> AdminClient.Response {
+        let target = try target()
         do {
-            response = try await AdminClient.get(path, host: target.host, port: target.port)
+            return try await AdminClient.get(
+                path,
+                host: target.host,
+                port: target.port,
+                method: method,
+                headers: try authorization()
+            )
+        } catch let exit as ExitCode {
+            throw exit
         } catch {
-            FileHandle.standardError.write(
-                Data("ringside: cannot reach the admin plane at \(address): \(AdminClient.reason(error))\n".utf8)
-            )
-            throw ExitCode(1)
+            throw failure("cannot reach the admin plane at \(address): \(AdminClient.reason(error))")
         }
-        if (200..<300).contains(response.status) {
-            print(response.body, terminator: response.body.hasSuffix("\n") ? "" : "\n")
-        } else {
+    }
+
+    /// GETs `path`: the JSON body with `--json`, else `table` of it; a non-2xx answer goes to stderr with exit status 1.
+    func printAnswer(to path: String, table: (Any) -> String?) async throws {
+        let response = try await ask(path)
+        guard (200..<300).contains(response.status) else {
             let body = response.body.trimmingCharacters(in: .whitespacesAndNewlines)
-            let detail = body.isEmpty ? "" : ": \(body)"
-            FileHandle.standardError.write(
-                Data("ringside: the admin plane at \(address) answered \(response.status)\(detail)\n".utf8)
-            )
-            throw ExitCode(1)
+            throw failure("the admin plane at \(address) answered \(response.status)\(body.isEmpty ? "" : ": \(body)")")
         }
+        let parsed = try? JSONSerialization.jsonObject(with: Data(response.body.utf8))
+        if !json, let parsed, let text = table(parsed) {
+            print(text, terminator: "")
+        } else {
+            print(response.body, terminator: response.body.hasSuffix("\n") ? "" : "\n")
+        }
+    }
+}
+
+/// Says `message` on stderr; exit status 2 (a bad command line), as every subcommand uses it.
+func usage(_ message: String) -> ExitCode {
+    FileHandle.standardError.write(Data("ringside: \(message)\n".utf8))
+    return ExitCode(2)
+}
+
+/// Says `message` on stderr; exit status 1 (the node could not be reached, or refused).
+func failure(_ message: String) -> ExitCode {
+    FileHandle.standardError.write(Data("ringside: \(message)\n".utf8))
+    return ExitCode(1)
+}
+
+/// Columns padded to their widest cell, the first row a header.
+func table(_ rows: [[String]]) -> String {
+    guard let first = rows.first else { return "" }
+    let widths = first.indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
+    return rows.map { row in
+        row.enumerated().map { column, cell in
+            column == row.count - 1 ? cell : cell.padding(toLength: widths[column], withPad: " ", startingAt: 0)
+        }.joined(separator: "  ")
+    }.joined(separator: "\n") + "\n"
+}
+
+/// A JSON value as a table cell.
+func cell(_ value: Any?) -> String {
+    if let flag = value as? Bool, let value, type(of: value) == Bool.self { return flag ? "yes" : "no" }
+    return switch value {
+    case let text as String: text
+    case let number as NSNumber: number.stringValue
+    case let object as [String: Any]:
+        object.sorted { $0.key < $1.key }.map { "\($0.key)=\(cell($0.value))" }.joined(separator: ",")
+    case nil: "-"
+    default: "\(value!)"
     }
 }
 
 struct PeersCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "peers",
-        abstract: "Lists the members a node sees (JSON)."
+        abstract: "Lists the members a node sees."
     )
     @OptionGroup var options: AdminOptions
-    func run() async throws { try await options.printAnswer(to: "/v1/peers") }
+    func run() async throws {
+        try await options.printAnswer(to: "/v1/peers") { body in
+            guard let peers = body as? [[String: Any]] else { return nil }
+            return table(
+                [["NAME", "ADDRESS", "STATE", "STATUS", "INCARNATION", "METADATA"]]
+                    + peers.map { peer in
+                        let name = cell(peer["name"]) + ((peer["self"] as? Bool) == true ? " *" : "")
+                        return [name]
+                            + ["address", "state", "status", "incarnation", "metadata"].map { cell(peer[$0]) }
+                    }
+            )
+        }
+    }
 }
 
 struct StateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "state",
-        abstract: "Shows a node's state, ring epoch and peer counts (JSON)."
+        abstract: "Shows a node's state, ring epoch and peer counts."
     )
     @OptionGroup var options: AdminOptions
-    func run() async throws { try await options.printAnswer(to: "/v1/state") }
+    func run() async throws {
+        try await options.printAnswer(to: "/v1/state") { body in
+            guard let state = body as? [String: Any] else { return nil }
+            return table(
+                [["KEY", "VALUE"]] + ["name", "state", "epoch", "cluster_auth", "peers"].map { [$0, cell(state[$0])] }
+            )
+        }
+    }
 }
 
 struct LookupCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lookup",
-        abstract: "Shows which nodes own a key (JSON)."
+        abstract: "Shows which nodes own a key, in order of preference."
     )
     @Argument(help: "The shard key.") var key: String
     @Option(help: "How many owners to show.") var replicas: Int?
@@ -70,7 +154,19 @@ struct LookupCommand: AsyncParsableCommand {
     func run() async throws {
         let encoded =
             key.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(["&", "=", "+"])) ?? key
-        try await options.printAnswer(to: "/v1/lookup?key=\(encoded)" + (replicas.map { "&replicas=\($0)" } ?? ""))
+        let path = "/v1/lookup?key=\(encoded)" + (replicas.map { "&replicas=\($0)" } ?? "")
+        try await options.printAnswer(to: path) { body in
+            guard let answer = body as? [String: Any], let owners = answer["owners"] as? [[String: Any]] else {
+                return nil
+            }
+            return table(
+                [["RANK", "NAME", "ADDRESS", "STATE"]]
+                    + owners.enumerated().map { rank, owner in
+                        let name = cell(owner["name"]) + ((owner["self"] as? Bool) == true ? " *" : "")
+                        return ["\(rank + 1)", name, cell(owner["address"]), cell(owner["state"])]
+                    }
+            )
+        }
     }
 }
 
@@ -87,45 +183,24 @@ struct DrainCommand: AsyncParsableCommand {
     )
     @Option(help: "How long the node waits for requests under way (default: its drain-timeout).")
     var timeout: String?
-    @Flag(help: "Print the last progress report as JSON.")
-    var json = false
     @OptionGroup var options: AdminOptions
 
     func run() async throws {
-        guard let target = HostAndPort(options.address) else {
-            FileHandle.standardError.write(Data("ringside: --admin \"\(options.address)\" is not host:port\n".utf8))
-            throw ExitCode(2)
-        }
+        let target = try options.target()
+        let authorization = try options.authorization()
         var path = "/v1/drain"
         if let timeout {
             guard let duration = RingsideSettings.parseDuration(timeout), duration > .zero else {
-                FileHandle.standardError.write(Data("ringside: --timeout \"\(timeout)\" is not a duration\n".utf8))
-                throw ExitCode(2)
+                throw usage("--timeout \"\(timeout)\" is not a duration")
             }
             path +=
                 "?timeout_ms=\(max(1, duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000))"
         }
         let started = ContinuousClock.now
-        var last: DrainProgress
-        do {
-            let answer = try await AdminClient.get(path, host: target.host, port: target.port, method: .POST)
-            guard answer.status == 202, let progress = Self.decode(answer.body) else {
-                let body = answer.body.trimmingCharacters(in: .whitespacesAndNewlines)
-                FileHandle.standardError.write(
-                    Data("ringside: the admin plane at \(options.address) answered \(answer.status): \(body)\n".utf8)
-                )
-                throw ExitCode(1)
-            }
-            last = progress
-        } catch let exit as ExitCode {
-            throw exit
-        } catch {
-            FileHandle.standardError.write(
-                Data(
-                    "ringside: cannot reach the admin plane at \(options.address): \(AdminClient.reason(error))\n".utf8
-                )
-            )
-            throw ExitCode(1)
+        let answer = try await options.ask(path, method: .POST)
+        guard answer.status == 202, var last = Self.decode(answer.body) else {
+            let body = answer.body.trimmingCharacters(in: .whitespacesAndNewlines)
+            throw failure("the admin plane at \(options.address) answered \(answer.status): \(body)")
         }
         if last.elapsedSeconds > 0.5 {
             FileHandle.standardError.write(
@@ -142,7 +217,12 @@ struct DrainCommand: AsyncParsableCommand {
         var refusedSince: ContinuousClock.Instant?
         while ContinuousClock.now - started < limit {
             do {
-                let answer = try await AdminClient.get("/v1/drain", host: target.host, port: target.port)
+                let answer = try await AdminClient.get(
+                    "/v1/drain",
+                    host: target.host,
+                    port: target.port,
+                    headers: authorization
+                )
                 if let progress = Self.decode(answer.body) { last = progress }
                 refusedSince = nil
             } catch  where Self.isRefused(error) {
@@ -158,7 +238,7 @@ struct DrainCommand: AsyncParsableCommand {
             }
             try await Task.sleep(for: .milliseconds(50))
         }
-        if json {
+        if options.json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
             print(String(decoding: try encoder.encode(last), as: UTF8.self))
@@ -170,18 +250,9 @@ struct DrainCommand: AsyncParsableCommand {
                     + (last.timedOut ? " (the timeout passed)" : "") + (exited ? "; the node has exited" : "")
             )
         }
-        guard exited else {
-            FileHandle.standardError.write(Data("ringside: the node did not exit within \(limit)\n".utf8))
-            throw ExitCode(1)
-        }
+        guard exited else { throw failure("the node did not exit within \(limit)") }
         guard last.state == "stopped" else {
-            FileHandle.standardError.write(
-                Data(
-                    "ringside: the node exited before its last report (it was \(last.state)); what it cut is unknown\n"
-                        .utf8
-                )
-            )
-            throw ExitCode(1)
+            throw failure("the node exited before its last report (it was \(last.state)); what it cut is unknown")
         }
         if last.cut > 0 { throw ExitCode(3) }
     }

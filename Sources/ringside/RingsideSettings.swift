@@ -57,6 +57,10 @@ struct RingsideSettings {
     var backendTLSCA: String?
     /// The file holding the admin plane's bearer token.
     var adminTokenFile: String?
+    /// How log lines are written.
+    var logFormat: LogFormat
+    /// `RINGSIDE_*` variables that name no setting, each with the nearest valid name: logged at start.
+    var unknownVariables: [(name: String, nearest: String?)] = []
 
     /// A `host:port` pair.
     typealias Address = HostAndPort
@@ -99,6 +103,7 @@ struct RingsideSettings {
         ("max-body-bytes", "1GiB", "The largest request body; larger ones get 413."),
         ("node-header", "true", "Whether responses carry X-Ringside-Node."),
         ("log-level", "info", "trace, debug, info, notice, warning, error or critical."),
+        ("log-format", "logfmt", "logfmt (key=value lines) or json (one object a line)."),
         ("event-loops", nil, "Event loop threads (default: one per core)."),
         ("app-io", nil, "How HTTP/1.1 is served (app plane, forwarded requests): epoll (relay loops) or nio."),
         ("tls-cert", "", "A PEM certificate chain: TLS on the app plane (and the admin plane beyond loopback)."),
@@ -134,7 +139,50 @@ struct RingsideSettings {
             if let value = environment[name] { values[key.name] = (value, name) }
         }
         for (key, value) in flags { values[key] = (value, "--\(key)") }
-        return try RingsideSettings(values: values)
+        var settings = try RingsideSettings(values: values)
+        settings.unknownVariables = unknownEnvironment(environment)
+        return settings
+    }
+
+    /// The `RINGSIDE_*` variables that name no setting (a typo that would otherwise be ignored), each with the
+    /// nearest valid name. `RINGSIDE_CONFIG` and the admin commands' own variables are known.
+    static func unknownEnvironment(_ environment: [String: String]) -> [(name: String, nearest: String?)] {
+        let known = keys.map { environmentName($0.name) } + otherEnvironment
+        return environment.keys.filter { $0.hasPrefix("RINGSIDE_") && !known.contains($0) }.sorted().map {
+            ($0, nearest(to: $0, in: known))
+        }
+    }
+
+    /// Variables of the `ringside` command that are not settings of `run`.
+    static let otherEnvironment = ["RINGSIDE_CONFIG", "RINGSIDE_ADMIN", "RINGSIDE_ADMIN_TOKEN_FILE"]
+
+    /// The name in `candidates` closest to `name` by edit distance, if it is close enough to be a likely typo (at
+    /// most a third of its length, and at least 2, edits away).
+    static func nearest(to name: String, in candidates: [String]) -> String? {
+        let target = Array(name.lowercased().utf8)
+        var best: (String, Int)?
+        for candidate in candidates {
+            let distance = editDistance(target, Array(candidate.lowercased().utf8))
+            if distance < (best?.1 ?? .max) { best = (candidate, distance) }
+        }
+        guard let best, best.1 <= max(2, target.count / 3) else { return nil }
+        return best.0
+    }
+
+    /// Levenshtein distance, one row at a time.
+    static func editDistance(_ a: [UInt8], _ b: [UInt8]) -> Int {
+        guard !a.isEmpty else { return b.count }
+        var previous = Array(0...b.count)
+        var current = previous
+        for i in 1...a.count {
+            current[0] = i
+            for j in stride(from: 1, through: b.count, by: 1) {
+                let substitution = previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)
+                current[j] = min(substitution, previous[j] + 1, current[j - 1] + 1)
+            }
+            swap(&previous, &current)
+        }
+        return previous[b.count]
     }
 
     /// The key/value pairs of a YAML file: a mapping of known keys to scalars (or, for `join`, a list of them).
@@ -167,10 +215,11 @@ struct RingsideSettings {
         var result: [String: String] = [:]
         for (key, value) in mapping {
             guard known.contains(key) else {
+                let suggestion = nearest(to: key, in: keys.map(\.name)).map { "did you mean \($0)? " } ?? ""
                 throw ConfigurationError(
                     key: key,
                     source: path,
-                    reason: "unknown key; the keys are listed by ringside run --help"
+                    reason: "unknown key; \(suggestion)the keys are listed by ringside run --help"
                 )
             }
             if let list = value as? [Any], key == "join" {
@@ -325,11 +374,14 @@ struct RingsideSettings {
             throw fail("wait-timeout", "is not a duration such as 0s, 30s or 5m")
         }
         waitTimeout = wait == .zero ? nil : wait
-        switch value("participate-immediately").0.lowercased() {
-        case "true", "yes", "on", "1": participateImmediately = true
-        case "false", "no", "off", "0": participateImmediately = false
-        default: throw fail("participate-immediately", "is not true or false")
+        func bool(_ key: String) throws(ConfigurationError) -> Bool {
+            switch value(key).0.lowercased() {
+            case "true", "yes", "on", "1": return true
+            case "false", "no", "off", "0": return false
+            default: throw fail(key, "is not true or false")
+            }
         }
+        participateImmediately = try bool("participate-immediately")
         let healthPath = value("backend-health-path").0
         guard healthPath.isEmpty || (healthPath.hasPrefix("/") && !healthPath.contains(where: { $0.isWhitespace }))
         else { throw fail("backend-health-path", "is not a path such as /healthz") }
@@ -337,11 +389,7 @@ struct RingsideSettings {
         rejoinInterval = try duration("rejoin-interval")
         maxHeaderBytes = try size("max-header-bytes")
         maxBodyBytes = try size("max-body-bytes")
-        switch value("node-header").0.lowercased() {
-        case "true", "yes", "on", "1": nodeHeader = true
-        case "false", "no", "off", "0": nodeHeader = false
-        default: throw fail("node-header", "is not true or false")
-        }
+        nodeHeader = try bool("node-header")
         let loops = value("event-loops").0
         if loops.isEmpty {
             eventLoops = System.coreCount
@@ -355,6 +403,10 @@ struct RingsideSettings {
             throw fail("log-level", "is not trace, debug, info, notice, warning, error or critical")
         }
         logLevel = level
+        guard let format = LogFormat(rawValue: value("log-format").0.lowercased()) else {
+            throw fail("log-format", "is not logfmt or json")
+        }
+        logFormat = format
     }
 
     /// `500ms`, `30s`, `2m`, `1h`, or a plain number of seconds.

@@ -83,6 +83,8 @@ struct RunCommand: AsyncParsableCommand {
     var nodeHeader: String?
     @Option(parsing: .unconditional, help: "trace, debug, info, notice, warning, error, critical (default info).")
     var logLevel: String?
+    @Option(parsing: .unconditional, help: "logfmt or json (default logfmt).")
+    var logFormat: String?
     @Option(parsing: .unconditional, help: "Event loop threads (default: one per core).")
     var eventLoops: String?
     @Option(parsing: .unconditional, help: "How HTTP/1.1 is served: epoll or nio (default epoll on Linux).")
@@ -111,7 +113,8 @@ struct RunCommand: AsyncParsableCommand {
             ("sharder", sharder), ("request-timeout", requestTimeout), ("connect-timeout", connectTimeout),
             ("header-read-timeout", headerReadTimeout), ("idle-timeout", idleTimeout), ("drain-timeout", drainTimeout),
             ("rejoin-interval", rejoinInterval), ("max-header-bytes", maxHeaderBytes), ("max-body-bytes", maxBodyBytes),
-            ("node-header", nodeHeader), ("log-level", logLevel), ("event-loops", eventLoops),
+            ("node-header", nodeHeader), ("log-level", logLevel), ("log-format", logFormat),
+            ("event-loops", eventLoops),
             ("app-io", appIO), ("wait-for-size", waitForSize), ("wait-timeout", waitTimeout),
             ("participate-immediately", participateImmediately), ("backend-health-path", backendHealthPath),
             ("tls-cert", tlsCert), ("tls-key", tlsKey), ("cluster-tls-cert", clusterTlsCert),
@@ -138,16 +141,18 @@ struct RunCommand: AsyncParsableCommand {
 
     /// Runs a node with `settings` until SIGTERM or SIGINT.
     static func serve(_ settings: RingsideSettings) async throws {
-        let level = settings.logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        let (level, format) = (settings.logLevel, settings.logFormat)
+        LoggingSystem.bootstrap { label in LineLogHandler(label: label, format: format, level: level) }
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         var logger = Logger(label: "ringside")
         logger[metadataKey: "ringside.node"] = "\(settings.nodeName)"
+        for (name, nearest) in settings.unknownVariables {
+            logger.warning(
+                "an environment variable names no setting and is ignored",
+                metadata: ["ringside.variable": "\(name)", "ringside.did_you_mean": "\(nearest ?? "")"]
+            )
+        }
         // Loaded once metrics are bootstrapped: the planes count their handshakes.
         let security: NodeSecurity
         do {

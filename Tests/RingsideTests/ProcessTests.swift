@@ -377,19 +377,42 @@ struct ProcessTests {
     @Test func theAdminCommandsAskARunningNodeAndSayWhyWhenNoneAnswers() async throws {
         try await withProcesses(1) { cluster in
             let admin = "127.0.0.1:\(cluster.nodes[0].admin)"
-            let lookup = try Self.runRingside(["lookup", "customer-42", "--admin", admin])
+            let lookup = try Self.runRingside(["lookup", "customer-42", "--admin", admin, "--json"])
             #expect(lookup.status == 0)
             #expect(lookup.output.contains("\"key\":\"customer-42\""))
             #expect(lookup.output.contains("\"name\":\"node-0\""))
-            let state = try Self.runRingside(["state", "--admin", admin])
+            let state = try Self.runRingside(["state", "--admin", admin, "--json"])
             #expect(state.status == 0)
             #expect(state.output.contains("\"participant\":1"))
+            // A table by default: a header, then one row a member (this node starred).
+            let peers = try Self.runRingside(["peers", "--admin", admin])
+            let lines = peers.output.split(separator: "\n").map(String.init)
+            #expect(lines.first?.hasPrefix("NAME") == true && lines.first?.contains("ADDRESS") == true)
+            #expect(lines.dropFirst().first?.hasPrefix("node-0 *") == true, "\(peers.output)")
+            #expect(lines.dropFirst().first?.contains("participant") == true)
+            let owners = try Self.runRingside(["lookup", "customer-42", "--admin", admin])
+            #expect(owners.output.hasPrefix("RANK"))
+            #expect(owners.output.contains("1     node-0 *"), "\(owners.output)")
+            let summary = try Self.runRingside(["state", "--admin", admin])
+            #expect(summary.output.contains("cluster_auth  none"), "\(summary.output)")
             let nobody = try Self.runRingside(["peers", "--admin", "127.0.0.1:\(freePort())"])
             #expect(nobody.status == 1)
             #expect(nobody.errors.contains("cannot reach the admin plane at 127.0.0.1:"))
             #expect(nobody.errors.contains("Connection refused"))
-            let unknown = try Self.runRingside(["state", "--admin", "nonsense"])
-            #expect(unknown.status == 2)
+        }
+    }
+
+    /// One convention for every subcommand: 2 for a command line that is wrong, whatever is wrong with it.
+    @Test func everySubcommandExitsTwoForABadCommandLine() throws {
+        let cases: [[String]] = [
+            ["lookup"], ["lookup", "k", "--replicas", "many"], ["state", "--admin", "nonsense"],
+            ["peers", "--frobnicate"], ["drain", "--timeout", "soon"], ["peers", "--token-file", "/nonexistent"],
+            ["run", "--replica", "2"], ["nonsense"],
+        ]
+        for arguments in cases {
+            let result = try Self.runRingside(arguments)
+            #expect(result.status == 2, "\(arguments): \(result.errors)")
+            #expect(result.errors.contains("ringside") || result.errors.contains("Error"), "\(arguments)")
         }
     }
 

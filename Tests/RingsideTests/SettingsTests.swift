@@ -103,6 +103,37 @@ struct SettingsTests {
             try RingsideSettings.load(configFile: file, environment: [:], flags: [:])
         }
         #expect(error?.key == "listen-port")
+        try "node-nmae: a\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let typo = #expect(throws: ConfigurationError.self) {
+            try RingsideSettings.load(configFile: file, environment: [:], flags: [:])
+        }
+        #expect(typo?.description.contains("did you mean node-name?") == true, "\(typo?.description ?? "")")
+    }
+
+    @Test func unknownRingsideVariablesAreNamedWithTheNearestSetting() throws {
+        let settings = try RingsideSettings.load(
+            configFile: nil,
+            environment: [
+                "RINGSIDE_NODE_NAM": "a", "RINGSIDE_ADMIN": "127.0.0.1:7402", "RINGSIDE_QQQQQQQQQQQQ": "b",
+                "RINGSIDE_LOG_FORMAT": "json", "HOME": "/root",
+            ],
+            flags: [:]
+        )
+        #expect(settings.logFormat == .json)
+        let unknown = settings.unknownVariables.map { "\($0.name)->\($0.nearest ?? "none")" }
+        #expect(unknown == ["RINGSIDE_NODE_NAM->RINGSIDE_NODE_NAME", "RINGSIDE_QQQQQQQQQQQQ->none"])
+    }
+
+    @Test func logLinesAreLogfmtOrJSONWithTheirMetadata() {
+        let fields = [("msg", "refused gossip"), ("ringside.peer", "node \"2\""), ("ringside.count", "3")]
+        #expect(
+            LineLogHandler.logfmt(fields) == #"msg="refused gossip" ringside.peer="node \"2\"" ringside.count=3"# + "\n"
+        )
+        #expect(
+            LineLogHandler.json(fields)
+                == #"{"msg":"refused gossip","ringside.peer":"node \"2\"","ringside.count":"3"}"# + "\n"
+        )
+        #expect(LineLogHandler.escaped("a\u{01}\n") == "a\\u0001\\n")
     }
 
     @Test func anH2cBackendSpeaksHTTP2() throws {

@@ -2,7 +2,6 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
-import X509
 
 #if canImport(Glibc)
 import Glibc
@@ -195,21 +194,23 @@ public final class PlaneTLS: Sendable {
 /// Refuses a CA bundle with a certificate that is not a certificate authority's (a node's own certificate given as
 /// the CA, say): nothing would ever verify against it, and every handshake would fail for a reason far from here.
 private func requireAuthorities(_ certificates: [NIOSSLCertificate], in path: String) throws(TLSLoadError) {
-    for certificate in certificates {
-        let parsed: Certificate
-        do {
-            parsed = try Certificate(derEncoded: certificate.toDERBytes())
-        } catch {
-            throw TLSLoadError(file: path, reason: "holds a certificate that does not parse: \(error)")
-        }
-        let constraints = try? parsed.extensions.basicConstraints
-        guard case .isCertificateAuthority = constraints else {
-            throw TLSLoadError(
-                file: path,
-                reason: "holds \(parsed.subject), which is not a certificate authority (no basicConstraints CA:TRUE)"
-            )
-        }
+    for certificate in certificates where !isAuthority(certificate) {
+        throw TLSLoadError(
+            file: path,
+            reason: "holds a certificate that is not a certificate authority's (no basicConstraints CA:TRUE)"
+        )
     }
+}
+
+/// Whether `certificate` has basicConstraints with cA true. Read from the extension's DER (swift-nio-ssl's
+/// extension view; the project takes no X.509 library for one bit): `SEQUENCE { BOOLEAN cA DEFAULT FALSE, … }`,
+/// short-form lengths, as an extension this small always has.
+private func isAuthority(_ certificate: NIOSSLCertificate) -> Bool {
+    guard let basicConstraints = NIOSSLObjectIdentifier("2.5.29.19"),
+        let constraints = certificate._extensions.first(where: { $0.objectIdentifier == basicConstraints })
+    else { return false }
+    let der = Array(constraints.data)
+    return der.count >= 5 && der[0] == 0x30 && der[1] < 0x80 && der[2] == 0x01 && der[3] == 0x01 && der[4] != 0
 }
 
 /// What `stat` says of a file: enough to tell that it was replaced or rewritten (a Kubernetes Secret is replaced by
