@@ -50,3 +50,19 @@ public enum ShardKey {
     @inlinable
     public static func hash(_ key: UnsafeRawBufferPointer) -> UInt64 { XXHash64.hash(key) }
 }
+
+extension Sharder {
+    /// Each owner's share of the key space for `op` (0 to 1, summing to 1), measured at `samples` key hashes spread
+    /// evenly over the 64-bit hash space: what a status page draws and a gauge exports. Empty when no peer owns keys.
+    public func keyShares(samples: Int = 4096, op: ShardingOperation = .readWrite) -> [String: Double] {
+        guard samples > 0, eligibleCount(for: op) > 0 else { return [:] }
+        var counts: [String: Int] = [:]
+        let step = UInt64.max / UInt64(samples)
+        for index in 0..<UInt64(samples) {
+            // The middle of each slice, so that no sample sits on slice 0's edge.
+            guard let owner = try? owner(forKeyHash: index &* step &+ step / 2, op: op) else { continue }
+            counts[owner.name, default: 0] += 1
+        }
+        return counts.mapValues { Double($0) / Double(samples) }
+    }
+}

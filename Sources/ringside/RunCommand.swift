@@ -164,6 +164,7 @@ struct RunCommand: AsyncParsableCommand {
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: settings.eventLoops)
         let server = makeServer(settings, security: security, group: group, logger: logger)
+        let events = ClusterEventLog()
         let admin: any Channel
         do {
             admin = try await AdminServer.bind(
@@ -176,7 +177,8 @@ struct RunCommand: AsyncParsableCommand {
                     notReadyReason: { server.notReadyReason },
                     lookupReplicas: settings.replicas,
                     drain: server.drain,
-                    token: security.adminToken
+                    token: security.adminToken,
+                    events: events
                 ),
                 tls: AdvertisedHost.isLoopback(settings.adminListen.host) ? nil : security.app
             )
@@ -202,6 +204,7 @@ struct RunCommand: AsyncParsableCommand {
         var configured: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: server, successTerminationBehavior: .gracefullyShutdownGroup),
             .init(service: SignalDrain(drain: server.drain, logger: logger)),
+            .init(service: ClusterEventFollower(log: events, node: server.node)),
         ]
         if !security.planes.isEmpty {
             let reloader = TLSReloader(planes: security.planes, logger: logger)

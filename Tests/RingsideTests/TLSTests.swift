@@ -83,9 +83,7 @@ final class ExtraNode {
 
     /// The status and body of a request to the admin plane.
     func admin(_ path: String, method: String = "GET", authorization: String? = nil) -> TestResponse? {
-        let header = authorization.map { "Authorization: \($0)\r\n" } ?? ""
-        let request = "\(method) \(path) HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\(header)\r\n"
-        return parseResponse(rawExchange(port: admin, Array(request.utf8)).bytes)
+        adminRequest(admin, method, path, authorization: authorization)
     }
 
     func stop() {

@@ -18,6 +18,8 @@ public struct AdminSources: Sendable {
     public var drain: NodeDrain?
     /// A bearer token every request but `/livez` and `/readyz` must carry (`Authorization: Bearer …`); nil: none.
     public var token: [UInt8]?
+    /// The node's membership events, for `GET /v1/watch` and the status page; nil: no watch API.
+    public var events: ClusterEventLog?
 
     /// Creates the sources.
     public init(
@@ -25,9 +27,11 @@ public struct AdminSources: Sendable {
         notReadyReason: @escaping @Sendable () -> String? = { nil },
         lookupReplicas: Int = 1,
         drain: NodeDrain? = nil,
-        token: [UInt8]? = nil
+        token: [UInt8]? = nil,
+        events: ClusterEventLog? = nil
     ) {
         self.token = token
+        self.events = events
         self.metricsText = metricsText
         self.notReadyReason = notReadyReason
         self.lookupReplicas = lookupReplicas
@@ -79,17 +83,24 @@ public enum AdminServer {
         return difference == 0
     }
 
-    /// The answer to `GET uri`: status, content type and body.
+    static let jsonType = "application/json"
+
+    /// The key whose owner is the leader (`GET /v1/leader`): a fixed key, so every node with the same view names the
+    /// same participant.
+    static let leaderKey = "ringside.leader"
+
+    /// The answer to `method uri` with `body`: status, content type and body.
     static func answer(
         _ method: HTTPMethod,
         _ uri: String,
+        body: [UInt8] = [],
         node: ClusterNode,
         sources: AdminSources
     ) -> (
         HTTPResponseStatus, String, String
     ) {
         let (path, query) = split(uri)
-        let json = "application/json"
+        let json = jsonType
         switch (method, path) {
         case (.GET, "/livez"):
             return (.ok, "text/plain; charset=utf-8", "ok\n")
@@ -101,26 +112,7 @@ public enum AdminServer {
         case (.GET, "/metrics"):
             return (.ok, "text/plain; version=0.0.4; charset=utf-8", sources.metricsText())
         case (.GET, "/v1/peers"):
-            let local = node.configuration.nodeName
-            let peers = node.members.sorted { $0.name < $1.name }.map { member in
-                JSONWriter.object([
-                    ("name", JSONWriter.quoted(member.name)),
-                    ("address", JSONWriter.quoted(member.address)),
-                    ("state", JSONWriter.quoted(member.state.description)),
-                    ("status", JSONWriter.quoted(member.status.description)),
-                    ("self", member.name == local ? "true" : "false"),
-                    ("incarnation", String(member.incarnation)),
-                    (
-                        "metadata",
-                        JSONWriter.object(
-                            member.metadataValues.sorted { $0.key < $1.key }.map {
-                                ($0.key, JSONWriter.quoted($0.value))
-                            }
-                        )
-                    ),
-                ])
-            }
-            return (.ok, json, JSONWriter.array(peers) + "\n")
+            return (.ok, json, peersJSON(node) + "\n")
         case (.GET, "/v1/state"):
             let sharder = node.sharder
             var counts: [PeerState: Int] = [:]
@@ -188,15 +180,80 @@ public enum AdminServer {
                 timeout = .milliseconds(milliseconds)
             }
             return (.accepted, json, progressJSON(drain.start(by: "admin", timeout: timeout)))
+        case (.GET, "/v1/meta"):
+            if let prefix = query["prefix"] {
+                // Across the cluster: every live member's entries under the prefix, by member.
+                let members = node.members.filter { $0.status.isActive }.sorted { $0.name < $1.name }
+                let body = JSONWriter.object(
+                    members.map { member in
+                        (
+                            member.name,
+                            JSONWriter.object(
+                                member.metadataValues.filter { $0.key.hasPrefix(prefix) }.sorted { $0.key < $1.key }
+                                    .map { ($0.key, JSONWriter.quoted($0.value)) }
+                            )
+                        )
+                    }
+                )
+                return (.ok, json, body + "\n")
+            }
+            return (.ok, json, metadataJSON(ownMetadata(node)) + "\n")
+        case (.PUT, _) where path.hasPrefix("/v1/meta/"), (.DELETE, _) where path.hasPrefix("/v1/meta/"):
+            let key = percentDecoded(String(path.dropFirst("/v1/meta/".count)))
+            if let problem = MetadataLimits.problem(key: key) { return (.badRequest, json, error(problem)) }
+            do {
+                if method == .PUT {
+                    let value = String(decoding: body, as: UTF8.self)
+                    var entries = ownMetadata(node)
+                    entries[key] = value
+                    if let problem = MetadataLimits.problem(value: value, all: entries) {
+                        return (.payloadTooLarge, json, error(problem))
+                    }
+                    try node.setMetadata(key, to: value)
+                } else {
+                    guard ownMetadata(node)[key] != nil else {
+                        return (.notFound, json, error("this node has no metadata entry \(key)"))
+                    }
+                    try node.deleteMetadata(key)
+                }
+            } catch {
+                return (.serviceUnavailable, json, self.error("\(error)"))
+            }
+            return (.ok, json, metadataJSON(ownMetadata(node)) + "\n")
+        case (.GET, "/v1/watch"):
+            // Streamed by the handler; here only when the node keeps no event log.
+            return (.notFound, json, error("this node has no watch API"))
+        case (.GET, "/v1/leader"):
+            do {
+                guard let leader = try node.lookup(leaderKey).first else {
+                    return (.serviceUnavailable, json, error("no participant owns keys"))
+                }
+                let body = JSONWriter.object([
+                    ("name", JSONWriter.quoted(leader.name)),
+                    ("address", JSONWriter.quoted(leader.address)),
+                    ("self", leader.isSelf ? "true" : "false"),
+                    ("epoch", JSONWriter.quoted(String(node.sharder.checksum, radix: 16))),
+                    ("partition_safe", "false"),
+                ])
+                return (.ok, json, body + "\n")
+            } catch {
+                return (.serviceUnavailable, json, self.error(error.message))
+            }
+        case (.GET, "/"):
+            return (.ok, "text/html; charset=utf-8", StatusPage.html(node: node, events: sources.events))
         case (_, "/v1/drain"):
             return (.methodNotAllowed, json, error("/v1/drain answers GET and POST only"))
-        case (_, "/livez"), (_, "/readyz"), (_, "/metrics"), (_, "/v1/peers"), (_, "/v1/state"), (_, "/v1/lookup"):
+        case (_, _) where path.hasPrefix("/v1/meta/"):
+            return (.methodNotAllowed, json, error("/v1/meta/KEY answers PUT and DELETE only"))
+        case (_, "/livez"), (_, "/readyz"), (_, "/metrics"), (_, "/v1/peers"), (_, "/v1/state"), (_, "/v1/lookup"),
+            (_, "/v1/meta"), (_, "/v1/leader"), (_, "/v1/watch"), (_, "/"):
             return (.methodNotAllowed, json, error("\(path) answers GET only"))
         default:
             return (
                 .notFound, json,
                 error(
-                    "no admin path \(path); see /v1/peers, /v1/state, /v1/lookup, /v1/drain, /livez, /readyz, /metrics"
+                    "no admin path \(path); see /, /v1/peers, /v1/state, /v1/lookup, /v1/drain, /v1/watch, /v1/meta, "
+                        + "/v1/leader, /livez, /readyz, /metrics"
                 )
             )
         }
@@ -211,6 +268,25 @@ public enum AdminServer {
         if let reason = sources.notReadyReason() { return reason }
         guard node.sharder.eligibleCount(for: .readWrite) > 0 else { return "no participant owns keys yet" }
         return nil
+    }
+
+    /// Every member in the view, by name, as `/v1/peers` and the watch API's `view` event show them.
+    static func peersJSON(_ node: ClusterNode) -> String {
+        let local = node.configuration.nodeName
+        return JSONWriter.array(
+            node.members.sorted { $0.name < $1.name }.map {
+                JSONWriter.object(ClusterEventLog.memberFields($0, local: local))
+            }
+        )
+    }
+
+    /// This node's live metadata entries.
+    static func ownMetadata(_ node: ClusterNode) -> [String: String] {
+        node.members.first { $0.name == node.configuration.nodeName }?.metadataValues ?? [:]
+    }
+
+    static func metadataJSON(_ entries: [String: String]) -> String {
+        JSONWriter.object(entries.sorted { $0.key < $1.key }.map { ($0.key, JSONWriter.quoted($0.value)) })
     }
 
     /// A drain's progress as `GET /v1/drain` shows it.
@@ -279,14 +355,21 @@ public enum AdminServer {
     }
 }
 
-/// Answers admin requests; bodies are ignored.
+/// Answers admin requests. A body is read only for `PUT /v1/meta/KEY` (up to ``maxBody`` bytes); `GET /v1/watch`
+/// keeps the connection and streams.
 final class AdminHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
+    /// The largest request body the admin plane reads (a metadata value and then some).
+    static let maxBody = 4096
+
     private let node: ClusterNode
     private let sources: AdminSources
     private var head: HTTPRequestHead?
+    private var body: [UInt8] = []
+    private var bodyTooLarge = false
+    private var watch: Task<Void, Never>?
 
     init(node: ClusterNode, sources: AdminSources) {
         self.node = node
@@ -297,35 +380,184 @@ final class AdminHandler: ChannelInboundHandler {
         switch unwrapInboundIn(data) {
         case .head(let request):
             head = request
-        case .body:
-            break
+            body = []
+            bodyTooLarge = false
+        case .body(let chunk):
+            guard !bodyTooLarge else { return }
+            if body.count + chunk.readableBytes > Self.maxBody {
+                bodyTooLarge = true
+                body = []
+            } else {
+                body += chunk.readableBytesView
+            }
         case .end:
-            guard let request = head else { return }
+            guard let request = head, watch == nil else { return }
             head = nil
             let authorized = AdminServer.authorized(
                 request.uri,
                 authorization: request.headers.first(name: "authorization"),
                 token: sources.token
             )
-            let (status, type, text) =
-                authorized
-                ? AdminServer.answer(request.method, request.uri, node: node, sources: sources)
-                : (.unauthorized, "application/json", AdminServer.error("this admin plane needs a bearer token"))
-            let body = ByteBuffer(string: text)
-            var headers = HTTPHeaders()
-            headers.add(name: "content-type", value: type)
-            headers.add(name: "content-length", value: String(body.readableBytes))
-            if !request.isKeepAlive { headers.add(name: "connection", value: "close") }
-            if !authorized { headers.add(name: "www-authenticate", value: "Bearer") }
-            context.write(
-                wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))),
-                promise: nil
+            guard authorized else {
+                respond(
+                    context,
+                    request,
+                    (.unauthorized, AdminServer.jsonType, AdminServer.error("this admin plane needs a bearer token"))
+                )
+                return
+            }
+            guard !bodyTooLarge else {
+                respond(
+                    context,
+                    request,
+                    (
+                        .payloadTooLarge, AdminServer.jsonType,
+                        AdminServer.error("the admin plane reads bodies up to \(Self.maxBody) bytes")
+                    ),
+                    close: true
+                )
+                return
+            }
+            if request.method == .GET, AdminServer.split(request.uri).0 == "/v1/watch", let events = sources.events {
+                startWatch(context, request, events)
+                return
+            }
+            respond(
+                context,
+                request,
+                AdminServer.answer(request.method, request.uri, body: body, node: node, sources: sources)
             )
-            if request.method != .HEAD { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
-            let keepAlive = request.isKeepAlive
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-                if !keepAlive { context.close(promise: nil) }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        watch?.cancel()
+        watch = nil
+        context.fireChannelInactive()
+    }
+
+    private func respond(
+        _ context: ChannelHandlerContext,
+        _ request: HTTPRequestHead,
+        _ answer: (HTTPResponseStatus, String, String),
+        close: Bool = false
+    ) {
+        let (status, type, text) = answer
+        let body = ByteBuffer(string: text)
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: type)
+        headers.add(name: "content-length", value: String(body.readableBytes))
+        let keepAlive = request.isKeepAlive && !close
+        if !keepAlive { headers.add(name: "connection", value: "close") }
+        if status == .unauthorized { headers.add(name: "www-authenticate", value: "Bearer") }
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))),
+            promise: nil
+        )
+        if request.method != .HEAD { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+            if !keepAlive { context.close(promise: nil) }
+        }
+    }
+
+    /// Streams the watch API: the view (or, with a `Last-Event-ID` still kept, what was missed), then each event as it
+    /// comes, and a comment every 15 s so that idle proxies keep the connection. A reader too slow to take what is
+    /// written is disconnected (it resumes with `Last-Event-ID`).
+    private func startWatch(_ context: ChannelHandlerContext, _ request: HTTPRequestHead, _ events: ClusterEventLog) {
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "text/event-stream")
+        headers.add(name: "cache-control", value: "no-cache")
+        context.writeAndFlush(
+            wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: .ok, headers: headers))),
+            promise: nil
+        )
+        let lastSeen = request.headers.first(name: "last-event-id").flatMap { Int($0) }
+        let (missed, current, stream) = events.subscribe(after: lastSeen)
+        var opening = "retry: 1000\n\n"
+        if let missed {
+            for entry in missed { opening += WatchFormat.event(entry) }
+        } else {
+            opening += WatchFormat.view(id: current, node: node)
+        }
+        let channel = context.channel
+        let send: @Sendable (String) -> Bool = { text in
+            guard channel.isActive else { return false }
+            // Unflushed bytes beyond the high-water mark: the reader is not reading.
+            guard channel.isWritable else {
+                channel.close(promise: nil)
+                return false
+            }
+            let buffer = ByteBuffer(string: text)
+            channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(buffer)), promise: nil)
+            return true
+        }
+        _ = send(opening)
+        watch = Task {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    var lastSent = missed?.last?.id ?? current
+                    for await entry in stream {
+                        // The stream dropped events for a reader this slow: end, so that it resumes from what it has.
+                        guard entry.id == lastSent + 1 else {
+                            channel.close(promise: nil)
+                            return
+                        }
+                        guard send(WatchFormat.event(entry)) else { return }
+                        lastSent = entry.id
+                    }
+                }
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: .seconds(15))
+                        guard !Task.isCancelled, send(": keep-alive\n\n") else { return }
+                    }
+                }
+                await group.next()
+                group.cancelAll()
             }
         }
+    }
+}
+
+/// The watch API's wire format (server-sent events).
+enum WatchFormat {
+    static func event(_ entry: ClusterEventLog.Entry) -> String {
+        "id: \(entry.id)\nevent: \(entry.name)\ndata: \(entry.data)\n\n"
+    }
+
+    /// The whole view as one `view` event (the `/v1/peers` list), numbered with the last event it includes.
+    static func view(id: Int, node: ClusterNode) -> String {
+        "id: \(id)\nevent: view\ndata: \(AdminServer.peersJSON(node))\n\n"
+    }
+}
+
+/// What `PUT /v1/meta/KEY` accepts. Metadata rides in every gossip message about the node, so it stays small: keys of
+/// letters, digits and `._-/` up to 64 bytes, values up to 512 bytes, at most 32 entries and 2 KiB in all.
+enum MetadataLimits {
+    static let maxKeyBytes = 64
+    static let maxValueBytes = 512
+    static let maxEntries = 32
+    static let maxTotalBytes = 2048
+
+    /// Why `key` is not a metadata key, or nil.
+    static func problem(key: String) -> String? {
+        let allowed = key.utf8.allSatisfy {
+            ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A)
+                || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-")
+                || $0 == UInt8(ascii: "/")
+        }
+        guard !key.isEmpty, key.utf8.count <= maxKeyBytes, allowed else {
+            return "a metadata key is 1 to \(maxKeyBytes) letters, digits, '.', '_', '-' or '/'"
+        }
+        return nil
+    }
+
+    /// Why `value`, with `all` the entries it would leave, is too much, or nil.
+    static func problem(value: String, all: [String: String]) -> String? {
+        if value.utf8.count > maxValueBytes { return "a metadata value is at most \(maxValueBytes) bytes" }
+        if all.count > maxEntries { return "a node has at most \(maxEntries) metadata entries" }
+        let total = all.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
+        if total > maxTotalBytes { return "a node's metadata is at most \(maxTotalBytes) bytes in all" }
+        return nil
     }
 }

@@ -1,0 +1,210 @@
+import Foundation
+import RingsideTestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A request to the admin plane at `port`; nil when nothing answered.
+func adminRequest(
+    _ port: Int,
+    _ method: String,
+    _ path: String,
+    body: String = "",
+    authorization: String? = nil
+) -> TestResponse? {
+    let header = authorization.map { "Authorization: \($0)\r\n" } ?? ""
+    let request = "\(method) \(path) HTTP/1.1\r\nHost: a\r\nContent-Length: \(body.utf8.count)\r\n\(header)\r\n\(body)"
+    return parseResponse(rawExchange(port: port, Array(request.utf8), timeout: .seconds(3)).bytes)
+}
+
+/// The text of a response body.
+func text(_ response: TestResponse?) -> String { String(decoding: response?.body ?? [], as: UTF8.self) }
+
+/// `GET /v1/watch` read from a socket as it streams.
+final class EventStream {
+    struct Event {
+        var id: Int?
+        var name: String
+        var data: String
+    }
+
+    private let fd: Int32
+    private var bytes: [UInt8] = []
+
+    init(port: Int, lastEventID: Int? = nil) throws {
+        guard let fd = connectLoopback(port: port) else { throw TestFailure("nothing listens on \(port)") }
+        self.fd = fd
+        let resume = lastEventID.map { "Last-Event-ID: \($0)\r\n" } ?? ""
+        sendAll(fd, Array("GET /v1/watch HTTP/1.1\r\nHost: a\r\n\(resume)\r\n".utf8))
+    }
+
+    deinit { close(fd) }
+
+    /// Reads until `condition` holds for the events so far, or `timeout` passes; whether it holds.
+    @discardableResult
+    func wait(timeout: Duration = .seconds(20), until condition: ([Event]) -> Bool) -> Bool {
+        receive(fd, into: &bytes, timeout: timeout) { condition(Self.events(in: $0)) }
+        return condition(events)
+    }
+
+    var events: [Event] { Self.events(in: bytes) }
+
+    /// The response head.
+    var head: String {
+        guard let end = bytes.firstRange(of: Array("\r\n\r\n".utf8)) else { return "" }
+        return String(decoding: bytes[..<end.lowerBound], as: UTF8.self)
+    }
+
+    /// The events in a chunked `text/event-stream` response so far (an event counts once its blank line came).
+    static func events(in bytes: [UInt8]) -> [Event] {
+        guard let end = bytes.firstRange(of: Array("\r\n\r\n".utf8)) else { return [] }
+        // Undo the chunked framing: a hex size line, that many bytes, CRLF.
+        var body: [UInt8] = []
+        var index = end.upperBound
+        while let lineEnd = bytes[index...].firstRange(of: Array("\r\n".utf8)),
+            let size = Int(String(decoding: bytes[index..<lineEnd.lowerBound], as: UTF8.self), radix: 16), size > 0,
+            lineEnd.upperBound + size <= bytes.count
+        {
+            body += bytes[lineEnd.upperBound..<lineEnd.upperBound + size]
+            index = min(bytes.count, lineEnd.upperBound + size + 2)
+        }
+        var events: [Event] = []
+        for block in String(decoding: body, as: UTF8.self).components(separatedBy: "\n\n").dropLast() {
+            var event = Event(id: nil, name: "message", data: "")
+            var isEvent = false
+            for line in block.split(separator: "\n") {
+                if line.hasPrefix("id: ") { event.id = Int(line.dropFirst(4)) }
+                if line.hasPrefix("event: ") {
+                    event.name = String(line.dropFirst(7))
+                    isEvent = true
+                }
+                if line.hasPrefix("data: ") { event.data = String(line.dropFirst(6)) }
+            }
+            if isEvent { events.append(event) }
+        }
+        return events
+    }
+}
+
+@Suite("The admin API beyond reads: watch, metadata, leader, status page", .serialized)
+struct AdminAPITests {
+    @Test func theWatchStreamTellsAJoinAStateChangeAndALeaveInOrderAndResumes() async throws {
+        try await withProcesses(2) { cluster in
+            let stream = try EventStream(port: cluster.nodes[0].admin)
+            #expect(stream.wait { $0.first?.name == "view" })
+            #expect(stream.head.contains("content-type: text/event-stream"))
+            let view = try #require(stream.events.first)
+            #expect(view.data.contains(#""name":"node-0""#) && view.data.contains(#""name":"node-1""#))
+
+            let newcomer = try ExtraNode(
+                name: "newcomer",
+                joining: cluster.nodes[0].cluster,
+                directory: TestCA.temporaryDirectory(),
+                arguments: []
+            )
+            defer { newcomer.stop() }
+            func about(_ events: [EventStream.Event]) -> [EventStream.Event] {
+                events.filter { $0.data.contains(#""name":"newcomer""#) }
+            }
+            #expect(stream.wait { about($0).contains { $0.name == "joined" } })
+            #expect(newcomer.admin("/v1/drain", method: "POST")?.status == 202)
+            #expect(stream.wait { about($0).contains { $0.name == "left" } })
+
+            let events = about(stream.events)
+            let names = events.map(\.name)
+            let joined = try #require(names.firstIndex(of: "joined"))
+            let terminating = try #require(
+                events.firstIndex { $0.name == "state" && $0.data.contains(#""state":"terminating""#) }
+            )
+            #expect(events[terminating].data.contains(#""from":"participant""#))
+            #expect(joined < terminating && terminating < names.lastIndex(of: "left")!, "\(names)")
+            let ids = stream.events.dropFirst().compactMap(\.id)
+            #expect(ids == Array((ids.first ?? 0)..<((ids.first ?? 0) + ids.count)), "numbered one by one")
+
+            // A client that saw the join resumes after it: what followed, and no view.
+            let joinID = try #require(events[joined].id)
+            let resumed = try EventStream(port: cluster.nodes[0].admin, lastEventID: joinID)
+            #expect(resumed.wait { $0.last?.id == ids.last })
+            #expect(resumed.events.first?.name != "view")
+            #expect(resumed.events.first?.id == joinID + 1)
+            // An id it no longer knows gets the whole view again.
+            let lost = try EventStream(port: cluster.nodes[0].admin, lastEventID: 1_000_000)
+            #expect(lost.wait { $0.first?.name == "view" })
+        }
+    }
+
+    @Test func metadataSetOnOneNodeIsReadAcrossTheClusterWithinItsLimits() async throws {
+        try await withProcesses(3) { cluster in
+            let (zero, one, two) = (cluster.nodes[0].admin, cluster.nodes[1].admin, cluster.nodes[2].admin)
+            let set = adminRequest(one, "PUT", "/v1/meta/zone", body: "eu-west-1a")
+            #expect(set?.status == 200)
+            #expect(text(set) == #"{"zone":"eu-west-1a"}"# + "\n")
+            #expect(text(adminRequest(one, "GET", "/v1/meta")) == #"{"zone":"eu-west-1a"}"# + "\n")
+            #expect(
+                await eventually {
+                    text(adminRequest(zero, "GET", "/v1/meta?prefix=zo")).contains(#""node-1":{"zone":"eu-west-1a"}"#)
+                }
+            )
+            #expect(text(adminRequest(zero, "GET", "/v1/meta?prefix=zo")).contains(#""node-2":{}"#))
+            #expect(text(adminRequest(zero, "GET", "/v1/meta?prefix=other")).contains(#""node-1":{}"#))
+
+            #expect(adminRequest(one, "DELETE", "/v1/meta/zone")?.status == 200)
+            #expect(
+                await eventually {
+                    text(adminRequest(two, "GET", "/v1/meta?prefix=")).contains(#""node-1":{}"#)
+                }
+            )
+            #expect(adminRequest(one, "DELETE", "/v1/meta/zone")?.status == 404)
+            #expect(adminRequest(one, "PUT", "/v1/meta/bad%20key", body: "x")?.status == 400)
+            #expect(adminRequest(one, "PUT", "/v1/meta/big", body: String(repeating: "v", count: 600))?.status == 413)
+            #expect(adminRequest(one, "PUT", "/v1/meta/huge", body: String(repeating: "v", count: 5000))?.status == 413)
+            #expect(adminRequest(one, "POST", "/v1/meta/zone")?.status == 405)
+        }
+    }
+
+    @Test func theLeaderIsOneParticipantForAllAndMovesWhenItsNodeDrains() async throws {
+        try await withProcesses(3) { cluster in
+            func leader(_ port: Int) -> String? {
+                let body = text(adminRequest(port, "GET", "/v1/leader"))
+                guard body.contains(#""partition_safe":false"#), let start = body.range(of: #""name":""#) else {
+                    return nil
+                }
+                return String(body[start.upperBound...].prefix { $0 != "\"" })
+            }
+            var agreed: String?
+            #expect(
+                await eventually {
+                    let named = Set(cluster.nodes.map { leader($0.admin) })
+                    agreed = named.count == 1 ? named.first ?? nil : nil
+                    return agreed != nil
+                }
+            )
+            let old = try #require(agreed)
+            let leaving = try #require(cluster.nodes.first { $0.name == old })
+            #expect(adminRequest(leaving.admin, "POST", "/v1/drain")?.status == 202)
+            let others = cluster.nodes.filter { $0.name != old }
+            #expect(
+                await eventually {
+                    let named = Set(others.map { leader($0.admin) })
+                    return named.count == 1 && named.first != old && named.first != nil
+                }
+            )
+        }
+    }
+
+    @Test func theStatusPageShowsTheViewAsServedAndNeedsNothingFromElsewhere() async throws {
+        try await withProcesses(3) { cluster in
+            let page = adminRequest(cluster.nodes[0].admin, "GET", "/")
+            #expect(page?.status == 200)
+            #expect(page?.header("content-type")?.hasPrefix("text/html") == true)
+            let html = text(page)
+            for node in cluster.nodes { #expect(html.contains("<td>\(node.name)")) }
+            #expect(html.contains("<b>(this node)</b>"))
+            #expect(html.contains("class=\"state-participant\""))
+            #expect(html.contains("<svg id=\"share\""))
+            #expect(!html.contains("src=\"http") && !html.contains("href=\"http") && !html.contains("url(http"))
+        }
+    }
+}
