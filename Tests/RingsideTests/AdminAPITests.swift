@@ -207,4 +207,49 @@ struct AdminAPITests {
             #expect(!html.contains("src=\"http") && !html.contains("href=\"http") && !html.contains("url(http"))
         }
     }
+
+    /// The page in headless Chromium (Debian's `chromium`), driven by `Tests/StatusPage/browse.py`: it shows the three
+    /// peers once its watch stream is open, and a drain elsewhere reaches its events and its table without a reload.
+    @Test func theStatusPageFollowsTheClusterLiveInAHeadlessBrowser() async throws {
+        try await withProcesses(3) { cluster in
+            let page = "document.getElementById"
+            let browser = Process()
+            browser.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            browser.arguments = [
+                "python3", RingsideProcesses.repository.appendingPathComponent("Tests/StatusPage/browse.py").path,
+                "http://127.0.0.1:\(cluster.nodes[0].admin)/",
+                "--ready",
+                "\(page)('live').textContent == 'on' && document.querySelectorAll('#peers tbody tr').length == 3",
+                "--until",
+                "\(page)('events').innerText.includes('\"name\":\"node-2\"') && "
+                    + "\(page)('events').innerText.includes('terminating') && "
+                    + "!document.querySelector('tr[data-name=\"node-2\"] .state-participant')",
+                "--print",
+                "[\(page)('peers').innerText, \(page)('events').innerText, \(page)('share').children.length].join('\\n--\\n')",
+                "--timeout", "30",
+            ]
+            let output = Pipe()
+            browser.standardOutput = output
+            browser.standardError = FileHandle.nullDevice
+            browser.standardInput = FileHandle.nullDevice
+            try browser.run()
+            // READY once the page has its stream open and shows the view; then the cluster changes under it.
+            let first = String(decoding: output.fileHandleForReading.availableData, as: UTF8.self)
+            #expect(first.hasPrefix("READY"), "is chromium installed? (Debian: apt-get install chromium) \(first)")
+            #expect(adminRequest(cluster.nodes[2].admin, "POST", "/v1/drain")?.status == 202)
+            let rest = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            browser.waitUntilExit()
+            #expect(browser.terminationStatus == 0, "\(first)\(rest)")
+            let shown = try JSONDecoder().decode(
+                String.self,
+                from: Data((first + rest).split(separator: "\n").last!.utf8)
+            )
+            let parts = shown.components(separatedBy: "\n--\n")
+            #expect(parts.count == 3)
+            #expect(parts.first?.contains("node-0 (this node)") == true, "the script redrew the table: \(shown)")
+            #expect(parts.first?.contains("node-1") == true)
+            #expect(parts.dropFirst().first?.contains("state") == true)
+            #expect(parts.last == "2", "two owners left in the key-space bar: \(shown)")
+        }
+    }
 }

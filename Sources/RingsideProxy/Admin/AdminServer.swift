@@ -270,12 +270,16 @@ public enum AdminServer {
         return nil
     }
 
-    /// Every member in the view, by name, as `/v1/peers` and the watch API's `view` event show them.
+    /// Every member in the view, by name, as `/v1/peers` and the watch API's `view` event show them, each with its
+    /// share of the key space.
     static func peersJSON(_ node: ClusterNode) -> String {
         let local = node.configuration.nodeName
+        let shares = node.sharder.keyShares()
         return JSONWriter.array(
             node.members.sorted { $0.name < $1.name }.map {
-                JSONWriter.object(ClusterEventLog.memberFields($0, local: local))
+                JSONWriter.object(
+                    ClusterEventLog.memberFields($0, local: local) + [("key_share", String(shares[$0.name] ?? 0))]
+                )
             }
         )
     }

@@ -59,9 +59,11 @@ enum StatusPage {
             """
     }
 
+    /// The owners' colours, in name order (the script redraws the bar with the same ones).
+    static let palette = ["#0969da", "#1a7f37", "#bf8700", "#8250df", "#cf222e", "#1b7c83", "#9a6700", "#6e7781"]
+
     /// The key space as a bar: one segment per owner, as wide as its share.
     static func ringPicture(_ shares: [String: Double]) -> String {
-        let palette = ["#0969da", "#1a7f37", "#bf8700", "#8250df", "#cf222e", "#1b7c83", "#9a6700", "#6e7781"]
         var x = 0.0
         var parts = ""
         for (index, (name, share)) in shares.sorted(by: { $0.key < $1.key }).enumerated() {
@@ -73,7 +75,10 @@ enum StatusPage {
             x += width
         }
         return
-            "<svg id=\"share\" width=\"600\" height=\"28\" role=\"img\" aria-label=\"key space by owner\">\(parts)</svg>"
+            """
+            <svg id="share" width="600" height="28" role="img" aria-label="key space by owner" \
+            data-palette="\(palette.joined(separator: ","))">\(parts)</svg>
+            """
     }
 
     static func escape(_ text: String) -> String {
@@ -106,16 +111,28 @@ enum StatusPage {
           document.getElementById('state').textContent = state.state;
           document.getElementById('epoch').textContent = state.epoch;
           const body = document.querySelector('#peers tbody');
-          const shares = {};
-          for (const row of body.querySelectorAll('tr')) shares[row.dataset.name] = row.lastChild.textContent;
           body.replaceChildren(...peers.map(p => {
             const row = document.createElement('tr');
             row.dataset.name = p.name;
             row.append(text('td', p.name + (p.self ? ' (this node)' : '')), text('td', p.address));
             const st = text('td', p.state); st.className = 'state-' + p.state;
             const su = text('td', p.status); su.className = 'status-' + p.status;
-            row.append(st, su, text('td', shares[p.name] || '–'));
+            row.append(st, su, text('td', p.key_share > 0 ? (p.key_share * 100).toFixed(1) + ' %' : '–'));
             return row;
+          }));
+          const svg = document.getElementById('share');
+          const palette = svg.dataset.palette.split(',');
+          let x = 0;
+          svg.replaceChildren(...peers.filter(p => p.key_share > 0).map((p, i) => {
+            const rect = document.createElementNS('http://www.w3.org/2000/svg', 'rect');
+            const width = p.key_share * 600;
+            rect.setAttribute('x', x); rect.setAttribute('y', 0); rect.setAttribute('width', width);
+            rect.setAttribute('height', 28); rect.setAttribute('fill', palette[i % palette.length]);
+            const title = document.createElementNS('http://www.w3.org/2000/svg', 'title');
+            title.textContent = p.name + ': ' + (p.key_share * 100).toFixed(1) + ' %';
+            rect.append(title);
+            x += width;
+            return rect;
           }));
         }
         let lastTotal = null;
