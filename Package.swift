@@ -166,6 +166,7 @@ let package = Package(
             name: "RingsideTests",
             dependencies: [
                 "ringside", "RingsideCluster", "RingsideTestSupport", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
             ]
         ),
     ],
