@@ -206,11 +206,11 @@ struct RunCommand: AsyncParsableCommand {
             .init(service: SignalDrain(drain: server.drain, logger: logger)),
             .init(service: ClusterEventFollower(log: events, node: server.node)),
         ]
-        if !security.planes.isEmpty {
-            let reloader = TLSReloader(planes: security.planes, logger: logger)
-            configured.append(.init(service: reloader))
-            configured.append(.init(service: SignalReload(reloader: reloader, logger: logger)))
-        }
+        // SIGHUP reloads certificates; without any it is taken and logged, so that `systemctl reload` never ends
+        // the process.
+        let reloader = security.planes.isEmpty ? nil : TLSReloader(planes: security.planes, logger: logger)
+        if let reloader { configured.append(.init(service: reloader)) }
+        configured.append(.init(service: SignalReload(reloader: reloader, logger: logger)))
         let services = ServiceGroup(configuration: .init(services: configured, logger: logger))
         do {
             try await services.run()
@@ -323,15 +323,21 @@ struct SignalDrain: Service {
     }
 }
 
-/// Reloads certificates on SIGHUP, whether or not their files changed.
+/// Reloads certificates on SIGHUP, whether or not their files changed; with none, says there is nothing to reload.
 struct SignalReload: Service {
-    let reloader: TLSReloader
+    let reloader: TLSReloader?
     let logger: Logger
 
     func run() async throws {
         let signals = await UnixSignalsSequence(trapping: .sighup)
         await cancelWhenGracefulShutdown {
-            for await _ in signals { reloader.reload(force: true, trigger: "SIGHUP") }
+            for await _ in signals {
+                if let reloader {
+                    reloader.reload(force: true, trigger: "SIGHUP")
+                } else {
+                    logger.info("SIGHUP: nothing to reload (no TLS files); settings are read at start only")
+                }
+            }
         }
     }
 }

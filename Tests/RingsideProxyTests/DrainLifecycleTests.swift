@@ -52,6 +52,17 @@ struct DrainLifecycleTests {
         #expect(drain.cut == 5)
     }
 
+    /// `ringside drain` (or `POST /v1/drain`) first, then the supervisor's SIGTERM (Kubernetes sends it once the
+    /// preStop hook is over, systemd at `systemctl stop`): that signal is the drain's own, not a second one.
+    @Test func aDrainBegunByTheAdminPlaneTakesItsFirstSignalAsItsOwn() {
+        var drain = DrainLifecycle()
+        #expect(drain.drainRequested(by: "admin", timeout: .seconds(30), now: start) == .beginDrain)
+        #expect(drain.signal("SIGTERM", timeout: .seconds(30), inFlight: 2, now: start + .seconds(1)) == nil)
+        #expect(drain.phase == .draining)
+        #expect(drain.signal("SIGTERM", timeout: .seconds(30), inFlight: 2, now: start + .seconds(2)) == .stopNow)
+        #expect(drain.cut == 2)
+    }
+
     @Test func aSecondSignalWithNothingUnderWayExitsCleanly() {
         var drain = DrainLifecycle()
         _ = drain.signal("SIGTERM", timeout: .seconds(30), inFlight: 0, now: start)

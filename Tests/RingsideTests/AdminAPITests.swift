@@ -252,4 +252,19 @@ struct AdminAPITests {
             #expect(parts.last == "2", "two owners left in the key-space bar: \(shown)")
         }
     }
+
+    /// `systemctl reload` sends SIGHUP whatever the node has: without TLS files it is taken and logged, not fatal.
+    @Test func aHangupWithNothingToReloadLeavesTheNodeRunning() async throws {
+        let node = try ExtraNode(
+            name: "hup",
+            directory: TestCA.temporaryDirectory(),
+            arguments: ["--log-level", "info"]
+        )
+        defer { node.stop() }
+        #expect(await eventually { node.admin("/livez")?.status == 200 })
+        kill(node.process.processIdentifier, SIGHUP)
+        #expect(await eventually { node.log.contains("nothing to reload") })
+        #expect(node.process.isRunning)
+        #expect(node.admin("/livez")?.status == 200)
+    }
 }

@@ -128,5 +128,8 @@ public struct ClusterEventFollower: Service {
 
     public func run() async {
         await cancelWhenGracefulShutdown { await log.follow(node) }
+        // The node's stream ends when the node stops, before the group shuts down: a service that returned then
+        // would stop the group as a failure.
+        try? await gracefulShutdown()
     }
 }

@@ -6,7 +6,8 @@ import NIOCore
 /// fails, the node becomes `terminating` and tells its peers, and every connection closes after its current
 /// response. Once peers have been told and no request is under way, or at the drain's deadline, it leaves (`gone`) and
 /// closes its listeners, the app plane's first, the cluster port's last; what was still under way then is cut, and
-/// the exit status says so. A second signal during a drain stops at once.
+/// the exit status says so. A second signal during a drain stops at once; a drain begun by the admin plane takes its
+/// first signal as the one that would have begun it (a supervisor's SIGTERM after `ringside drain` waits for the drain).
 public struct DrainLifecycle: Sendable {
     /// Where the node is.
     public enum Phase: String, Sendable {
@@ -41,6 +42,8 @@ public struct DrainLifecycle: Sendable {
     package private(set) var isAnnounced = false
     /// The drain gave up waiting at its deadline.
     package private(set) var timedOut = false
+    /// A signal has come (the one that began the drain, or one during a drain the admin plane began).
+    private var signalled = false
 
     package init() {}
 
@@ -56,10 +59,12 @@ public struct DrainLifecycle: Sendable {
 
     /// SIGTERM or SIGINT: the first drains; another during the drain stops at once, cutting the `inFlight` requests.
     package mutating func signal(_ name: String, timeout: Duration, inFlight: Int, now: NIODeadline) -> Action? {
+        defer { signalled = true }
         switch phase {
         case .running:
             return drainRequested(by: name, timeout: timeout, now: now)
         case .draining, .leaving:
+            guard signalled else { return nil }
             phase = .stopped
             cut = inFlight
             ended = now
