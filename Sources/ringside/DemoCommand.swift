@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Metrics
+import Prometheus
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -24,10 +26,12 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "How many keys the tour sends.") var keys = 9
 
     func run() async throws {
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = .warning
-            return handler
+        LoggingSystem.bootstrap { LineLogHandler(label: $0, format: .logfmt, level: .warning) }
+        // The three nodes share this process, so each admin plane shows the metrics of all three, summed.
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let metricsText: @Sendable () -> String = {
+            "# ringside demo: three nodes in one process; these are their sums\n" + registry.emitToString()
         }
         let logger = Logger(label: "ringside.demo")
         let names = ["node-1", "node-2", "node-3"]
@@ -52,17 +56,20 @@ struct DemoCommand: AsyncParsableCommand {
                     backendPort: base + 3,
                     logger: logger
                 )
+                let events = ClusterEventLog()
                 admins.append(
                     try await AdminServer.bind(
                         host: "127.0.0.1",
                         port: base + 2,
                         group: MultiThreadedEventLoopGroup.singleton,
                         node: server.node,
-                        sources: AdminSources()
+                        sources: AdminSources(metricsText: metricsText, drain: server.drain, events: events)
                     )
                 )
                 servers.append(server)
-                services.append(.init(service: server))
+                // A node drained through its admin plane leaves; the other two go on.
+                services.append(.init(service: server, successTerminationBehavior: .ignore))
+                services.append(.init(service: ClusterEventFollower(log: events, node: server.node)))
             }
         } catch {
             FileHandle.standardError.write(
@@ -111,10 +118,7 @@ struct DemoCommand: AsyncParsableCommand {
             }
             rows.append(row)
         }
-        let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
-        for row in [header] + rows {
-            say(zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  "))
-        }
+        say(table([header] + rows), terminator: "")
         say(
             """
 
@@ -126,6 +130,7 @@ struct DemoCommand: AsyncParsableCommand {
               ringside lookup user-42 --admin 127.0.0.1:\(basePort + 2)
               ringside peers --admin 127.0.0.1:\(basePort + 2)
               curl http://127.0.0.1:\(basePort + 2)/v1/state
+              open http://127.0.0.1:\(basePort + 2)/ for the status page
 
             Press Ctrl-C to stop.
             """
@@ -134,8 +139,8 @@ struct DemoCommand: AsyncParsableCommand {
 }
 
 /// Writes a line to standard output at once, whether or not it is a terminal.
-func say(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+func say(_ line: String, terminator: String = "\n") {
+    FileHandle.standardOutput.write(Data((line + terminator).utf8))
 }
 
 /// The demo's backend: answers every request with who served it.

@@ -127,7 +127,10 @@ def main():
         session = tools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
 
         def evaluate(expression):
-            result = tools.call("Runtime.evaluate", session, expression=expression, returnByValue=True)
+            try:
+                result = tools.call("Runtime.evaluate", session, expression=expression, returnByValue=True)
+            except RuntimeError:
+                return None  # no document yet (the page is still loading)
             return result.get("result", {}).get("value")
 
         def wait(expression):
