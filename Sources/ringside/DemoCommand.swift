@@ -2,10 +2,10 @@ import ArgumentParser
 import Foundation
 import Logging
 import Metrics
-import Prometheus
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Prometheus
 import RingsideCluster
 import RingsideProxy
 import ServiceLifecycle
