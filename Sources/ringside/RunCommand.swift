@@ -165,6 +165,7 @@ struct RunCommand: AsyncParsableCommand {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: settings.eventLoops)
         let server = makeServer(settings, security: security, group: group, logger: logger)
         let events = ClusterEventLog()
+        let gauges = NodeGauges()
         let admin: any Channel
         do {
             admin = try await AdminServer.bind(
@@ -173,7 +174,10 @@ struct RunCommand: AsyncParsableCommand {
                 group: group,
                 node: server.node,
                 sources: AdminSources(
-                    metricsText: { registry.emitToString() },
+                    metricsText: {
+                        gauges.update(node: server.node, drain: server.drain)
+                        return registry.emitToString()
+                    },
                     notReadyReason: { server.notReadyReason },
                     lookupReplicas: settings.replicas,
                     drain: server.drain,

@@ -267,4 +267,19 @@ struct AdminAPITests {
         #expect(node.process.isRunning)
         #expect(node.admin("/livez")?.status == 200)
     }
+
+    /// The gauges set at scrape time: a lone participant owns the whole key space, nothing is under way, no drain.
+    @Test func theMetricsSayWhatTheNodeIsDoingNow() async throws {
+        let node = try ExtraNode(name: "gauged", directory: TestCA.temporaryDirectory(), arguments: [])
+        defer { node.stop() }
+        #expect(await eventually { node.admin("/livez")?.status == 200 })
+        let metrics = text(node.admin("/metrics"))
+        for line in [
+            "ringside_key_share 1.0", "ringside_drain_phase 0.0", "ringside_tunnels_open 0.0",
+            #"ringside_requests_in_flight{entry="cluster"} 0.0"#,
+        ] {
+            #expect(metrics.contains(line + "\n"), "\(line)")
+        }
+        #expect(metrics.contains("ringside_ring_epoch "))
+    }
 }
