@@ -1,3 +1,5 @@
+import Logging
+
 /// How the data plane treats requests.
 public struct ProxyConfiguration: Sendable {
     /// What to do with a request that has no key header.
@@ -47,6 +49,9 @@ public struct ProxyConfiguration: Sendable {
     public var upstreamIdleTimeout: Duration = .seconds(60)
     /// How long a drain waits for the requests under way before it leaves anyway, cutting them.
     public var drainTimeout: Duration = .seconds(30)
+    /// Where the access log goes, one line a request (``AccessLog``); nil: no access log, and nothing of it on the hot
+    /// path but one check.
+    public var accessLog: Logger?
     /// How HTTP/1.1 connections are served (both planes): relay loops on epoll where there is epoll, NIO elsewhere.
     #if os(Linux)
     public var appIO = AppIO.epoll

@@ -19,11 +19,14 @@ struct LineLogHandler: LogHandler {
     var logLevel: Logger.Level
     let label: String
     let format: LogFormat
+    /// The file descriptor lines go to: standard error for diagnostics, standard output for the access log.
+    let output: Int32
 
-    init(label: String, format: LogFormat, level: Logger.Level) {
+    init(label: String, format: LogFormat, level: Logger.Level, output: Int32 = STDERR_FILENO) {
         self.label = label
         self.format = format
         self.logLevel = level
+        self.output = output
     }
 
     subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -39,7 +42,7 @@ struct LineLogHandler: LogHandler {
                 ("time", Self.timestamp()), ("level", event.level.rawValue), ("msg", "\(event.message)"),
                 ("logger", label),
             ] + merged.sorted { $0.key < $1.key }.map { ($0.key, "\($0.value)") }
-        Self.write(format == .json ? Self.json(fields) : Self.logfmt(fields))
+        Self.write(format == .json ? Self.json(fields) : Self.logfmt(fields), to: output)
     }
 
     /// `key=value` pairs; a value with a space, a quote, an equals sign or a control character is quoted, with `\"`,
@@ -101,13 +104,13 @@ struct LineLogHandler: LogHandler {
 
     /// One `write(2)` per line, so that lines from several threads never interleave.
     private static let lock = NIOLock()
-    private static func write(_ line: String) {
+    private static func write(_ line: String, to output: Int32) {
         var bytes = Array(line.utf8)
         lock.withLock {
             bytes.withUnsafeMutableBytes { buffer in
                 var offset = 0
                 while offset < buffer.count {
-                    let written = Glibc.write(2, buffer.baseAddress! + offset, buffer.count - offset)
+                    let written = Glibc.write(output, buffer.baseAddress! + offset, buffer.count - offset)
                     if written <= 0 {
                         if written < 0, errno == EINTR { continue }
                         return

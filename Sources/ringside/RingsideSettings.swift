@@ -59,6 +59,8 @@ struct RingsideSettings {
     var adminTokenFile: String?
     /// How log lines are written.
     var logFormat: LogFormat
+    /// Whether every request gets an access log line (on standard output).
+    var accessLog: Bool
     /// `RINGSIDE_*` variables that name no setting, each with the nearest valid name: logged at start.
     var unknownVariables: [(name: String, nearest: String?)] = []
 
@@ -104,6 +106,7 @@ struct RingsideSettings {
         ("node-header", "true", "Whether responses carry X-Ringside-Node."),
         ("log-level", "info", "trace, debug, info, notice, warning, error or critical."),
         ("log-format", "logfmt", "logfmt (key=value lines) or json (one object a line)."),
+        ("access-log", "false", "Whether every request gets a log line on standard output, as Envoy's access log."),
         ("event-loops", nil, "Event loop threads (default: one per core)."),
         ("app-io", nil, "How HTTP/1.1 is served (app plane, forwarded requests): epoll (relay loops) or nio."),
         ("tls-cert", "", "A PEM certificate chain: TLS on the app plane (and the admin plane beyond loopback)."),
@@ -407,6 +410,7 @@ struct RingsideSettings {
             throw fail("log-format", "is not logfmt or json")
         }
         logFormat = format
+        accessLog = try bool("access-log")
     }
 
     /// `500ms`, `30s`, `2m`, `1h`, or a plain number of seconds.

@@ -85,6 +85,8 @@ struct RunCommand: AsyncParsableCommand {
     var logLevel: String?
     @Option(parsing: .unconditional, help: "logfmt or json (default logfmt).")
     var logFormat: String?
+    @Flag(help: "Write an access log line for every request to standard output (off by default).")
+    var accessLog = false
     @Option(parsing: .unconditional, help: "Event loop threads (default: one per core).")
     var eventLoops: String?
     @Option(parsing: .unconditional, help: "How HTTP/1.1 is served: epoll or nio (default epoll on Linux).")
@@ -119,7 +121,7 @@ struct RunCommand: AsyncParsableCommand {
             ("participate-immediately", participateImmediately), ("backend-health-path", backendHealthPath),
             ("tls-cert", tlsCert), ("tls-key", tlsKey), ("cluster-tls-cert", clusterTlsCert),
             ("cluster-tls-key", clusterTlsKey), ("cluster-tls-ca", clusterTlsCa), ("backend-tls-ca", backendTlsCa),
-            ("admin-token-file", adminTokenFile),
+            ("admin-token-file", adminTokenFile), ("access-log", accessLog ? "true" : nil),
         ]
         return Dictionary(uniqueKeysWithValues: given.compactMap { key, value in value.map { (key, $0) } })
     }
@@ -282,6 +284,13 @@ struct RunCommand: AsyncParsableCommand {
         proxy.addsNodeHeader = settings.nodeHeader
         proxy.maxHeaderBytes = settings.maxHeaderBytes
         proxy.maxBodyBytes = settings.maxBodyBytes
+        if settings.accessLog {
+            // Its own logger, on standard output: every request whatever the log level, apart from the diagnostics.
+            let format = settings.logFormat
+            proxy.accessLog = Logger(label: "ringside.access") {
+                LineLogHandler(label: $0, format: format, level: .info, output: STDOUT_FILENO)
+            }
+        }
         proxy.headerReadTimeout = settings.headerReadTimeout
         proxy.idleTimeout = settings.idleTimeout
         proxy.requestTimeout = settings.requestTimeout

@@ -282,4 +282,46 @@ struct AdminAPITests {
         }
         #expect(metrics.contains("ringside_ring_epoch "))
     }
+
+    /// `--access-log`: one line a request on standard output, JSON with `--log-format json`, on the node a request
+    /// enters by and on the owner it was forwarded to; a refusal has its line too.
+    @Test func theAccessLogHasALineForEveryRequestOnEveryNodeItCrossed() async throws {
+        let backend = try await EchoBackend.start()
+        defer { backend.channel.close(promise: nil) }
+        let directory = TestCA.temporaryDirectory()
+        let flags = ["--access-log", "--log-format", "json", "--backend", "http://127.0.0.1:\(backend.port)"]
+        let owner = try ExtraNode(name: "owner", directory: directory, arguments: flags)
+        defer { owner.stop() }
+        let entry = try ExtraNode(name: "entry", joining: owner.cluster, directory: directory, arguments: flags)
+        defer { entry.stop() }
+        #expect(await eventually { text(entry.admin("/v1/peers")).contains(#""name":"owner""#) })
+        // A key the owner owns, found through the entry node's view.
+        let key = try #require(
+            (0..<200).map { "key-\($0)" }.first {
+                text(entry.admin("/v1/lookup?key=\($0)")).contains(#""name":"owner""#)
+            }
+        )
+        let request = "GET /things?id=7 HTTP/1.1\r\nHost: a\r\nX-Shard-Key: \(key)\r\n\r\n"
+        #expect(parseResponse(rawExchange(port: entry.app, Array(request.utf8)).bytes)?.status == 200)
+        let refused = "GET / HTTP/1.1\r\nX-Shard-Key: a\r\n\r\n"
+        #expect(parseResponse(rawExchange(port: entry.app, Array(refused.utf8)).bytes)?.status == 400)
+
+        func lines(_ node: ExtraNode) -> [[String: String]] {
+            node.output.split(separator: "\n").compactMap {
+                try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: String]
+            }
+        }
+        #expect(await eventually { lines(entry).count == 2 && lines(owner).count == 1 })
+        let forwarded = try #require(lines(entry).first { $0["ringside.status"] == "200" })
+        #expect(forwarded["msg"] == "request" && forwarded["ringside.method"] == "GET")
+        #expect(forwarded["ringside.path"] == "/things?id=7")
+        #expect(forwarded["ringside.route"] == "peer:owner" && forwarded["ringside.served_by"] == "owner")
+        #expect(forwarded["ringside.plane"] == "app")
+        #expect(Int(forwarded["ringside.bytes"] ?? "") ?? 0 > 0)
+        #expect(forwarded["ringside.key_hash"]?.count ?? 0 > 0)
+        let served = try #require(lines(owner).first)
+        #expect(served["ringside.plane"] == "cluster" && served["ringside.route"] == "local")
+        #expect(served["ringside.request_id"] == forwarded["ringside.request_id"], "one id across the hop")
+        #expect(lines(entry).contains { $0["ringside.status"] == "400" && $0["ringside.route"] == "none" })
+    }
 }

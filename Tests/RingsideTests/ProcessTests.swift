@@ -79,12 +79,16 @@ final class RingsideProcesses {
     /// A `ringside` process with `arguments`, its standard error going to `errors`. Nothing of it is the test's own
     /// output: a child that outlives a crashed test must not keep the runner's pipe open (the runner would wait for
     /// it forever).
-    static func process(_ arguments: [String], errors: Any = FileHandle.nullDevice) -> Process {
+    static func process(
+        _ arguments: [String],
+        errors: Any = FileHandle.nullDevice,
+        output: Any = FileHandle.nullDevice
+    ) -> Process {
         let process = Process()
         process.executableURL = binary
         process.arguments = arguments
         process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
+        process.standardOutput = output
         process.standardError = errors
         return process
     }

@@ -49,10 +49,13 @@ extension RingsideProcesses {
 
 /// A `ringside run` started beside a test cluster (an intruder, say) or alone, its log kept in a file.
 final class ExtraNode {
+    let app = freePort()
     let admin = freePort()
     let cluster = freePort()
     let process: Process
     let logPath: String
+    /// Where its standard output goes (the access log, with `--access-log`).
+    let outputPath: String
 
     /// A node named `name` that joins the cluster port `seed` (none: alone), its cluster and admin planes listening
     /// on `clusterHost` and `adminHost`, with `arguments` added.
@@ -66,20 +69,24 @@ final class ExtraNode {
     ) throws {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         logPath = directory.appendingPathComponent("\(name)-extra.log").path
+        outputPath = directory.appendingPathComponent("\(name)-extra.out").path
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
         process = RingsideProcesses.process(
             [
-                "run", "--node-name", name, "--listen", "127.0.0.1:\(freePort())",
+                "run", "--node-name", name, "--listen", "127.0.0.1:\(app)",
                 "--cluster-listen", "\(clusterHost):\(cluster)", "--admin-listen", "\(adminHost):\(admin)",
                 "--backend", "http://127.0.0.1:\(freePort())",
                 "--participate-immediately", "true", "--rejoin-interval", "1s", "--log-level", "warning",
             ] + (seed.map { ["--join", "127.0.0.1:\($0)"] } ?? []) + arguments,
-            errors: try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+            errors: try FileHandle(forWritingTo: URL(fileURLWithPath: logPath)),
+            output: try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
         )
         try process.run()
     }
 
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+    var output: String { (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "" }
 
     /// The status and body of a request to the admin plane.
     func admin(_ path: String, method: String = "GET", authorization: String? = nil) -> TestResponse? {

@@ -34,6 +34,9 @@ final class Exchange {
     @exclusivity(unchecked) private(set) var status = 200
     /// The response runs until the upstream closes: the client's connection closes after it.
     @exclusivity(unchecked) private(set) var closesAfter = false
+    /// What the access log says of it (nil without an access log), and the response bytes relayed to the client.
+    private let access: AccessFacts?
+    @exclusivity(unchecked) private var responseBytes = 0
 
     /// Requests whose bodies fit are kept for a replay on the next owner.
     static let replayableBodyBytes = 64 << 10
@@ -68,6 +71,7 @@ final class Exchange {
         upgrade = plan.upgrade
         upstreamKeepAlive = plan.upstreamKeepAlive
         takesInterimResponses = plan.takesInterimResponses
+        access = plan.access
         switch plan.body {
         case .length(let length): framing = length > 0 ? .length(remaining: length) : .ended
         case .chunked: framing = .chunked(ChunkedFraming())
@@ -180,13 +184,26 @@ final class Exchange {
         return !clientKeepAlive || closesAfter || !requestEnded
     }
 
-    /// Records the exchange in `metrics` as over at `now`: under the response's status, or under `failing` when it
-    /// ended with the engine's own answer or cut off mid-response.
-    func record(in metrics: ProxyMetrics, on plane: ProxyHandler.Plane, at now: NIODeadline, failing: Int? = nil) {
-        metrics.record(
-            ProxyMetrics.Path(plane: plane, route: route),
+    /// Counts response bytes relayed to the client, for the access log.
+    func relayed(_ bytes: Int) { responseBytes &+= bytes }
+
+    /// Records the exchange as over at `now`, in the metrics and the access log: under the response's status, or
+    /// under `failing` when it ended with the engine's own answer or cut off mid-response.
+    func record(_ settings: RelaySettings, at now: NIODeadline, failing: Int? = nil) {
+        let nanoseconds = (now - started).nanoseconds
+        settings.metrics.record(
+            ProxyMetrics.Path(plane: settings.plane, route: route),
             code: failing ?? status,
-            nanoseconds: (now - started).nanoseconds
+            nanoseconds: nanoseconds
+        )
+        AccessLog.write(
+            settings.configuration,
+            settings.plane,
+            facts: access,
+            route: route,
+            status: failing ?? status,
+            bytes: responseBytes,
+            nanoseconds: nanoseconds
         )
     }
 }

@@ -158,7 +158,7 @@ package struct HTTP1Connection {
     /// connection itself).
     package mutating func clientClosed(now: NIODeadline) {
         if case .exchange(let exchange) = state {
-            exchange.record(in: settings.metrics, on: settings.plane, at: now, failing: 499)
+            exchange.record(settings, at: now, failing: 499)
         }
         state = .closing
         reader.inbound = nil
@@ -405,9 +405,11 @@ package struct HTTP1Connection {
                     route: route,
                     closing: closing
                 )
+                exchange.relayed(head.readableBytes + (body?.readableBytes ?? 0))
                 emit(.writeClient(head))
                 if let body { emit(.writeClient(body)) }
             case .body(let body):
+                exchange.relayed(body.readableBytes)
                 emit(.writeClient(body))
             case .end(let reusable):
                 finish(exchange, reusable: reusable, now)
@@ -428,7 +430,7 @@ package struct HTTP1Connection {
         _ now: NIODeadline
     ) {
         _ = exchange.responseHead(facts)
-        exchange.record(in: settings.metrics, on: settings.plane, at: now)
+        exchange.record(settings, at: now)
         let (head, body) = rewriter.clientResponse(
             head,
             facts: facts,
@@ -448,7 +450,7 @@ package struct HTTP1Connection {
 
     /// The response is complete.
     private mutating func finish(_ exchange: Exchange, reusable: Bool, _ now: NIODeadline) {
-        exchange.record(in: settings.metrics, on: settings.plane, at: now)
+        exchange.record(settings, at: now)
         let closes = !exchange.requestEnded || !exchange.clientKeepAlive || exchange.closesAfter || draining
         let upstreamReusable = reusable && exchange.requestEnded && exchange.upstreamKeepAlive
         if upstreamReusable, !closes, case .attached(let route, _) = upstream {
@@ -506,7 +508,7 @@ package struct HTTP1Connection {
         }
         if exchange.responseStarted {
             // Mid-response there is no way to tell the client but to close.
-            exchange.record(in: settings.metrics, on: settings.plane, at: now, failing: 502)
+            exchange.record(settings, at: now, failing: 502)
             close()
             return
         }
@@ -525,7 +527,7 @@ package struct HTTP1Connection {
     private mutating func fail(_ exchange: Exchange, status: Int, message: String, _ now: NIODeadline) {
         guard case .exchange(let current) = state, current === exchange else { return }
         dropUpstream(reusable: false)
-        exchange.record(in: settings.metrics, on: settings.plane, at: now, failing: status)
+        exchange.record(settings, at: now, failing: status)
         if exchange.responseStarted {
             close()
             return
@@ -545,6 +547,15 @@ package struct HTTP1Connection {
         _ now: NIODeadline
     ) {
         settings.metrics.record(ProxyMetrics.Path(unroutedOn: settings.plane), code: status, nanoseconds: 0)
+        AccessLog.write(
+            settings.configuration,
+            settings.plane,
+            facts: nil,
+            route: nil,
+            status: status,
+            bytes: 0,
+            nanoseconds: 0
+        )
         answer(status, message, headers: headers, closing: closing, route: nil, now)
     }
 

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import RingsideSharding
 
 /// What a request head asks of the engine, read by ``HeadRewriter``.
 enum RequestDecision {
@@ -41,6 +42,8 @@ struct RequestPlan {
     var takesInterimResponses: Bool
     /// The time the request may take: this node's limit, or less if the node that forwarded it has less left.
     var budget: TimeAmount
+    /// What the access log says of the request; nil when there is no access log.
+    var access: AccessFacts?
 }
 
 /// The engine's work on heads, for one client connection and apart from how its bytes travel: reads a request head,
@@ -156,6 +159,7 @@ struct HeadRewriter {
         var hosts = 0
         var hasProto = false
         var hasRequestID = false
+        var requestIDField: Range<Int>?
         var keepsTrailers = false
         var forwardedFor = false
         var listsNames = false
@@ -213,7 +217,9 @@ struct HeadRewriter {
             case .deadline: deadlineMilliseconds = HTTP1Parsing.decimal(bytes, field.value)
             case .host: hosts += 1
             case .xForwardedProto: hasProto = true
-            case .xRequestID: hasRequestID = true
+            case .xRequestID:
+                hasRequestID = true
+                requestIDField = field.value
             case .xForwardedFor: forwardedFor = true
             default: break
             }
@@ -345,6 +351,21 @@ struct HeadRewriter {
         if let remaining = deadlineMilliseconds { budget = min(budget, .milliseconds(Int64(remaining))) }
         let method = UnsafeRawBufferPointer(rebasing: bytes[0..<methodEnd])
         let isHead = methodEnd == 4 && HTTP1Parsing.has(bytes, at: 0, "HEAD")
+        var access: AccessFacts?
+        if settings.configuration.accessLog != nil {
+            func text(_ range: Range<Int>) -> String {
+                String(decoding: UnsafeRawBufferPointer(rebasing: bytes[range]), as: UTF8.self)
+            }
+            access = AccessFacts(
+                method: text(0..<methodEnd),
+                path: text(targetRange.lowerBound..<min(targetRange.upperBound, targetRange.lowerBound + 512)),
+                keyHash: key.map { ShardKey.hash(UnsafeRawBufferPointer(rebasing: bytes[$0])) },
+                // The client's own, or the one this proxy added (the prefix's value, after `x-request-id: `).
+                requestID: requestIDField.map(text)
+                    ?? String(decoding: requestIDPrefix.drop { $0 != UInt8(ascii: " ") }.dropFirst(), as: UTF8.self)
+                    + String(requestNumber)
+            )
+        }
         return .forward(
             RequestPlan(
                 routes: routes,
@@ -357,7 +378,8 @@ struct HeadRewriter {
                 upgrade: upgrade,
                 upstreamKeepAlive: !http10,
                 takesInterimResponses: !http10,
-                budget: budget
+                budget: budget,
+                access: access
             )
         )
     }

@@ -55,6 +55,8 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
         var requestTrailers: HTTPHeaders?
         var responseStarted = false
         var bodyBytes = 0
+        /// Response bytes relayed to the client, for the access log.
+        var responseBytes = 0
         var status: HTTPResponseStatus = .ok
         let started = NIODeadline.now()
         let deadline: NIODeadline
@@ -389,6 +391,7 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
             context.write(wrapOutboundOut(.head(response)), promise: nil)
         case .body(let buffer):
             guard exchange.responseStarted else { return }
+            exchange.responseBytes += buffer.readableBytes
             context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
         case .end(let trailers):
             guard exchange.responseStarted else { return }
@@ -469,16 +472,33 @@ final class ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ReadGat
     }
 
     private func record(_ exchange: Exchange, status: HTTPResponseStatus) {
-        metrics.record(
-            ProxyMetrics.Path(plane: plane, route: exchange.route),
-            status: status,
-            nanoseconds: (NIODeadline.now() - exchange.started).nanoseconds
-        )
+        let nanoseconds = (NIODeadline.now() - exchange.started).nanoseconds
+        metrics.record(ProxyMetrics.Path(plane: plane, route: exchange.route), status: status, nanoseconds: nanoseconds)
+        if configuration.accessLog != nil {
+            AccessLog.write(
+                configuration,
+                plane,
+                facts: AccessFacts(exchange.head, keyHeader: configuration.keyHeader),
+                route: exchange.route,
+                status: Int(status.code),
+                bytes: exchange.responseBytes,
+                nanoseconds: nanoseconds
+            )
+        }
     }
 
     /// Records a request answered before it had a route.
     private func recordRefusal(_ status: HTTPResponseStatus) {
         metrics.record(ProxyMetrics.Path(unroutedOn: plane), status: status, nanoseconds: 0)
+        AccessLog.write(
+            configuration,
+            plane,
+            facts: nil,
+            route: nil,
+            status: Int(status.code),
+            bytes: 0,
+            nanoseconds: 0
+        )
     }
 
     // MARK: Answering ourselves
