@@ -1,3 +1,4 @@
+import Atomics
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -32,6 +33,8 @@ public final class RingsideServer: Service, Sendable {
     private let backendHealth: BackendHealth
     /// When ``run()`` began, for the readiness wait's timeout.
     private let started = NIOLockedValueBox<NIODeadline?>(nil)
+    /// The readiness gate passed once: it is a start-up gate, so a member that leaves later does not close it again.
+    private let gatePassed = ManagedAtomic(false)
 
     /// A node that listens for the app at `appHost:appPort` and proxies to the backend at `backendHost:backendPort`,
     /// in HTTP/1.1, or in HTTP/2 with prior knowledge when `backendSpeaksHTTP2` (a gRPC server).
@@ -208,17 +211,20 @@ public final class RingsideServer: Service, Sendable {
 
     /// What the readiness gate waits for, or nil once it has passed.
     private var gateProblem: String? {
+        guard !gatePassed.load(ordering: .relaxed) else { return nil }
         let waitedOut =
             readiness.waitTimeout.map { timeout in
                 started.withLockedValue { $0 }.map { NIODeadline.now() - $0 >= TimeAmount(timeout) } ?? false
             } ?? false
-        return ReadinessGate.problem(
+        let problem = ReadinessGate.problem(
             seeds: node.configuration.seeds,
             joined: node.hasJoined,
             members: node.members.count { $0.status.isActive && ($0.state == .viewer || $0.state == .participant) },
             waitForSize: readiness.waitForSize,
             waitedOut: waitedOut
         )
+        if problem == nil { gatePassed.store(true, ordering: .relaxed) }
+        return problem
     }
 
     /// A node that starts as a viewer to take part later becomes a participant once the gate has passed and its

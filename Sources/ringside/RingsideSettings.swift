@@ -30,7 +30,8 @@ struct RingsideSettings {
     var headerReadTimeout: Duration
     var idleTimeout: Duration
     var drainTimeout: Duration
-    /// Participants a node waits to see before it is ready and takes part.
+    /// Members (viewers and participants, this node included) a node waits to see before it is ready and takes
+    /// part: a start-up gate, passed once.
     var waitForSize: Int
     /// How long it waits for them (and its seeds) at most; nil: for good.
     var waitTimeout: Duration?
@@ -75,13 +76,13 @@ struct RingsideSettings {
         ("admin-listen", "127.0.0.1:7402", "Health, readiness, metrics and the JSON API."),
         (
             "advertise", nil,
-            "The host:port other nodes dial (default: the cluster listen address, 127.0.0.1 for a wildcard)."
+            "The host:port other nodes dial (default: the cluster listen address; for a wildcard, an interface's)."
         ),
         ("join", "", "Seeds, comma-separated: host:port or dnssrv+NAME."),
         ("cluster-name", "ringside", "The cluster's label; nodes of other clusters are refused."),
         (
             "backend", "http://127.0.0.1:8080",
-            "The local backend: http://host:port, or h2c://host:port for HTTP/2 (gRPC)."
+            "The local backend: http://host:port, https://host:port, or h2c://host:port for HTTP/2 (gRPC)."
         ),
         ("key-header", "X-Shard-Key", "The header that carries the shard key."),
         ("replicas", "1", "How many owners /v1/lookup reports by default (1 to 16)."),

@@ -324,4 +324,20 @@ struct AdminAPITests {
         #expect(served["ringside.request_id"] == forwarded["ringside.request_id"], "one id across the hop")
         #expect(lines(entry).contains { $0["ringside.status"] == "400" && $0["ringside.route"] == "none" })
     }
+
+    /// `wait-for-size` holds a node back at start; once passed, a member that leaves does not make the others unready
+    /// (the three-node recipe of Config/ waits for three).
+    @Test func theSizeGateIsPassedOnceAndStaysPassedWhenAMemberLeaves() async throws {
+        let three = ["--wait-for-size", "3"]
+        try await withProcesses(3, extraArguments: [0: three, 1: three, 2: three]) { cluster in
+            #expect(await eventually { cluster.nodes.allSatisfy(cluster.isReady) })
+            #expect(adminRequest(cluster.nodes[2].admin, "POST", "/v1/drain")?.status == 202)
+            #expect(await eventually { !cluster.nodes[2].process.isRunning })
+            let remaining = Array(cluster.nodes.prefix(2))
+            #expect(await eventually { remaining.allSatisfy { text(adminRequest($0.admin, "GET", "/v1/peers")).contains(#""status":"left""#) } })
+            for node in remaining {
+                #expect(cluster.isReady(node), "\(node.name): \(text(adminRequest(node.admin, "GET", "/readyz")))")
+            }
+        }
+    }
 }
