@@ -334,7 +334,13 @@ struct AdminAPITests {
             #expect(adminRequest(cluster.nodes[2].admin, "POST", "/v1/drain")?.status == 202)
             #expect(await eventually { !cluster.nodes[2].process.isRunning })
             let remaining = Array(cluster.nodes.prefix(2))
-            #expect(await eventually { remaining.allSatisfy { text(adminRequest($0.admin, "GET", "/v1/peers")).contains(#""status":"left""#) } })
+            #expect(
+                await eventually {
+                    remaining.allSatisfy {
+                        text(adminRequest($0.admin, "GET", "/v1/peers")).contains(#""status":"left""#)
+                    }
+                }
+            )
             for node in remaining {
                 #expect(cluster.isReady(node), "\(node.name): \(text(adminRequest(node.admin, "GET", "/readyz")))")
             }
