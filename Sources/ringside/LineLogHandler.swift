@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import RingsideProxy
 
 /// How `ringside run` writes its log lines.
 enum LogFormat: String, Sendable {
@@ -66,22 +67,7 @@ struct LineLogHandler: LogHandler {
     }
 
     /// `text` as the inside of a JSON string (which logfmt's quoted values share).
-    static func escaped(_ text: String) -> String {
-        var out = ""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
-                out += String(format: "\\u%04x", scalar.value)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out
-    }
+    static func escaped(_ text: String) -> String { String(JSONWriter.quoted(text).dropFirst().dropLast()) }
 
     /// RFC 3339 in UTC with milliseconds.
     static func timestamp() -> String {

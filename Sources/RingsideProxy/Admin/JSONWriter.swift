@@ -1,9 +1,9 @@
-/// Builds JSON text for the admin API, without Foundation.
-struct JSONWriter {
+/// Builds JSON text for the admin API (and the `ringside` command's JSON log lines), without Foundation.
+package struct JSONWriter {
     private(set) var text = ""
 
     /// A JSON string literal for `value`, escaped per RFC 8259.
-    static func quoted(_ value: String) -> String {
+    package static func quoted(_ value: String) -> String {
         var result = "\""
         for scalar in value.unicodeScalars {
             switch scalar {
