@@ -203,9 +203,13 @@ public final class ClusterNode: Service, Sendable {
         try await waitForDissemination()
     }
 
-    /// Sets a metadata entry of this node and announces it.
+    /// Sets a metadata entry of this node and announces it. Throws a ``MetadataRefusal`` when the entry breaks
+    /// ``MetadataLimits``, a ``ClusterError`` when the node is not running.
     public func setMetadata(_ key: String, to value: String) throws {
-        perform(try withInstance { instance, now in instance.setMetadata(key, to: value, now: now) })
+        let directives = try withInstance { instance, now throws(MetadataRefusal) in
+            try instance.setMetadata(key, to: value, now: now)
+        }
+        perform(directives)
     }
 
     /// Deletes a metadata entry of this node and announces it.

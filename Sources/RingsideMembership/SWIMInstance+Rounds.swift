@@ -175,6 +175,17 @@ extension SWIMInstance {
         gossip(now: now)
     }
 
+    /// Announces this node's metadata change now, or, when the last announcement is less than a gossip interval old,
+    /// with the next one: a burst of changes costs one incarnation and one round of messages, not one each.
+    mutating func announceMetadataChange(now: GossipInstant) {
+        if let last = lastMetadataAnnouncementAt, now < last + configuration.gossipInterval {
+            pendingMetadataAnnouncementAt = last + configuration.gossipInterval
+            return
+        }
+        lastMetadataAnnouncementAt = now
+        announceLocalMember(now: now)
+    }
+
     mutating func startPushPull(now: GossipInstant) {
         guard !isLeaving, let partner = randomActiveMembers(count: 1, excluding: []).first else { return }
         counters.pushPulls += 1

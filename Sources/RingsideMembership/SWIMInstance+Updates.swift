@@ -87,6 +87,8 @@ extension SWIMInstance {
         if member.name == localMember.name {
             // Someone believes something about this node; if it is not this node's current state, supersede it.
             guard !isLeaving, member.incarnation >= localMember.incarnation, member != localMember else { return }
+            // This node's own last announcement, from before changes whose announcement is due: that supersedes it.
+            if member.incarnation == localMember.incarnation, pendingMetadataAnnouncementAt != nil { return }
             refute(incarnation: member.incarnation, now: now)
             return
         }

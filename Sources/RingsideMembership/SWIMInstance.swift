@@ -58,6 +58,10 @@ public struct SWIMInstance: Sendable {
     var probeQueue: [String] = []
     var probeIndex = 0
     var tombstoneExpiry: [String: GossipInstant] = [:]
+    /// Metadata changes are announced at most once a gossip interval: when the last announcement went out, and when
+    /// the changes made since are due.
+    var lastMetadataAnnouncementAt: GossipInstant?
+    var pendingMetadataAnnouncementAt: GossipInstant?
     var nextProbeAt: GossipInstant
     var nextGossipAt: GossipInstant
     var nextPushPullAt: GossipInstant
@@ -160,6 +164,7 @@ public struct SWIMInstance: Sendable {
         for suspicion in suspicions.values { deadline = min(deadline, suspicion.deadline) }
         for relayed in relayedProbes.values { deadline = min(deadline, relayed.deadline) }
         if let nextJoinAttemptAt { deadline = min(deadline, nextJoinAttemptAt) }
+        if let pendingMetadataAnnouncementAt { deadline = min(deadline, pendingMetadataAnnouncementAt) }
         return deadline
     }
 
@@ -170,6 +175,10 @@ public struct SWIMInstance: Sendable {
         expireSuspicions(now: now)
         expireRelayedProbes(now: now)
         advanceProbe(now: now)
+        if let due = pendingMetadataAnnouncementAt, now >= due {
+            pendingMetadataAnnouncementAt = nil
+            if !isLeaving { announceMetadataChange(now: now) }
+        }
         if now >= nextGossipAt {
             gossip(now: now)
             nextGossipAt = now + configuration.gossipInterval
@@ -280,11 +289,25 @@ public struct SWIMInstance: Sendable {
         return takeOutput()
     }
 
-    /// Sets a metadata entry of this node and announces it.
-    public mutating func setMetadata(_ key: String, to value: String, now: GossipInstant) -> [MembershipDirective] {
+    /// Sets a metadata entry of this node and announces it, or refuses it when it breaks ``MetadataLimits``. Setting
+    /// an entry to the value it has changes nothing.
+    public mutating func setMetadata(
+        _ key: String,
+        to value: String,
+        now: GossipInstant
+    ) throws(MetadataRefusal) -> [MembershipDirective] {
+        if let refusal = MetadataLimits.problem(setting: key, to: value, in: localMember.metadata) { throw refusal }
+        if let entry = localMember.metadata[key], !entry.isDeleted, entry.value == value { return [] }
         localMember.metadata[key] = MetadataEntry(value: value, version: localMember.incarnation + 1)
         tombstoneExpiry[key] = nil
-        announceLocalMember(now: now)
+        // Room for the new entry: the oldest tombstones give way.
+        while !MetadataLimits.fits(localMember.metadata),
+            let oldest = tombstoneExpiry.min(by: { $0.value < $1.value })?.key
+        {
+            tombstoneExpiry[oldest] = nil
+            localMember.metadata[oldest] = nil
+        }
+        announceMetadataChange(now: now)
         emit(.metadataChanged(localMember))
         return takeOutput()
     }
@@ -294,7 +317,7 @@ public struct SWIMInstance: Sendable {
         guard let entry = localMember.metadata[key], !entry.isDeleted else { return [] }
         localMember.metadata[key] = MetadataEntry(value: "", version: localMember.incarnation + 1, isDeleted: true)
         tombstoneExpiry[key] = now + configuration.metadataTombstoneTTL
-        announceLocalMember(now: now)
+        announceMetadataChange(now: now)
         emit(.metadataChanged(localMember))
         return takeOutput()
     }

@@ -121,9 +121,18 @@ public final class ClusterSimulator {
         if let failure { throw failure }
     }
 
-    /// Sets a metadata entry of `name`.
-    public func setMetadata(_ name: String, _ key: String, _ value: String) {
-        perform(name) { $0.setMetadata(key, to: value, now: self.now) }
+    /// Sets a metadata entry of `name`, or throws why ``MetadataLimits`` refuse it.
+    public func setMetadata(_ name: String, _ key: String, _ value: String) throws(MetadataRefusal) {
+        var refusal: MetadataRefusal?
+        perform(name) { instance in
+            do throws(MetadataRefusal) {
+                return try instance.setMetadata(key, to: value, now: self.now)
+            } catch {
+                refusal = error
+                return []
+            }
+        }
+        if let refusal { throw refusal }
     }
 
     /// Deletes a metadata entry of `name`.

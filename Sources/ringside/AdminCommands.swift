@@ -97,13 +97,27 @@ func table(_ rows: [[String]]) -> String {
 func cell(_ value: Any?) -> String {
     if let flag = value as? Bool, let value, type(of: value) == Bool.self { return flag ? "yes" : "no" }
     return switch value {
-    case let text as String: text
+    case let text as String: printable(text)
     case let number as NSNumber: number.stringValue
     case let object as [String: Any]:
-        object.sorted { $0.key < $1.key }.map { "\($0.key)=\(cell($0.value))" }.joined(separator: ",")
+        object.sorted { $0.key < $1.key }.map { "\(cell($0.key))=\(cell($0.value))" }.joined(separator: ",")
     case nil: "-"
     default: "\(value!)"
     }
+}
+
+/// `text` with its control characters escaped (`\u{1B}`): names and metadata come from other nodes, and a table
+/// shows them rather than sending them to the terminal.
+func printable(_ text: String) -> String {
+    var result = ""
+    for scalar in text.unicodeScalars {
+        if scalar.properties.generalCategory == .control {
+            result += scalar.escaped(asASCII: true)
+        } else {
+            result.unicodeScalars.append(scalar)
+        }
+    }
+    return result
 }
 
 struct PeersCommand: AsyncParsableCommand {
@@ -191,7 +205,7 @@ struct DrainCommand: AsyncParsableCommand {
         var path = "/v1/drain"
         if let timeout {
             guard let duration = RingsideSettings.parseDuration(timeout), duration > .zero else {
-                throw usage("--timeout \"\(timeout)\" is not a duration")
+                throw usage("--timeout \"\(timeout)\" is not a positive duration such as 30s or 5m (at most a year)")
             }
             path +=
                 "?timeout_ms=\(max(1, duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000))"

@@ -226,7 +226,9 @@ struct RingsideSettings {
                     reason: "unknown key; \(suggestion)the keys are listed by ringside run --help"
                 )
             }
-            if let list = value as? [Any], key == "join" {
+            if value is NSNull {
+                continue  // `key:` with nothing after it: unset, as if the line were not there.
+            } else if let list = value as? [Any], key == "join" {
                 result[key] = list.map { "\($0)" }.joined(separator: ",")
             } else if value is [Any] || value is [String: Any] {
                 throw ConfigurationError(key: key, source: path, reason: "expected a single value")
@@ -252,7 +254,7 @@ struct RingsideSettings {
         }
         func duration(_ key: String) throws(ConfigurationError) -> Duration {
             guard let parsed = Self.parseDuration(value(key).0), parsed > .zero else {
-                throw fail(key, "is not a positive duration such as 500ms, 30s, 2m or 1h")
+                throw fail(key, "is not a positive duration such as 500ms, 30s, 2m or 1h (at most a year)")
             }
             return parsed
         }
@@ -265,8 +267,12 @@ struct RingsideSettings {
 
         let name = value("node-name").0
         nodeName = name.isEmpty ? ProcessInfo.processInfo.hostName : name
-        guard !nodeName.isEmpty, nodeName.utf8.count <= 255, !nodeName.contains(where: \.isWhitespace) else {
-            throw fail("node-name", "is not a name of 1 to 255 characters without spaces")
+        guard !nodeName.isEmpty, nodeName.utf8.count <= 255,
+            !nodeName.unicodeScalars.contains(where: {
+                $0.properties.isWhitespace || $0.properties.generalCategory == .control
+            })
+        else {
+            throw fail("node-name", "is not a name of 1 to 255 characters without spaces or control characters")
         }
         listen = try address("listen")
         clusterListen = try address("cluster-listen")
@@ -375,7 +381,7 @@ struct RingsideSettings {
         }
         waitForSize = waitSize
         guard let wait = Self.parseDuration(value("wait-timeout").0), wait >= .zero else {
-            throw fail("wait-timeout", "is not a duration such as 0s, 30s or 5m")
+            throw fail("wait-timeout", "is not a duration such as 0s, 30s or 5m (at most a year)")
         }
         waitTimeout = wait == .zero ? nil : wait
         func bool(_ key: String) throws(ConfigurationError) -> Bool {
@@ -414,15 +420,17 @@ struct RingsideSettings {
         accessLog = try bool("access-log")
     }
 
-    /// `500ms`, `30s`, `2m`, `1h`, or a plain number of seconds.
+    /// `500ms`, `30s`, `2m`, `1h`, or a plain number of seconds; at most ``maxDuration``.
     static func parseDuration(_ text: String) -> Duration? {
         let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
-        for (suffix, seconds) in units where text.hasSuffix(suffix) {
-            guard let number = Double(text.dropLast(suffix.count)), number.isFinite, number >= 0 else { return nil }
-            return .milliseconds(Int64(number * seconds * 1000))
-        }
-        return Double(text).flatMap { $0.isFinite && $0 >= 0 ? .milliseconds(Int64($0 * 1000)) : nil }
+        let (number, seconds) =
+            units.first { text.hasSuffix($0.0) }.map { (Double(text.dropLast($0.0.count)), $0.1) } ?? (Double(text), 1)
+        guard let number, number.isFinite, number >= 0, number * seconds <= maxDurationSeconds else { return nil }
+        return .milliseconds(Int64(number * seconds * 1000))
     }
+
+    /// The longest duration any setting takes: a year, far beyond any sensible timeout and far inside `Int64`.
+    static let maxDurationSeconds: Double = 365 * 24 * 3600
 
     /// `8192`, `64KiB`, `16MiB`, `1GiB`, `10KB`, `5MB`, `1GB`.
     static func parseSize(_ text: String) -> Int? {

@@ -258,10 +258,10 @@ struct SimulationTests {
         #expect(answer == [.dead(name: "node-3", incarnation: 1, from: "node-3")])
     }
 
-    @Test func metadataAndItsDeletionPropagate() {
+    @Test func metadataAndItsDeletionPropagate() throws {
         let simulator = ClusterSimulator(seed: 10)
         let names = simulator.startConverged(10)
-        simulator.setMetadata("node-1", "zone", "eu-west-1a")
+        try simulator.setMetadata("node-1", "zone", "eu-west-1a")
         let set = simulator.run(
             until: { simulator.allSee(names, member: "node-1") { $0.metadataValues["zone"] == "eu-west-1a" } },
             timeout: .seconds(10)
@@ -277,6 +277,60 @@ struct SimulationTests {
             timeout: .seconds(10)
         )
         #expect(deleted != nil)
+    }
+
+    /// A burst of changes is announced once a gossip interval, not once a change: a thousand changes in a second
+    /// cost a handful of incarnations, and every member still ends with the last value.
+    @Test func aBurstOfMetadataChangesIsAnnouncedOnceAGossipInterval() throws {
+        let simulator = ClusterSimulator(seed: 12)
+        let names = simulator.startConverged(5)
+        let before = simulator.node("node-1").localMember.incarnation
+        for round in 0..<1000 {
+            try simulator.setMetadata("node-1", "counter", String(round))
+            simulator.run(for: .milliseconds(1))
+        }
+        let incarnations = simulator.node("node-1").localMember.incarnation - before
+        let interval = simulator.node("node-1").configuration.gossipInterval
+        #expect(incarnations <= UInt64(Duration.seconds(1.1) / interval) + 1, "\(incarnations)")
+        let settled = simulator.run(
+            until: { simulator.allSee(names, member: "node-1") { $0.metadataValues["counter"] == "999" } },
+            timeout: .seconds(10)
+        )
+        #expect(settled != nil)
+        #expect(simulator.allSee(names, active: names))
+    }
+
+    /// The limits hold with tombstones: entries deleted and set again never grow the member past what every receiver
+    /// decodes, and a change beyond the limits is refused, not half made.
+    @Test func metadataStaysWithinItsLimitsTombstonesIncluded() throws {
+        let simulator = ClusterSimulator(seed: 13)
+        let names = simulator.startConverged(3)
+        for index in 0..<400 {
+            try simulator.setMetadata("node-1", "key-\(index)", "value")
+            simulator.deleteMetadata("node-1", "key-\(index)")
+        }
+        let metadata = simulator.node("node-1").localMember.metadata
+        #expect(metadata.count <= MetadataLimits.maxEntries)
+        for index in 0..<MetadataLimits.maxEntries { try simulator.setMetadata("node-1", "live-\(index)", "v") }
+        #expect(throws: MetadataRefusal.self) { try simulator.setMetadata("node-1", "one-more", "v") }
+        #expect(simulator.node("node-1").localMember.metadataValues["one-more"] == nil)
+        #expect(throws: MetadataRefusal.self) {
+            try simulator.setMetadata(
+                "node-1",
+                "live-0",
+                String(repeating: "x", count: MetadataLimits.maxValueBytes + 1)
+            )
+        }
+        #expect(throws: MetadataRefusal.self) { try simulator.setMetadata("node-1", "..", "v") }
+        #expect(throws: MetadataRefusal.self) { try simulator.setMetadata("node-1", "a b", "v") }
+        let settled = simulator.run(
+            until: {
+                simulator.allSee(names, member: "node-1") { $0.metadataValues.count == MetadataLimits.maxEntries }
+            },
+            timeout: .seconds(10)
+        )
+        #expect(settled != nil)
+        #expect(simulator.allSee(names, active: names))
     }
 
     @Test func theSameSeedReplaysTheSameRun() {

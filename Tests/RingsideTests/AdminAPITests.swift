@@ -160,7 +160,18 @@ struct AdminAPITests {
             #expect(adminRequest(one, "PUT", "/v1/meta/bad%20key", body: "x")?.status == 400)
             #expect(adminRequest(one, "PUT", "/v1/meta/big", body: String(repeating: "v", count: 600))?.status == 413)
             #expect(adminRequest(one, "PUT", "/v1/meta/huge", body: String(repeating: "v", count: 5000))?.status == 413)
+            // A body declared too large is refused at once, not after the client has sent it.
+            let declared = "PUT /v1/meta/huge HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000\r\n\r\n"
+            #expect(
+                parseResponse(rawExchange(port: one, Array(declared.utf8), timeout: .seconds(3)).bytes)?.status == 413
+            )
             #expect(adminRequest(one, "POST", "/v1/meta/zone")?.status == 405)
+            // HEAD is GET without the body, for every path but the stream.
+            for (path, status) in [("/v1/meta", 200), ("/v1/peers", 200), ("/readyz", 200), ("/v1/watch", 405)] {
+                let request = "HEAD \(path) HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                let head = rawExchange(port: one, Array(request.utf8), untilClosed: true)
+                #expect(parseResponse(head.bytes, bodiless: true)?.status == status, "\(path)")
+            }
         }
     }
 
@@ -272,7 +283,8 @@ struct AdminAPITests {
     @Test func theMetricsSayWhatTheNodeIsDoingNow() async throws {
         let node = try ExtraNode(name: "gauged", directory: TestCA.temporaryDirectory(), arguments: [])
         defer { node.stop() }
-        #expect(await eventually { node.admin("/livez")?.status == 200 })
+        // Live comes before the node is a participant in its own ring: wait for its share.
+        #expect(await eventually { text(node.admin("/metrics")).contains("ringside_key_share 1.0\n") })
         let metrics = text(node.admin("/metrics"))
         for line in [
             "ringside_key_share 1.0", "ringside_drain_phase 0.0", "ringside_tunnels_open 0.0",

@@ -68,7 +68,7 @@ final class RingsideProcesses {
         try FileManager.default.createDirectory(at: logDirectory, withIntermediateDirectories: true)
         let path = logDirectory.appendingPathComponent("\(node.name).log").path
         if !FileManager.default.fileExists(atPath: path) {
-            FileManager.default.createFile(atPath: path, contents: nil)
+            _ = FileManager.default.createFile(atPath: path, contents: nil)
         }
         let file = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         file.seekToEndOfFile()

@@ -72,6 +72,9 @@ struct SettingsTests {
             (["key-header": "X-Ringside-Key"], "key-header (from --key-header)"),
             (["key-header": "Schlüssel"], "key-header (from --key-header)"),
             (["key-header": "X Key"], "key-header (from --key-header)"),
+            (["node-name": "node\u{1B}[2J"], "node-name (from --node-name)"),
+            (["node-name": "node\u{7F}"], "node-name (from --node-name)"),
+            (["drain-timeout": "1e30s"], "drain-timeout (from --drain-timeout)"),
         ]
     )
     func invalidValuesNameTheKeyAndWhereTheyCameFrom(flags: [String: String], expected: String) {
@@ -108,6 +111,24 @@ struct SettingsTests {
             try RingsideSettings.load(configFile: file, environment: [:], flags: [:])
         }
         #expect(typo?.description.contains("did you mean node-name?") == true, "\(typo?.description ?? "")")
+    }
+
+    /// `node-name:` with nothing after it is unset, as an empty line would be, not the text "<null>".
+    @Test func aKeyWithoutAValueInTheFileIsUnset() throws {
+        let file = NSTemporaryDirectory() + "ringside-\(UInt32.random(in: 0 ... .max)).yaml"
+        try "node-name:\nlisten: 127.0.0.1:7400\n".write(toFile: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let settings = try RingsideSettings.load(configFile: file, environment: [:], flags: [:])
+        #expect(settings.nodeName == ProcessInfo.processInfo.hostName)
+        #expect(settings.listen.port == 7400)
+    }
+
+    /// Names and metadata come from other nodes; a table shows their control characters instead of sending them to
+    /// the terminal.
+    @Test func tableCellsEscapeControlCharacters() {
+        #expect(cell("node\u{1B}[2J") == "node\\u{1B}[2J")
+        #expect(cell(["zone\n": "a\u{7}"]) == "zone\\n=a\\u{07}")
+        #expect(cell("plain ünïcode") == "plain ünïcode")
     }
 
     @Test func unknownRingsideVariablesAreNamedWithTheNearestSetting() throws {
@@ -157,6 +178,10 @@ struct SettingsTests {
         #expect(RingsideSettings.parseDuration("2m") == .seconds(120))
         #expect(RingsideSettings.parseDuration("1.5") == .milliseconds(1500))
         #expect(RingsideSettings.parseDuration("-1s") == nil)
+        #expect(RingsideSettings.parseDuration("8760h") == .seconds(365 * 24 * 3600))
+        for tooLong in ["8761h", "1e30s", "1e30", "1e300ms", "inf", "nan"] {
+            #expect(RingsideSettings.parseDuration(tooLong) == nil, "\(tooLong)")
+        }
     }
 
     @Test func anHTTPSBackendAndTLSFilesAreSettings() throws {

@@ -55,6 +55,8 @@ public enum AdminServer {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let http: (any Channel) throws -> Void = { channel in
+                        // A connection that sends nothing for a minute is closed (a watch only writes, so it stays).
+                        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .seconds(60)))
                         try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                         try channel.pipeline.syncOperations.addHandler(AdminHandler(node: node, sources: sources))
                     }
@@ -101,7 +103,11 @@ public enum AdminServer {
     ) {
         let (path, query) = split(uri)
         let json = jsonType
-        switch (method, path) {
+        // HEAD is GET without the body (the handler leaves it out); a stream has no HEAD.
+        if method == .HEAD, path == "/v1/watch" {
+            return (.methodNotAllowed, json, error("/v1/watch answers GET only"))
+        }
+        switch (method == .HEAD ? .GET : method, path) {
         case (.GET, "/livez"):
             return (.ok, "text/plain; charset=utf-8", "ok\n")
         case (.GET, "/readyz"):
@@ -200,22 +206,18 @@ public enum AdminServer {
             return (.ok, json, metadataJSON(ownMetadata(node)) + "\n")
         case (.PUT, _) where path.hasPrefix("/v1/meta/"), (.DELETE, _) where path.hasPrefix("/v1/meta/"):
             let key = percentDecoded(String(path.dropFirst("/v1/meta/".count)))
-            if let problem = MetadataLimits.problem(key: key) { return (.badRequest, json, error(problem)) }
+            if let refusal = MetadataLimits.problem(key: key) { return (.badRequest, json, error(refusal.message)) }
             do {
                 if method == .PUT {
-                    let value = String(decoding: body, as: UTF8.self)
-                    var entries = ownMetadata(node)
-                    entries[key] = value
-                    if let problem = MetadataLimits.problem(value: value, all: entries) {
-                        return (.payloadTooLarge, json, error(problem))
-                    }
-                    try node.setMetadata(key, to: value)
+                    try node.setMetadata(key, to: String(decoding: body, as: UTF8.self))
                 } else {
                     guard ownMetadata(node)[key] != nil else {
                         return (.notFound, json, error("this node has no metadata entry \(key)"))
                     }
                     try node.deleteMetadata(key)
                 }
+            } catch let refusal as MetadataRefusal {
+                return (refusal.reason == .tooLarge ? .payloadTooLarge : .badRequest, json, error(refusal.message))
             } catch {
                 return (.serviceUnavailable, json, self.error("\(error)"))
             }
@@ -372,7 +374,6 @@ final class AdminHandler: ChannelInboundHandler {
     private let sources: AdminSources
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
-    private var bodyTooLarge = false
     private var watch: Task<Void, Never>?
 
     init(node: ClusterNode, sources: AdminSources) {
@@ -385,12 +386,12 @@ final class AdminHandler: ChannelInboundHandler {
         case .head(let request):
             head = request
             body = []
-            bodyTooLarge = false
+            let declared = request.headers.first(name: "content-length").flatMap { Int($0) } ?? 0
+            if declared > Self.maxBody { refuseTooLarge(context) }
         case .body(let chunk):
-            guard !bodyTooLarge else { return }
+            guard head != nil else { return }
             if body.count + chunk.readableBytes > Self.maxBody {
-                bodyTooLarge = true
-                body = []
+                refuseTooLarge(context)
             } else {
                 body += chunk.readableBytesView
             }
@@ -410,18 +411,6 @@ final class AdminHandler: ChannelInboundHandler {
                 )
                 return
             }
-            guard !bodyTooLarge else {
-                respond(
-                    context,
-                    request,
-                    (
-                        .payloadTooLarge, AdminServer.jsonType,
-                        AdminServer.error("the admin plane reads bodies up to \(Self.maxBody) bytes")
-                    ),
-                    close: true
-                )
-                return
-            }
             if request.method == .GET, AdminServer.split(request.uri).0 == "/v1/watch", let events = sources.events {
                 startWatch(context, request, events)
                 return
@@ -432,6 +421,24 @@ final class AdminHandler: ChannelInboundHandler {
                 AdminServer.answer(request.method, request.uri, body: body, node: node, sources: sources)
             )
         }
+    }
+
+    /// A body beyond ``maxBody``, declared or sent: refused at once, before the rest arrives, and the connection
+    /// closed (what is still on its way is not read).
+    private func refuseTooLarge(_ context: ChannelHandlerContext) {
+        guard let request = head else { return }
+        head = nil
+        body = []
+        let message = AdminServer.error("the admin plane reads bodies up to \(Self.maxBody) bytes")
+        respond(context, request, (.payloadTooLarge, AdminServer.jsonType, message), close: true)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read, watch == nil {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -532,36 +539,5 @@ enum WatchFormat {
     /// The whole view as one `view` event (the `/v1/peers` list), numbered with the last event it includes.
     static func view(id: Int, node: ClusterNode) -> String {
         "id: \(id)\nevent: view\ndata: \(AdminServer.peersJSON(node))\n\n"
-    }
-}
-
-/// What `PUT /v1/meta/KEY` accepts. Metadata rides in every gossip message about the node, so it stays small: keys of
-/// letters, digits and `._-/` up to 64 bytes, values up to 512 bytes, at most 32 entries and 2 KiB in all.
-enum MetadataLimits {
-    static let maxKeyBytes = 64
-    static let maxValueBytes = 512
-    static let maxEntries = 32
-    static let maxTotalBytes = 2048
-
-    /// Why `key` is not a metadata key, or nil.
-    static func problem(key: String) -> String? {
-        let allowed = key.utf8.allSatisfy {
-            ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A)
-                || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-")
-                || $0 == UInt8(ascii: "/")
-        }
-        guard !key.isEmpty, key.utf8.count <= maxKeyBytes, allowed else {
-            return "a metadata key is 1 to \(maxKeyBytes) letters, digits, '.', '_', '-' or '/'"
-        }
-        return nil
-    }
-
-    /// Why `value`, with `all` the entries it would leave, is too much, or nil.
-    static func problem(value: String, all: [String: String]) -> String? {
-        if value.utf8.count > maxValueBytes { return "a metadata value is at most \(maxValueBytes) bytes" }
-        if all.count > maxEntries { return "a node has at most \(maxEntries) metadata entries" }
-        let total = all.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
-        if total > maxTotalBytes { return "a node's metadata is at most \(maxTotalBytes) bytes in all" }
-        return nil
     }
 }
