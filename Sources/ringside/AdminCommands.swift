@@ -163,8 +163,13 @@ struct LookupCommand: AsyncParsableCommand {
         abstract: "Shows which nodes own a key, in order of preference."
     )
     @Argument(help: "The shard key.") var key: String
-    @Option(help: "How many owners to show.") var replicas: Int?
+    @Option(help: "How many owners to show (1 or more).") var replicas: Int?
     @OptionGroup var options: AdminOptions
+
+    func validate() throws {
+        if let replicas, replicas < 1 { throw ValidationError("--replicas \(replicas) is not 1 or more") }
+    }
+
     func run() async throws {
         let encoded =
             key.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(["&", "=", "+"])) ?? key
