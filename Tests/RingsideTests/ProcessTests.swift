@@ -409,7 +409,8 @@ struct ProcessTests {
     /// One convention for every subcommand: 2 for a command line that is wrong, whatever is wrong with it.
     @Test func everySubcommandExitsTwoForABadCommandLine() throws {
         let cases: [[String]] = [
-            ["lookup"], ["lookup", "k", "--replicas", "many"], ["lookup", "k", "--replicas", "0"], ["state", "--admin", "nonsense"],
+            ["lookup"], ["lookup", "k", "--replicas", "many"], ["lookup", "k", "--replicas", "0"],
+            ["state", "--admin", "nonsense"],
             ["peers", "--frobnicate"], ["drain", "--timeout", "soon"], ["peers", "--token-file", "/nonexistent"],
             ["run", "--replica", "2"], ["nonsense"],
         ]
