@@ -297,7 +297,10 @@ public struct SWIMInstance: Sendable {
         now: GossipInstant
     ) throws(MetadataRefusal) -> [MembershipDirective] {
         if let refusal = MetadataLimits.problem(setting: key, to: value, in: localMember.metadata) { throw refusal }
-        if let entry = localMember.metadata[key], !entry.isDeleted, entry.value == value { return [] }
+        // Bytes, not String equality: canonically equivalent values (é and e + U+0301) are different values.
+        if let entry = localMember.metadata[key], !entry.isDeleted, entry.value.utf8.elementsEqual(value.utf8) {
+            return []
+        }
         localMember.metadata[key] = MetadataEntry(value: value, version: localMember.incarnation + 1)
         tombstoneExpiry[key] = nil
         // Room for the new entry: the oldest tombstones give way.

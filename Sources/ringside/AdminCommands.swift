@@ -106,15 +106,17 @@ func cell(_ value: Any?) -> String {
     }
 }
 
-/// `text` with its control characters escaped (`\u{1B}`): names and metadata come from other nodes, and a table
-/// shows them rather than sending them to the terminal.
+/// `text` with its control, format (bidi overrides, zero-width) and separator characters escaped (`\u{1B}`), and
+/// backslashes doubled: names and metadata come from other nodes, and a table shows them rather than sending them to
+/// the terminal or letting them disguise themselves.
 func printable(_ text: String) -> String {
     var result = ""
     for scalar in text.unicodeScalars {
-        if scalar.properties.generalCategory == .control {
+        switch scalar.properties.generalCategory {
+        case .control, .format, .lineSeparator, .paragraphSeparator:
             result += scalar.escaped(asASCII: true)
-        } else {
-            result.unicodeScalars.append(scalar)
+        default:
+            if scalar == "\\" { result += "\\\\" } else { result.unicodeScalars.append(scalar) }
         }
     }
     return result
@@ -209,8 +211,12 @@ struct DrainCommand: AsyncParsableCommand {
         let authorization = try options.authorization()
         var path = "/v1/drain"
         if let timeout {
-            guard let duration = RingsideSettings.parseDuration(timeout), duration > .zero else {
-                throw usage("--timeout \"\(timeout)\" is not a positive duration such as 30s or 5m (at most a year)")
+            guard let duration = RingsideSettings.parseDuration(timeout), duration > .zero,
+                duration <= NodeDrain.longestTimeout
+            else {
+                throw usage(
+                    "--timeout \"\(printable(timeout))\" is not a positive duration such as 30s or 5m (at most a day)"
+                )
             }
             path +=
                 "?timeout_ms=\(max(1, duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000))"

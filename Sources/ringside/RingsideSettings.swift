@@ -201,14 +201,16 @@ struct RingsideSettings {
                 reason: "cannot read \(path): \(error.localizedDescription)"
             )
         }
-        let document: Any?
+        // Composed, not loaded: values keep the text they were written with (`1e3` stays `1e3`, not `1000.0`), and
+        // a key that is not a plain scalar is an error rather than a crash in the constructor.
+        let root: Node?
         do {
-            document = try Yams.load(yaml: text)
+            root = try Yams.compose(yaml: text)
         } catch {
             throw ConfigurationError(key: "config", source: path, reason: "not valid YAML: \(error)")
         }
-        guard let document else { return [:] }
-        guard let mapping = document as? [String: Any] else {
+        guard let root, root.null == nil else { return [:] }
+        guard let mapping = root.mapping else {
             throw ConfigurationError(
                 key: "config",
                 source: path,
@@ -217,7 +219,14 @@ struct RingsideSettings {
         }
         let known = Set(keys.map(\.name))
         var result: [String: String] = [:]
-        for (key, value) in mapping {
+        for (keyNode, value) in mapping {
+            guard let key = keyNode.scalar?.string else {
+                throw ConfigurationError(
+                    key: "config",
+                    source: path,
+                    reason: "a key must be a name, not a list or a map"
+                )
+            }
             guard known.contains(key) else {
                 let suggestion = nearest(to: key, in: keys.map(\.name)).map { "did you mean \($0)? " } ?? ""
                 throw ConfigurationError(
@@ -226,14 +235,17 @@ struct RingsideSettings {
                     reason: "unknown key; \(suggestion)the keys are listed by ringside run --help"
                 )
             }
-            if value is NSNull {
+            guard result[key] == nil else {
+                throw ConfigurationError(key: key, source: path, reason: "is given twice")
+            }
+            if value.null != nil {
                 continue  // `key:` with nothing after it: unset, as if the line were not there.
-            } else if let list = value as? [Any], key == "join" {
-                result[key] = list.map { "\($0)" }.joined(separator: ",")
-            } else if value is [Any] || value is [String: Any] {
-                throw ConfigurationError(key: key, source: path, reason: "expected a single value")
+            } else if let scalar = value.scalar {
+                result[key] = scalar.string
+            } else if key == "join", let list = value.sequence, list.allSatisfy({ $0.scalar != nil }) {
+                result[key] = list.compactMap { $0.scalar?.string }.joined(separator: ",")
             } else {
-                result[key] = "\(value)"
+                throw ConfigurationError(key: key, source: path, reason: "expected a single value")
             }
         }
         return result
@@ -243,7 +255,7 @@ struct RingsideSettings {
         func value(_ key: String) -> (String, String) { values[key] ?? ("", "default") }
         func fail(_ key: String, _ reason: String) -> ConfigurationError {
             let (text, source) = value(key)
-            return ConfigurationError(key: key, source: source, reason: "\"\(text)\" \(reason)")
+            return ConfigurationError(key: key, source: source, reason: "\"\(printable(text))\" \(reason)")
         }
         func address(_ key: String) throws(ConfigurationError) -> Address {
             let (text, _) = value(key)
@@ -267,12 +279,12 @@ struct RingsideSettings {
 
         let name = value("node-name").0
         nodeName = name.isEmpty ? ProcessInfo.processInfo.hostName : name
+        // ASCII only: names are compared as Swift strings, under which two different byte sequences can be one
+        // name (é and e + U+0301), and a name is a DNS SAN under mutual TLS.
         guard !nodeName.isEmpty, nodeName.utf8.count <= 255,
-            !nodeName.unicodeScalars.contains(where: {
-                $0.properties.isWhitespace || $0.properties.generalCategory == .control
-            })
+            nodeName.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F })
         else {
-            throw fail("node-name", "is not a name of 1 to 255 characters without spaces or control characters")
+            throw fail("node-name", "is not a name of 1 to 255 printable ASCII characters without spaces")
         }
         listen = try address("listen")
         clusterListen = try address("cluster-listen")
@@ -375,7 +387,7 @@ struct RingsideSettings {
         headerReadTimeout = try duration("header-read-timeout")
         idleTimeout = try duration("idle-timeout")
         drainTimeout = try duration("drain-timeout")
-        guard drainTimeout <= .seconds(86_400) else { throw fail("drain-timeout", "is longer than a day") }
+        guard drainTimeout <= NodeDrain.longestTimeout else { throw fail("drain-timeout", "is longer than a day") }
         guard let waitSize = Int(value("wait-for-size").0), (1...1000).contains(waitSize) else {
             throw fail("wait-for-size", "is not a whole number from 1 to 1000")
         }

@@ -165,6 +165,14 @@ struct AdminAPITests {
             #expect(
                 parseResponse(rawExchange(port: one, Array(declared.utf8), timeout: .seconds(3)).bytes)?.status == 413
             )
+            // Nothing pipelined behind a refused body runs: the refusal closes the connection.
+            let chunked =
+                "PUT /v1/meta/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1001\r\n"
+                + String(repeating: "a", count: 4097) + "\r\n0\r\n\r\n"
+                + "PUT /v1/meta/behind HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx"
+            let refused = rawExchange(port: one, Array(chunked.utf8), timeout: .seconds(3), untilClosed: true)
+            #expect(parseResponse(refused.bytes)?.status == 413)
+            #expect(!text(adminRequest(one, "GET", "/v1/meta")).contains("behind"))
             #expect(adminRequest(one, "POST", "/v1/meta/zone")?.status == 405)
             // HEAD is GET without the body, for every path but the stream.
             for (path, status) in [("/v1/meta", 200), ("/v1/peers", 200), ("/readyz", 200), ("/v1/watch", 405)] {

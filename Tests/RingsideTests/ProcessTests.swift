@@ -411,7 +411,8 @@ struct ProcessTests {
         let cases: [[String]] = [
             ["lookup"], ["lookup", "k", "--replicas", "many"], ["lookup", "k", "--replicas", "0"],
             ["state", "--admin", "nonsense"],
-            ["peers", "--frobnicate"], ["drain", "--timeout", "soon"], ["peers", "--token-file", "/nonexistent"],
+            ["peers", "--frobnicate"], ["drain", "--timeout", "soon"], ["drain", "--timeout", "48h"],
+            ["peers", "--token-file", "/nonexistent"],
             ["run", "--replica", "2"], ["nonsense"],
         ]
         for arguments in cases {

@@ -74,6 +74,8 @@ struct SettingsTests {
             (["key-header": "X Key"], "key-header (from --key-header)"),
             (["node-name": "node\u{1B}[2J"], "node-name (from --node-name)"),
             (["node-name": "node\u{7F}"], "node-name (from --node-name)"),
+            (["node-name": "cafe\u{301}"], "node-name (from --node-name)"),
+            (["node-name": "n\u{202E}live"], "node-name (from --node-name)"),
             (["drain-timeout": "1e30s"], "drain-timeout (from --drain-timeout)"),
         ]
     )
@@ -121,6 +123,16 @@ struct SettingsTests {
         let settings = try RingsideSettings.load(configFile: file, environment: [:], flags: [:])
         #expect(settings.nodeName == ProcessInfo.processInfo.hostName)
         #expect(settings.listen.port == 7400)
+        // Values keep the text they were written with.
+        try "node-name: 1e3\n".write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(try RingsideSettings.load(configFile: file, environment: [:], flags: [:]).nodeName == "1e3")
+        // A key that is not a name, or a key given twice, is invalid configuration, not a crash.
+        for text in ["[a]: b\n", "{a: 1}: b\n", "? [a]\n: b\n", "listen: 127.0.0.1:1\nlisten: 127.0.0.1:2\n"] {
+            try text.write(toFile: file, atomically: true, encoding: .utf8)
+            #expect(throws: ConfigurationError.self, "\(text)") {
+                try RingsideSettings.load(configFile: file, environment: [:], flags: [:])
+            }
+        }
     }
 
     /// Names and metadata come from other nodes; a table shows their control characters instead of sending them to
@@ -129,6 +141,8 @@ struct SettingsTests {
         #expect(cell("node\u{1B}[2J") == "node\\u{1B}[2J")
         #expect(cell(["zone\n": "a\u{7}"]) == "zone\\n=a\\u{07}")
         #expect(cell("plain ünïcode") == "plain ünïcode")
+        #expect(cell("a\u{202E}b\u{2028}") == "a\\u{202E}b\\u{2028}")
+        #expect(cell(#"\u{1B}"#) == #"\\u{1B}"#, "a backslash cannot pass for an escape")
     }
 
     @Test func unknownRingsideVariablesAreNamedWithTheNearestSetting() throws {

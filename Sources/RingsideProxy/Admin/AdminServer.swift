@@ -177,10 +177,11 @@ public enum AdminServer {
             guard method == .POST else { return (.ok, json, progressJSON(drain.progress)) }
             var timeout: Duration?
             if let text = query["timeout_ms"] {
-                guard let milliseconds = Int64(text), (1...86_400_000).contains(milliseconds) else {
+                let longest = NodeDrain.longestTimeout.components.seconds * 1000
+                guard let milliseconds = Int64(text), (1...longest).contains(milliseconds) else {
                     return (
                         .badRequest, json,
-                        error("timeout_ms must be a whole number from 1 to 86400000 (a day), not \"\(text)\"")
+                        error("timeout_ms must be a whole number from 1 to \(longest) (a day), not \"\(text)\"")
                     )
                 }
                 timeout = .milliseconds(milliseconds)
@@ -375,6 +376,7 @@ final class AdminHandler: ChannelInboundHandler {
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var watch: Task<Void, Never>?
+    private var closing = false
 
     init(node: ClusterNode, sources: AdminSources) {
         self.node = node
@@ -382,6 +384,9 @@ final class AdminHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // After a refusal that closes the connection, nothing read behind it is acted on (a pipelined request
+        // decoded from the same bytes would otherwise run unanswered).
+        guard !closing else { return }
         switch unwrapInboundIn(data) {
         case .head(let request):
             head = request
@@ -429,6 +434,7 @@ final class AdminHandler: ChannelInboundHandler {
         guard let request = head else { return }
         head = nil
         body = []
+        closing = true
         let message = AdminServer.error("the admin plane reads bodies up to \(Self.maxBody) bytes")
         respond(context, request, (.payloadTooLarge, AdminServer.jsonType, message), close: true)
     }

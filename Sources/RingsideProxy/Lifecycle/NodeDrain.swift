@@ -5,6 +5,10 @@ import NIOCore
 /// A node's drain: the ``DrainLifecycle`` under a lock, the triggers (signals, the admin API, a graceful shutdown), and
 /// the progress the admin API reports. ``RingsideServer`` performs what it decides.
 public final class NodeDrain: Sendable {
+    /// The longest a drain may wait for requests under way: a day (`drain-timeout`, `ringside drain --timeout`,
+    /// `POST /v1/drain?timeout_ms=`).
+    public static let longestTimeout: Duration = .seconds(86_400)
+
     private struct State {
         var lifecycle = DrainLifecycle()
         var finishedAtStart = 0
