@@ -70,7 +70,7 @@ struct RingsideSettings {
 
     /// Every key, with its default (nil: none, or computed) and what it means, for `--help` and the README.
     static let keys: [(name: String, defaultValue: String?, help: String)] = [
-        ("node-name", nil, "This node's unique name in the cluster (default: the host name)."),
+        ("node-name", nil, "This node's unique name in the cluster, printable ASCII (default: the host name)."),
         ("listen", "127.0.0.1:7400", "Where the application sends keyed requests."),
         ("cluster-listen", "0.0.0.0:7401", "Where other nodes send gossip and forwarded requests."),
         ("admin-listen", "127.0.0.1:7402", "Health, readiness, metrics and the JSON API."),
