@@ -432,7 +432,7 @@ struct RingsideSettings {
         accessLog = try bool("access-log")
     }
 
-    /// `500ms`, `30s`, `2m`, `1h`, or a plain number of seconds; at most ``maxDuration``.
+    /// `500ms`, `30s`, `2m`, `1h`, or a plain number of seconds; at most ``maxDurationSeconds``.
     static func parseDuration(_ text: String) -> Duration? {
         let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
         let (number, seconds) =

@@ -173,6 +173,13 @@ struct AdminAPITests {
             let refused = rawExchange(port: one, Array(chunked.utf8), timeout: .seconds(3), untilClosed: true)
             #expect(parseResponse(refused.bytes)?.status == 413)
             #expect(!text(adminRequest(one, "GET", "/v1/meta")).contains("behind"))
+            // Nor behind a request that asked to close.
+            let closing =
+                "GET /v1/meta HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                + "PUT /v1/meta/behind HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx"
+            let answered = rawExchange(port: one, Array(closing.utf8), timeout: .seconds(3), untilClosed: true)
+            #expect(parseResponse(answered.bytes)?.status == 200)
+            #expect(!text(adminRequest(one, "GET", "/v1/meta")).contains("behind"))
             #expect(adminRequest(one, "POST", "/v1/meta/zone")?.status == 405)
             // HEAD is GET without the body, for every path but the stream.
             for (path, status) in [("/v1/meta", 200), ("/v1/peers", 200), ("/readyz", 200), ("/v1/watch", 405)] {

@@ -384,7 +384,7 @@ final class AdminHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        // After a refusal that closes the connection, nothing read behind it is acted on (a pipelined request
+        // After a response that closes the connection, nothing read behind it is acted on (a pipelined request
         // decoded from the same bytes would otherwise run unanswered).
         guard !closing else { return }
         switch unwrapInboundIn(data) {
@@ -434,7 +434,6 @@ final class AdminHandler: ChannelInboundHandler {
         guard let request = head else { return }
         head = nil
         body = []
-        closing = true
         let message = AdminServer.error("the admin plane reads bodies up to \(Self.maxBody) bytes")
         respond(context, request, (.payloadTooLarge, AdminServer.jsonType, message), close: true)
     }
@@ -465,6 +464,7 @@ final class AdminHandler: ChannelInboundHandler {
         headers.add(name: "content-type", value: type)
         headers.add(name: "content-length", value: String(body.readableBytes))
         let keepAlive = request.isKeepAlive && !close
+        if !keepAlive { closing = true }
         if !keepAlive { headers.add(name: "connection", value: "close") }
         if status == .unauthorized { headers.add(name: "www-authenticate", value: "Bearer") }
         context.write(
